@@ -1,0 +1,563 @@
+"""Typed, immutable settings read from ``config.toml``.
+
+Every table of the file is described by a frozen dataclass below.  Loading never stops at the
+first problem: each bad key is collected as one line that names the file, the key, the value and
+what is allowed, and they are raised together as :class:`ConfigError` (``run_gateway.py --check``
+prints them all, like ``nginx -t``).  Relative paths are resolved against the config file's
+directory, so a config works the same from any working directory.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+REDIRECT_STATUSES = (301, 302, 303, 307, 308)
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+class ConfigError(Exception):
+    """The config file is unusable; ``errors`` holds one readable line per problem."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySettings:
+    host: str = "127.0.0.1"
+    http_port: int = 8080
+    https_port: int = 8443
+    hostnames: tuple[str, ...] = ("localhost",)
+    redirect_status: int = 308
+    max_body_bytes: int = 10 * 1024 * 1024
+    access_log: bool = True
+    # None means "auto": off when every hostname is a loopback name (see ``hsts_header``).
+    hsts_max_age: int | None = None
+    # Client addresses (CIDRs) whose X-Forwarded-For we extend instead of replacing.
+    trusted_proxies: tuple[str, ...] = ()
+    keepalive_timeout: float = 15.0
+    graceful_timeout: float = 10.0
+
+    @property
+    def hsts_header(self) -> str | None:
+        """The Strict-Transport-Security value, or None when it should not be sent.
+
+        Browsers pin HSTS to a host name whatever the port, so sending it for ``localhost``
+        would force HTTPS on every other dev server the user runs on localhost: auto mode
+        therefore only sends it when a real (non-loopback) name is served.
+        """
+        max_age = self.hsts_max_age
+        if max_age is None:
+            if all(name in LOOPBACK_NAMES for name in self.hostnames):
+                return None
+            max_age = 31536000
+        if max_age == 0:
+            return None
+        return f"max-age={max_age}"
+
+
+@dataclass(frozen=True, slots=True)
+class TLSSettings:
+    dir: Path = Path("certs")
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BackendSettings:
+    host: str = "127.0.0.1"
+    base_port: int = 8001
+    workers: int = 2
+    database: Path = Path("var/backend.db")
+    outbox: Path = Path("var/outbox")
+    # Base of the links in confirmation e-mails; None: https://<first hostname>:<https_port>.
+    public_url: str | None = None
+    smtp_host: str | None = None
+    smtp_port: int = 25
+    mail_from: str = "no-reply@localhost"
+    access_token_ttl: int = 15 * 60
+    refresh_token_ttl: int = 30 * 24 * 3600
+    graceful_timeout: float = 10.0
+
+    def worker_ports(self) -> range:
+        return range(self.base_port, self.base_port + self.workers)
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamServer:
+    """One server of a pool, from a ``http://host:port`` URL."""
+
+    host: str
+    port: int
+
+    @property
+    def address(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    def __str__(self) -> str:
+        return self.address
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamSettings:
+    name: str
+    servers: tuple[UpstreamServer, ...]
+    health_path: str = "/health"
+    health_interval: float = 2.0
+    health_timeout: float = 1.0
+    # None: any 2xx or 3xx counts as healthy.
+    health_status: tuple[int, ...] | None = None
+    unhealthy_threshold: int = 2
+    healthy_threshold: int = 1
+    connect_timeout: float = 2.0
+    read_timeout: float = 30.0
+    # Passive checks: max_fails failures within fail_window seconds mark a server DOWN.
+    max_fails: int = 3
+    fail_window: float = 10.0
+    passive_5xx: bool = False
+    # None: pool size - 1.
+    max_retries: int | None = None
+    # Idle pooled connections per server, and how long one may sit idle.  The expiry must stay
+    # below the upstream's own keep-alive timeout (uvicorn: 5 s) so we never reuse a
+    # connection the server is closing.
+    keepalive: int = 64
+    keepalive_timeout: float = 4.0
+
+    @property
+    def retries(self) -> int:
+        if self.max_retries is not None:
+            return self.max_retries
+        return max(len(self.servers) - 1, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class RouteSettings:
+    path_prefix: str
+    upstream: str
+    strip_prefix: bool = False
+    cache: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class CacheSettings:
+    enabled: bool = True
+    max_bytes: int = 64 * 1024 * 1024
+    max_entry_bytes: int = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    path: Path
+    gateway: GatewaySettings = field(default_factory=GatewaySettings)
+    tls: TLSSettings = field(default_factory=TLSSettings)
+    backend: BackendSettings = field(default_factory=BackendSettings)
+    upstreams: dict[str, UpstreamSettings] = field(default_factory=dict)
+    routes: tuple[RouteSettings, ...] = ()
+    cache: CacheSettings = field(default_factory=CacheSettings)
+
+    def summary(self) -> str:
+        g = self.gateway
+        servers = sum(len(u.servers) for u in self.upstreams.values())
+        return (
+            f"{self.path}: ok: https://{g.host}:{g.https_port} and http://{g.host}:{g.http_port}"
+            f" for {', '.join(g.hostnames)}; {len(self.routes)} route(s), "
+            f"{len(self.upstreams)} upstream(s) with {servers} server(s); "
+            f"cache {'on' if self.cache.enabled else 'off'}"
+        )
+
+
+# --- value checkers -------------------------------------------------------------------------
+# Each takes the raw TOML value and returns (converted value, None) or (None, "what is allowed").
+
+Check = Callable[[Any], tuple[Any, str | None]]
+
+
+def _bool(value: Any) -> tuple[Any, str | None]:
+    if isinstance(value, bool):
+        return value, None
+    return None, "must be true or false"
+
+
+def _int(lo: int, hi: int | None = None) -> Check:
+    allowed = f"an integer from {lo} to {hi}" if hi is not None else f"an integer >= {lo}"
+
+    def check(value: Any) -> tuple[Any, str | None]:
+        if isinstance(value, bool) or not isinstance(value, int):
+            return None, f"must be {allowed}"
+        if value < lo or (hi is not None and value > hi):
+            return None, f"must be {allowed}"
+        return value, None
+
+    return check
+
+
+def _number(lo: float, hi: float | None = None, *, lo_exclusive: bool = True) -> Check:
+    bound = f"> {lo}" if lo_exclusive else f">= {lo}"
+    allowed = f"a number {bound}" + (f" and <= {hi}" if hi is not None else "")
+
+    def check(value: Any) -> tuple[Any, str | None]:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return None, f"must be {allowed} (seconds)"
+        v = float(value)
+        too_low = v <= lo if lo_exclusive else v < lo
+        if not math.isfinite(v) or too_low or (hi is not None and v > hi):
+            return None, f"must be {allowed} (seconds)"
+        return v, None
+
+    return check
+
+
+def _str(value: Any) -> tuple[Any, str | None]:
+    if isinstance(value, str) and value:
+        return value, None
+    return None, "must be a non-empty string"
+
+
+def _one_of(*choices: Any) -> Check:
+    def check(value: Any) -> tuple[Any, str | None]:
+        if not isinstance(value, bool) and value in choices:
+            return value, None
+        return None, "must be one of " + ", ".join(repr(c) for c in choices)
+
+    return check
+
+
+def _host(value: Any) -> tuple[Any, str | None]:
+    if not isinstance(value, str) or not value:
+        return None, "must be an IP address or host name to bind, e.g. \"127.0.0.1\""
+    return value, None
+
+
+def _hostname(value: Any) -> tuple[Any, str | None]:
+    allowed = "must be a DNS name or IP address, e.g. \"localhost\""
+    if not isinstance(value, str) or not value or len(value) > 253:
+        return None, allowed
+    try:
+        return str(ipaddress.ip_address(value)), None
+    except ValueError:
+        pass
+    labels = value.lower().rstrip(".").split(".")
+    for label in labels:
+        if label == "*" and label is labels[0]:
+            continue
+        if not label or len(label) > 63 or not all(c.isalnum() or c == "-" for c in label):
+            return None, allowed
+        if label.startswith("-") or label.endswith("-") or not label.isascii():
+            return None, allowed
+    return value.lower().rstrip("."), None
+
+
+def _list_of(item: Check, *, non_empty: bool = True) -> Check:
+    def check(value: Any) -> tuple[Any, str | None]:
+        if not isinstance(value, list) or (non_empty and not value):
+            return None, "must be a non-empty list" if non_empty else "must be a list"
+        out = []
+        for i, element in enumerate(value):
+            converted, problem = item(element)
+            if problem:
+                return None, f"item {i} ({element!r}) {problem}"
+            out.append(converted)
+        return tuple(out), None
+
+    return check
+
+
+def _path_prefix(value: Any) -> tuple[Any, str | None]:
+    if not isinstance(value, str) or not value.startswith("/"):
+        return None, "must be a URL path starting with \"/\""
+    if any(c in value for c in "?# ") or "//" in value:
+        return None, "must be a plain path (no query, fragment, spaces or \"//\")"
+    return value, None
+
+
+def _http_path(value: Any) -> tuple[Any, str | None]:
+    if not isinstance(value, str) or not value.startswith("/") or " " in value:
+        return None, "must be a URL path starting with \"/\""
+    return value, None
+
+
+def _upstream_url(value: Any) -> tuple[Any, str | None]:
+    allowed = "must be an http:// URL with host and port, e.g. \"http://127.0.0.1:8001\""
+    if not isinstance(value, str):
+        return None, allowed
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError:
+        return None, allowed
+    if parts.scheme != "http" or not parts.hostname or parts.path not in ("", "/"):
+        return None, allowed
+    if parts.query or parts.fragment or parts.username:
+        return None, allowed
+    return UpstreamServer(parts.hostname, port or 80), None
+
+
+def _cidr(value: Any) -> tuple[Any, str | None]:
+    try:
+        return str(ipaddress.ip_network(value, strict=False)), None
+    except (TypeError, ValueError):
+        return None, "must be an IP address or CIDR network, e.g. \"10.0.0.0/8\""
+
+
+def _status(value: Any) -> tuple[Any, str | None]:
+    return _int(100, 599)(value)
+
+
+def _name(value: Any) -> tuple[Any, str | None]:
+    if isinstance(value, str) and value and all(c.isalnum() or c in "_-" for c in value):
+        return value, None
+    return None, "must be a name of letters, digits, '_' or '-'"
+
+
+# --- table schemas --------------------------------------------------------------------------
+
+_PATH = "path"  # marker: a non-empty string resolved against the config file's directory
+
+GATEWAY_KEYS: dict[str, Check | str] = {
+    "host": _host,
+    "http_port": _int(0, 65535),
+    "https_port": _int(0, 65535),
+    "hostnames": _list_of(_hostname),
+    "redirect_status": _one_of(*REDIRECT_STATUSES),
+    "max_body_bytes": _int(0),
+    "access_log": _bool,
+    "hsts_max_age": _int(0),
+    "trusted_proxies": _list_of(_cidr, non_empty=False),
+    "keepalive_timeout": _number(0),
+    "graceful_timeout": _number(0, lo_exclusive=False),
+}
+TLS_KEYS: dict[str, Check | str] = {"dir": _PATH, "cert_file": _PATH, "key_file": _PATH}
+BACKEND_KEYS: dict[str, Check | str] = {
+    "host": _host,
+    "base_port": _int(1, 65535),
+    "workers": _int(1, 64),
+    "database": _PATH,
+    "outbox": _PATH,
+    "public_url": _str,
+    "smtp_host": _str,
+    "smtp_port": _int(1, 65535),
+    "mail_from": _str,
+    "access_token_ttl": _int(1),
+    "refresh_token_ttl": _int(1),
+    "graceful_timeout": _number(0, lo_exclusive=False),
+}
+UPSTREAM_KEYS: dict[str, Check | str] = {
+    "servers": _list_of(_upstream_url),
+    "health_path": _http_path,
+    "health_interval": _number(0),
+    "health_timeout": _number(0),
+    "health_status": _list_of(_status),
+    "unhealthy_threshold": _int(1, 100),
+    "healthy_threshold": _int(1, 100),
+    "connect_timeout": _number(0),
+    "read_timeout": _number(0),
+    "max_fails": _int(0, 1000),
+    "fail_window": _number(0),
+    "passive_5xx": _bool,
+    "max_retries": _int(0, 100),
+    "keepalive": _int(0, 10000),
+    "keepalive_timeout": _number(0),
+}
+ROUTE_KEYS: dict[str, Check | str] = {
+    "path_prefix": _path_prefix,
+    "upstream": _name,
+    "strip_prefix": _bool,
+    "cache": _bool,
+}
+CACHE_KEYS: dict[str, Check | str] = {
+    "enabled": _bool,
+    "max_bytes": _int(0),
+    "max_entry_bytes": _int(0),
+}
+ROUTE_REQUIRED = ("path_prefix", "upstream")
+
+
+class _Reader:
+    """Collects converted values and error lines for one config file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.base = path.parent
+        self.errors: list[str] = []
+
+    def error(self, where: str, message: str) -> None:
+        self.errors.append(f"{self.path}: {where}: {message}")
+
+    def table(
+        self, data: Any, where: str, schema: dict[str, Check | str], required: tuple[str, ...] = ()
+    ) -> dict[str, Any]:
+        if not isinstance(data, dict):
+            self.error(where, f"must be a table, got {data!r}")
+            return {}
+        values: dict[str, Any] = {}
+        for key, raw in data.items():
+            check = schema.get(key)
+            if check is None:
+                known = ", ".join(schema)
+                self.error(f"{where} {key}", f"unknown key (allowed keys: {known})")
+                continue
+            if check == _PATH:
+                if isinstance(raw, str) and raw:
+                    values[key] = (self.base / raw).resolve()
+                else:
+                    self.error(f"{where} {key} = {raw!r}", "must be a non-empty path string")
+                continue
+            assert callable(check)
+            converted, problem = check(raw)
+            if problem:
+                self.error(f"{where} {key} = {_show(raw)}", problem)
+            else:
+                values[key] = converted
+        for key in required:
+            if key not in data:
+                self.error(f"{where} {key}", "is required")
+        return values
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)
+
+
+def load_settings(path: str | Path) -> Settings:
+    """Read and validate ``path``; raise ConfigError listing every problem found."""
+    path = Path(path).resolve()
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: no such file"]) from None
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
+    return parse_settings(data, path)
+
+
+def parse_settings(data: dict[str, Any], path: Path) -> Settings:
+    r = _Reader(path)
+    top = {"gateway", "tls", "backend", "upstreams", "routes", "cache"}
+    for key in data:
+        if key not in top:
+            r.error(f"[{key}]", f"unknown table (allowed: {', '.join(sorted(top))})")
+
+    gateway = GatewaySettings(**r.table(data.get("gateway", {}), "[gateway]", GATEWAY_KEYS))
+    tls_values = r.table(data.get("tls", {}), "[tls]", TLS_KEYS)
+    tls_values.setdefault("dir", (r.base / "certs").resolve())
+    tls = TLSSettings(**tls_values)
+    backend_values = r.table(data.get("backend", {}), "[backend]", BACKEND_KEYS)
+    backend_values.setdefault("database", (r.base / "var/backend.db").resolve())
+    backend_values.setdefault("outbox", (r.base / "var/outbox").resolve())
+    backend = BackendSettings(**backend_values)
+    cache = CacheSettings(**r.table(data.get("cache", {}), "[cache]", CACHE_KEYS))
+
+    upstreams: dict[str, UpstreamSettings] = {}
+    raw_upstreams = data.get("upstreams", {})
+    if not isinstance(raw_upstreams, dict):
+        r.error("[upstreams]", "must be a table of [upstreams.NAME] tables")
+        raw_upstreams = {}
+    for name, raw in raw_upstreams.items():
+        where = f"[upstreams.{name}]"
+        if _name(name)[1]:
+            r.error(where, "the upstream name must be letters, digits, '_' or '-'")
+        values = r.table(raw, where, UPSTREAM_KEYS, required=("servers",))
+        if "servers" in values:
+            upstreams[name] = UpstreamSettings(name=name, **values)
+
+    routes: list[RouteSettings] = []
+    raw_routes = data.get("routes", [])
+    if not isinstance(raw_routes, list):
+        r.error("[[routes]]", "must be an array of tables ([[routes]])")
+        raw_routes = []
+    for i, raw in enumerate(raw_routes):
+        where = f"[[routes]] #{i + 1}"
+        values = r.table(raw, where, ROUTE_KEYS, required=ROUTE_REQUIRED)
+        if "path_prefix" in values and "upstream" in values:
+            routes.append(RouteSettings(**values))
+
+    _check_relations(r, gateway, tls, backend, upstreams, routes, cache)
+    if r.errors:
+        raise ConfigError(r.errors)
+    return Settings(path, gateway, tls, backend, upstreams, tuple(routes), cache)
+
+
+def _check_relations(
+    r: _Reader,
+    gateway: GatewaySettings,
+    tls: TLSSettings,
+    backend: BackendSettings,
+    upstreams: dict[str, UpstreamSettings],
+    routes: list[RouteSettings],
+    cache: CacheSettings,
+) -> None:
+    """Rules that span keys: references, clashes and pairs that go together."""
+    seen_prefixes: set[str] = set()
+    for i, route in enumerate(routes):
+        where = f"[[routes]] #{i + 1}"
+        if route.upstream not in upstreams:
+            known = ", ".join(sorted(upstreams)) or "none defined"
+            r.error(
+                f"{where} upstream = {route.upstream!r}",
+                f"no such upstream (defined: {known}); add an [upstreams.{route.upstream}] table",
+            )
+        if route.path_prefix in seen_prefixes:
+            r.error(f"{where} path_prefix = {route.path_prefix!r}", "is used by an earlier route")
+        seen_prefixes.add(route.path_prefix)
+
+    if gateway.http_port and gateway.http_port == gateway.https_port:
+        r.error(
+            f"[gateway] https_port = {gateway.https_port}",
+            "clashes with http_port; the two listeners need different ports",
+        )
+    if _same_host(gateway.host, backend.host):
+        for key in ("http_port", "https_port"):
+            port = getattr(gateway, key)
+            if port and port in backend.worker_ports():
+                ports = backend.worker_ports()
+                r.error(
+                    f"[gateway] {key} = {port}",
+                    f"clashes with the backend workers' ports {ports.start}-{ports.stop - 1} "
+                    "([backend] base_port + workers)",
+                )
+    if backend.worker_ports().stop - 1 > 65535:
+        r.error(
+            f"[backend] base_port = {backend.base_port}",
+            f"with workers = {backend.workers} the last port would exceed 65535",
+        )
+    if (tls.cert_file is None) != (tls.key_file is None):
+        r.error("[tls] cert_file/key_file", "give both cert_file and key_file, or neither")
+    for upstream in upstreams.values():
+        where = f"[upstreams.{upstream.name}]"
+        if upstream.health_timeout > upstream.health_interval:
+            r.error(
+                f"{where} health_timeout = {upstream.health_timeout}",
+                f"must not exceed health_interval ({upstream.health_interval})",
+            )
+        for server in upstream.servers:
+            if _same_host(gateway.host, server.host) and server.port in (
+                gateway.http_port,
+                gateway.https_port,
+            ):
+                r.error(
+                    f"{where} servers",
+                    f"{server.address} is the gateway's own listener (a forwarding loop)",
+                )
+    if cache.max_entry_bytes > cache.max_bytes:
+        r.error(
+            f"[cache] max_entry_bytes = {cache.max_entry_bytes}",
+            f"must not exceed max_bytes ({cache.max_bytes})",
+        )
+
+
+def _same_host(a: str, b: str) -> bool:
+    loopback = {"localhost", "127.0.0.1", "::1", "0.0.0.0", "::"}
+    return a == b or (a in loopback and b in loopback)
