@@ -1,0 +1,152 @@
+"""Header rewriting in both directions: hop-by-hop removal and the X-Forwarded-* family.
+
+Headers are ASGI-style lists of ``(lowercase name, value)`` byte pairs.  The functions are pure
+and run once per request on the hot path, so they make one pass and avoid re-lowercasing.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+
+Headers = list[tuple[bytes, bytes]]
+
+# RFC 9110 §7.6.1: connection-specific fields a proxy must not forward.  Framing headers are
+# also dropped: each side of the proxy sets its own (Content-Length or chunked), exactly one.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"transfer-encoding",
+        b"upgrade",
+        b"trailer",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+    }
+)
+# Set by the gateway from what it knows; a client-sent copy would be a spoofing vector.
+FORWARDING = frozenset(
+    {
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"x-forwarded-port",
+        b"x-real-ip",
+        b"forwarded",
+    }
+)
+# Handled by the gateway's own listener (uvicorn answers 100-continue when the body is read).
+REQUEST_ONLY_LOCAL = frozenset({b"expect", b"content-length"})
+
+VIA = b"1.1 gateway"
+
+
+def connection_listed(headers: Headers) -> frozenset[bytes]:
+    """Header names listed in Connection, which are hop-by-hop for this one message."""
+    listed: set[bytes] = set()
+    for name, value in headers:
+        if name == b"connection":
+            listed.update(token.strip().lower() for token in value.split(b","))
+    listed.discard(b"close")
+    listed.discard(b"keep-alive")
+    return frozenset(listed)
+
+
+class TrustedProxies:
+    """Networks whose X-Forwarded-For we extend instead of replacing (Nginx ``set_real_ip_from``)."""
+
+    def __init__(self, networks: Sequence[str]) -> None:
+        self.networks = tuple(ipaddress.ip_network(n, strict=False) for n in networks)
+
+    def __bool__(self) -> bool:
+        return bool(self.networks)
+
+    def contains(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in net for net in self.networks)
+
+    def real_client(self, peer: str, forwarded_for: list[str]) -> str:
+        """The first address, from the right, that is not a trusted proxy (Nginx realip)."""
+        if not self.contains(peer):
+            return peer
+        for address in reversed(forwarded_for):
+            if not self.contains(address):
+                return address
+        return forwarded_for[0] if forwarded_for else peer
+
+
+def upstream_request_headers(
+    headers: Headers,
+    *,
+    client: str,
+    host: bytes,
+    trusted: TrustedProxies,
+    proto: bytes = b"https",
+) -> Headers:
+    """The request headers to send upstream.
+
+    Keeps the original Host (RFC 9110 §7.2), drops hop-by-hop and framing headers, replaces
+    the forwarding family unless the peer is a trusted proxy, and appends Via (§7.6.3).
+    """
+    listed = connection_listed(headers)
+    out: Headers = [(b"host", host)]
+    prior_for: list[str] = []
+    prior_via: bytes | None = None
+    for name, value in headers:
+        if name in HOP_BY_HOP or name in REQUEST_ONLY_LOCAL or name == b"host":
+            continue
+        if listed and name in listed:
+            continue
+        if name in FORWARDING:
+            if name == b"x-forwarded-for" and trusted:
+                prior_for.extend(v.strip() for v in value.decode("latin-1").split(",") if v.strip())
+            continue
+        if name == b"via":
+            prior_via = value if prior_via is None else prior_via + b", " + value
+            continue
+        out.append((name, value))
+
+    if trusted and trusted.contains(client):
+        real_ip = trusted.real_client(client, prior_for)
+        chain = ", ".join([*prior_for, client])
+    else:
+        real_ip = client
+        chain = client
+    out.append((b"x-forwarded-for", chain.encode("latin-1")))
+    out.append((b"x-real-ip", real_ip.encode("latin-1")))
+    out.append((b"x-forwarded-proto", proto))
+    out.append((b"x-forwarded-host", host))
+    out.append((b"via", VIA if prior_via is None else prior_via + b", " + VIA))
+    return out
+
+
+def client_response_headers(
+    headers: Headers, *, extra: Sequence[tuple[bytes, bytes]] = ()
+) -> Headers:
+    """The upstream's response headers as sent to the client.
+
+    Hop-by-hop and framing headers go; Content-Length stays when the upstream sent one, else
+    the listener frames the body itself, so the client sees exactly one framing header.
+    """
+    listed = connection_listed(headers)
+    out: Headers = []
+    for name, value in headers:
+        if name in HOP_BY_HOP:
+            continue
+        if listed and name in listed:
+            continue
+        out.append((name, value))
+    out.extend(extra)
+    return out
+
+
+def header_value(headers: Headers, name: bytes) -> bytes | None:
+    for key, value in headers:
+        if key == name:
+            return value
+    return None

@@ -1,0 +1,210 @@
+"""Upstream server health: the UP/DOWN state machine, passive checks, and active checks.
+
+``ServerHealth`` is pure bookkeeping (no I/O, time passed in): active check results move a
+server DOWN after ``unhealthy_threshold`` consecutive failures and UP after
+``healthy_threshold`` successes; passive observations from real traffic (a refused connect or
+a reset marks it DOWN at once; ``max_fails`` timeouts or, if enabled, 5xx within
+``fail_window`` do the same).  Servers start UP, so a fresh gateway never answers 503 before
+its first check (Caddy's classic complaint).  ``HealthChecker`` is the thin asyncio loop that
+sends ``GET health_path`` to every server with httpx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from gateway.config import UpstreamServer, UpstreamSettings
+
+log = logging.getLogger("gateway.health")
+
+
+class ServerStatus(enum.Enum):
+    UP = "UP"
+    DOWN = "DOWN"
+
+
+class FailureKind(enum.Enum):
+    CONNECT = "connect"  # refused / unreachable: the server is not there
+    RESET = "reset"  # connection reset mid-exchange
+    TIMEOUT = "timeout"
+    STATUS_5XX = "5xx"
+
+
+@dataclass
+class ServerHealth:
+    upstream: str
+    server: UpstreamServer
+    unhealthy_threshold: int = 2
+    healthy_threshold: int = 1
+    max_fails: int = 3
+    fail_window: float = 10.0
+    passive_5xx: bool = False
+    status: ServerStatus = ServerStatus.UP
+    consecutive_failures: int = 0
+    consecutive_successes: int = 0
+    last_error: str | None = None
+    last_checked: float | None = None
+    last_change: float | None = None
+    recent_failures: deque[float] = field(default_factory=deque)
+
+    @property
+    def is_up(self) -> bool:
+        return self.status is ServerStatus.UP
+
+    def record_check(self, ok: bool, detail: str, now: float) -> ServerStatus | None:
+        """Apply one active check result; return the new status on a transition."""
+        self.last_checked = now
+        if ok:
+            self.consecutive_failures = 0
+            self.consecutive_successes += 1
+            if not self.is_up and self.consecutive_successes >= self.healthy_threshold:
+                return self._set(ServerStatus.UP, detail, now)
+        else:
+            self.consecutive_successes = 0
+            self.consecutive_failures += 1
+            self.last_error = detail
+            if self.is_up and self.consecutive_failures >= self.unhealthy_threshold:
+                return self._set(ServerStatus.DOWN, detail, now)
+        return None
+
+    def record_failure(self, kind: FailureKind, detail: str, now: float) -> ServerStatus | None:
+        """Apply one failure seen on real traffic (passive check)."""
+        if not self.is_up:
+            return None
+        self.last_error = detail
+        if kind in (FailureKind.CONNECT, FailureKind.RESET):
+            return self._set(ServerStatus.DOWN, detail, now)
+        if kind is FailureKind.STATUS_5XX and not self.passive_5xx:
+            return None
+        if self.max_fails == 0:
+            return None
+        window = self.recent_failures
+        window.append(now)
+        while window and now - window[0] > self.fail_window:
+            window.popleft()
+        if len(window) >= self.max_fails:
+            return self._set(ServerStatus.DOWN, f"{len(window)} failures: {detail}", now)
+        return None
+
+    def _set(self, status: ServerStatus, detail: str, now: float) -> ServerStatus:
+        self.status = status
+        self.last_change = now
+        self.consecutive_failures = 0
+        self.consecutive_successes = 0
+        self.recent_failures.clear()
+        if status is ServerStatus.UP:
+            log.warning("upstream %s server %s UP", self.upstream, self.server)
+        else:
+            log.warning("upstream %s server %s DOWN: %s", self.upstream, self.server, detail)
+        return status
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "server": self.server.address,
+            "status": self.status.value,
+            "consecutive_failures": self.consecutive_failures,
+            "consecutive_successes": self.consecutive_successes,
+            "last_error": self.last_error,
+            "last_checked": self.last_checked,
+            "last_change": self.last_change,
+        }
+
+
+def new_server_health(settings: UpstreamSettings, server: UpstreamServer) -> ServerHealth:
+    return ServerHealth(
+        upstream=settings.name,
+        server=server,
+        unhealthy_threshold=settings.unhealthy_threshold,
+        healthy_threshold=settings.healthy_threshold,
+        max_fails=settings.max_fails,
+        fail_window=settings.fail_window,
+        passive_5xx=settings.passive_5xx,
+    )
+
+
+def status_is_healthy(status: int, expected: tuple[int, ...] | None) -> bool:
+    if expected is not None:
+        return status in expected
+    return 200 <= status < 400
+
+
+class HealthChecker:
+    """Active checks for one upstream pool: every ``health_interval``, ``GET health_path``
+    on each server concurrently, with ``health_timeout``."""
+
+    def __init__(self, settings: UpstreamSettings, health: dict[UpstreamServer, ServerHealth]):
+        self.settings = settings
+        self.health = health
+        self._task: asyncio.Task[None] | None = None
+        self._client: httpx.AsyncClient | None = None
+        self.rounds = 0
+        self._round_done = asyncio.Event()
+
+    def start(self) -> None:
+        timeout = httpx.Timeout(self.settings.health_timeout)
+        # No keep-alive: a check must prove the server still accepts new connections.
+        limits = httpx.Limits(max_keepalive_connections=0)
+        self._client = httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=False)
+        self._task = asyncio.create_task(self._run(), name=f"health:{self.settings.name}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def wait_round(self) -> None:
+        """Wait until the next full round of checks has completed (used by tests)."""
+        self._round_done.clear()
+        await self._round_done.wait()
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        interval = self.settings.health_interval
+        next_round = loop.time()
+        while True:
+            await self.check_all()
+            self.rounds += 1
+            self._round_done.set()
+            next_round += interval
+            # Skip missed rounds rather than firing a burst after a stall.
+            now = loop.time()
+            if next_round < now:
+                next_round = now + interval
+            await asyncio.sleep(next_round - now)
+
+    async def check_all(self) -> None:
+        await asyncio.gather(*(self.check(server) for server in self.settings.servers))
+
+    async def check(self, server: UpstreamServer) -> None:
+        assert self._client is not None
+        url = f"http://{server.address}{self.settings.health_path}"
+        try:
+            response = await self._client.get(url)
+        except httpx.TimeoutException:
+            ok, detail = False, f"health check timed out after {self.settings.health_timeout:g} s"
+        except httpx.ConnectError as exc:
+            refused = "refused" in str(exc).lower() or isinstance(
+                exc.__cause__, ConnectionRefusedError
+            )
+            ok, detail = False, "connection refused" if refused else f"connect failed: {exc}"
+        except httpx.HTTPError as exc:
+            ok, detail = False, f"health check failed: {exc.__class__.__name__}: {exc}"
+        else:
+            ok = status_is_healthy(response.status_code, self.settings.health_status)
+            detail = f"health check returned {response.status_code}"
+        self.health[server].record_check(ok, detail, time.monotonic())

@@ -1,0 +1,319 @@
+"""The forwarding path: a lean ASGI app that streams each request to an upstream server.
+
+Per request: ``validation.check_request`` refuses what a proxy must refuse, the ``Router``
+picks the route, the route's ``Upstream`` picks a server (round robin over healthy ones), and
+one exchange runs over a pooled keep-alive connection.  Bodies are streamed both ways with
+back-pressure (never buffered whole); a failed attempt is retried on another server only
+when ``retry.may_retry`` says the upstream cannot have acted on it.  Every response the
+gateway makes itself goes through ``_send_error`` (status mapping lives in ``errors``).
+
+This is the hot path, so it works on raw ASGI messages (no Starlette request objects) and
+avoids per-request tasks unless a body actually has to flow in both directions at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from gateway.access_log import AccessLog, Exchange
+from gateway.config import Settings
+from gateway.errors import (
+    ContentTooLarge,
+    GatewayError,
+    NoRouteMatched,
+    RequestRejected,
+    UpstreamClosed,
+    UpstreamConnectError,
+    UpstreamConnectTimeout,
+    UpstreamError,
+    UpstreamTimeout,
+    error_response,
+)
+from gateway.headers import (
+    VIA,
+    Headers,
+    TrustedProxies,
+    client_response_headers,
+    upstream_request_headers,
+)
+from gateway.health import FailureKind
+from gateway.retry import may_retry
+from gateway.routing import Route, Router
+from gateway.upstream.connection import UpstreamConnection
+from gateway.upstream.group import Upstream
+from gateway.validation import HostPolicy, RequestFacts, check_request
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+log = logging.getLogger("gateway.proxy")
+
+
+class ClientDisconnected(GatewayError):
+    """The client went away; nothing more can be sent to it."""
+
+    status = 499  # Nginx's code for it, only ever seen in the access log
+
+
+class RequestBody:
+    """The client's request body as the upstream will see it, read lazily.
+
+    ``pending`` holds bytes received from the client but not yet written upstream, so a retry
+    on another server can still send them; once any byte is written (``sent``) the body can no
+    longer be replayed and the request is no longer retryable.
+    """
+
+    __slots__ = ("receive", "limit", "chunked", "received", "pending", "more", "sent")
+
+    def __init__(self, receive: Receive, limit: int, chunked: bool) -> None:
+        self.receive = receive
+        self.limit = limit
+        self.chunked = chunked
+        self.received = 0
+        self.pending: bytes | None = None
+        self.more = True
+        self.sent = False
+
+    async def next_chunk(self) -> tuple[bytes, bool]:
+        if self.pending is not None:
+            return self.pending, self.more
+        message = await self.receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnected("client disconnected while sending the request body")
+        data: bytes = message.get("body", b"")
+        self.more = message.get("more_body", False)
+        self.received += len(data)
+        if self.received > self.limit:
+            raise ContentTooLarge(
+                f"request body is larger than the {self.limit}-byte limit (max_body_bytes)"
+            )
+        self.pending = data
+        return data, self.more
+
+    def write_to(self, conn: UpstreamConnection, data: bytes, more: bool) -> None:
+        if self.chunked:
+            frame = b"%x\r\n%s\r\n" % (len(data), data) if data else b""
+            if not more:
+                frame += b"0\r\n\r\n"
+            if frame:
+                conn.write(frame)
+                self.sent = True
+        elif data:
+            conn.write(data)
+            self.sent = True
+        self.pending = None
+        if not more:
+            conn.finish_request()
+
+    async def pump(self, conn: UpstreamConnection) -> None:
+        """Copy the rest of the body upstream, honouring the upstream's back-pressure."""
+        try:
+            while True:
+                data, more = await self.next_chunk()
+                self.write_to(conn, data, more)
+                await conn.drain()
+                if not more:
+                    return
+        except GatewayError as exc:
+            conn.abort(exc)
+        except Exception as exc:  # noqa: BLE001 - any failure must end the exchange, not hang it
+            conn.abort(UpstreamClosed(f"request body failed: {exc}", request_sent=True))
+
+
+class ProxyApp:
+    def __init__(self, settings: Settings, upstreams: dict[str, Upstream]) -> None:
+        gateway = settings.gateway
+        self.settings = settings
+        self.upstreams = upstreams
+        self.router = Router(Route.from_settings(r) for r in settings.routes)
+        self.hosts = HostPolicy.from_hostnames(gateway.hostnames)
+        self.trusted = TrustedProxies(gateway.trusted_proxies)
+        self.max_body = gateway.max_body_bytes
+        self.https_port = gateway.https_port
+        extra: Headers = [(b"via", VIA)]
+        if gateway.hsts_header:
+            extra.append((b"strict-transport-security", gateway.hsts_header.encode()))
+        self.extra_headers = extra
+        self.access_log = AccessLog(enabled=gateway.access_log)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        exchange = Exchange(scope)
+        try:
+            facts = check_request(scope, self.hosts, served_port=self.https_port)
+            route = self.router.match(scope["path"])
+            if route is None:
+                raise NoRouteMatched(f"no route matches {scope['path']!r}")
+            if facts.content_length is not None and facts.content_length > self.max_body:
+                raise ContentTooLarge(
+                    f"request body of {facts.content_length} bytes is larger than the "
+                    f"{self.max_body}-byte limit (max_body_bytes)"
+                )
+            await self._forward(scope, receive, send, facts, route, exchange)
+        except ClientDisconnected:
+            exchange.status = ClientDisconnected.status
+        except GatewayError as exc:
+            if exchange.response_started:
+                # Too late for an error page: end the connection so the client sees a
+                # truncated response rather than a complete-looking one.
+                log.warning("%s %s: %s after the response started", *exchange.line, exc.message)
+                exchange.aborted = True
+            else:
+                await self._send_error(send, exc, exchange)
+        finally:
+            self.access_log.write(exchange)
+
+    async def _send_error(self, send: Send, exc: GatewayError, exchange: Exchange) -> None:
+        if exc.status >= 500:
+            log.warning("%s %s -> %d: %s", *exchange.line, exc.status, exc.message)
+        headers, body = error_response(exc.status, exc.message, exc.response_headers())
+        headers.extend(self.extra_headers)
+        if exc.close_connection:
+            headers.append((b"connection", b"close"))
+        exchange.status = exc.status
+        exchange.response_started = True
+        await send({"type": "http.response.start", "status": exc.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        exchange.bytes_sent = len(body)
+
+    async def _forward(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        facts: RequestFacts,
+        route: Route,
+        exchange: Exchange,
+    ) -> None:
+        method: str = scope["method"]
+        upstream = self.upstreams[route.upstream]
+        client = scope.get("client")
+        client_ip = client[0] if client else "unknown"
+        headers = upstream_request_headers(
+            scope["headers"], client=client_ip, host=facts.host.encode(), trusted=self.trusted
+        )
+        target = route.upstream_target(scope["raw_path"], scope["query_string"])
+        has_body = facts.chunked or bool(facts.content_length)
+        if facts.chunked:
+            headers.append((b"transfer-encoding", b"chunked"))
+        elif facts.content_length is not None:
+            headers.append((b"content-length", b"%d" % facts.content_length))
+        head = b"".join(
+            [method.encode(), b" ", target, b" HTTP/1.1\r\n"]
+            + [b"%s: %s\r\n" % pair for pair in headers]
+            + [b"\r\n"]
+        )
+        body = RequestBody(receive, self.max_body, facts.chunked) if has_body else None
+
+        tried = []
+        attempts_left = upstream.retries
+        while True:
+            server = upstream.choose(tried)
+            tried.append(server)
+            exchange.upstream = server.address
+            try:
+                await self._exchange(upstream, server, head, method, body, receive, send, exchange)
+                return
+            except UpstreamError as exc:
+                kind = failure_kind(exc)
+                if kind is not None:
+                    upstream.report_failure(server, kind, exc.message)
+                if not may_retry(
+                    exc,
+                    method=method,
+                    response_started=exchange.response_started,
+                    body_sent=body is not None and body.sent,
+                    attempts_left=attempts_left,
+                ):
+                    raise
+                attempts_left -= 1
+                log.warning("%s %s: %s; retrying on another server", *exchange.line, exc.message)
+
+    async def _exchange(
+        self,
+        upstream: Upstream,
+        server: Any,
+        head: bytes,
+        method: str,
+        body: RequestBody | None,
+        receive: Receive,
+        send: Send,
+        exchange: Exchange,
+    ) -> None:
+        pool = upstream.pools[server]
+        conn = await pool.acquire()
+        pump: asyncio.Task[None] | None = None
+        watcher: asyncio.Task[None] | None = None
+        try:
+            conn.start(head, head_request=method == "HEAD", has_body=body is not None)
+            if body is not None:
+                # The common small body arrives in one piece: write it inline, no task.
+                data, more = await body.next_chunk()
+                body.write_to(conn, data, more)
+                if more:
+                    pump = asyncio.create_task(body.pump(conn))
+
+            response = await conn.receive_head()
+            if response.status >= 500:
+                upstream.report_failure(
+                    server, FailureKind.STATUS_5XX, f"responded {response.status}"
+                )
+            headers = client_response_headers(response.headers, extra=self.extra_headers)
+            data, more = b"", False
+            if conn.response_complete:
+                data, more = await conn.receive_body()
+            exchange.status = response.status
+            exchange.response_started = True
+            await send(
+                {"type": "http.response.start", "status": response.status, "headers": headers}
+            )
+            if more or not conn.response_complete:
+                data, more = await conn.receive_body()
+                if more and pump is None:
+                    # A long response: notice a client that leaves, so we stop reading.
+                    watcher = asyncio.create_task(_watch_disconnect(conn, receive))
+            while True:
+                exchange.bytes_sent += len(data)
+                await send({"type": "http.response.body", "body": data, "more_body": more})
+                if not more:
+                    break
+                data, more = await conn.receive_body()
+        except BaseException:
+            conn.close()
+            raise
+        finally:
+            if pump is not None and not pump.done():
+                pump.cancel()
+            if watcher is not None:
+                watcher.cancel()
+        pool.release(conn)
+
+
+async def _watch_disconnect(conn: UpstreamConnection, receive: Receive) -> None:
+    # Only started once the request body is fully read: ``receive`` then only returns on a
+    # disconnect (or once the response is complete, when there is nothing left to stop).
+    message = await receive()
+    if message["type"] == "http.disconnect" and not conn.response_complete:
+        conn.abort(ClientDisconnected("client disconnected during the response"))
+
+
+def failure_kind(exc: UpstreamError) -> FailureKind | None:
+    """What a failed attempt says about the server's health (None: nothing)."""
+    if isinstance(exc, UpstreamConnectError):
+        return FailureKind.CONNECT
+    if isinstance(exc, UpstreamConnectTimeout | UpstreamTimeout):
+        return FailureKind.TIMEOUT
+    if isinstance(exc, UpstreamClosed):
+        # A pooled connection found closed before we wrote to it is a normal race with the
+        # server's keep-alive timer, not a sign of a sick server.
+        return FailureKind.RESET if exc.request_sent else None
+    return None
+
+
+__all__ = ["ProxyApp", "RequestRejected"]

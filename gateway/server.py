@@ -1,0 +1,142 @@
+"""Run the gateway: certificates, both listeners, health checkers, graceful shutdown.
+
+Both listeners are uvicorn servers sharing one event loop (uvloop when installed).  uvicorn's
+own signal capture is replaced by ours, because two servers each installing handlers would
+fight over them: SIGTERM/SIGINT set ``should_exit`` on both, they stop accepting, finish
+in-flight requests within ``graceful_timeout``, and the process exits.  A second SIGINT forces
+the exit, as in uvicorn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import ssl
+from collections.abc import Generator
+
+import uvicorn
+
+from gateway.certs import ensure_certificates
+from gateway.config import Settings
+from gateway.listener import http_protocol_class
+from gateway.proxy import ProxyApp
+from gateway.redirect import RedirectApp
+from gateway.tls import server_ssl_context
+from gateway.upstream.group import Upstream
+
+log = logging.getLogger("gateway")
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield  # signals are handled by Gateway, for both servers at once
+
+
+class Gateway:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.upstreams = {name: Upstream(u) for name, u in settings.upstreams.items()}
+        self.proxy = ProxyApp(settings, self.upstreams)
+        g = settings.gateway
+        self.redirect = RedirectApp(g.hostnames, g.https_port, g.redirect_status, g.access_log)
+        self.servers: list[_Server] = []
+        self.ready = asyncio.Event()
+
+    def _config(self, app: object, port: int, ssl_context: ssl.SSLContext | None) -> uvicorn.Config:
+        g = self.settings.gateway
+        factory = None
+        if ssl_context is not None:
+
+            def factory(config: uvicorn.Config, default: object) -> ssl.SSLContext:
+                return ssl_context
+
+        return uvicorn.Config(
+            app,
+            host=g.host,
+            port=port,
+            http=http_protocol_class(),
+            ws="none",
+            proxy_headers=False,  # X-Forwarded-* from clients are handled (not trusted) by us
+            lifespan="off",
+            access_log=False,  # ours is richer (upstream, bytes, duration)
+            log_config=None,
+            server_header=False,
+            date_header=ssl_context is None,  # the proxy forwards the upstream's Date
+            timeout_keep_alive=int(max(1, g.keepalive_timeout)),
+            timeout_graceful_shutdown=int(g.graceful_timeout),
+            ssl_context_factory=factory,
+            backlog=2048,
+        )
+
+    async def serve(self) -> None:
+        settings = self.settings
+        g = settings.gateway
+        paths = ensure_certificates(settings.tls, g.hostnames)
+        ssl_context = server_ssl_context(paths.cert_file, paths.key_file)
+
+        https = _Server(self._config(self.proxy, g.https_port, ssl_context))
+        http = _Server(self._config(self.redirect, g.http_port, None))
+        self.servers = [https, http]
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.shutdown, sig)
+
+        for upstream in self.upstreams.values():
+            upstream.checker.start()
+        announce = asyncio.create_task(self._announce())
+        try:
+            await asyncio.gather(https.serve(), http.serve())
+        finally:
+            announce.cancel()
+            for upstream in self.upstreams.values():
+                await upstream.checker.stop()
+                upstream.close()
+        log.info("gateway stopped")
+
+    def shutdown(self, sig: int | None = None) -> None:
+        if any(s.should_exit for s in self.servers):
+            if sig == signal.SIGINT:
+                log.warning("second interrupt: forcing exit")
+                for server in self.servers:
+                    server.force_exit = True
+            return
+        log.info(
+            "shutting down: finishing in-flight requests (up to %gs)",
+            self.settings.gateway.graceful_timeout,
+        )
+        for server in self.servers:
+            server.should_exit = True
+
+    async def _announce(self) -> None:
+        while not all(s.started for s in self.servers):
+            await asyncio.sleep(0.01)
+        g = self.settings.gateway
+        host = f"[{g.host}]" if ":" in g.host else g.host
+        name = g.hostnames[0]
+        log.info(
+            "gateway ready: https://%s:%d (https://%s:%d/) and http://%s:%d -> https",
+            host,
+            g.https_port,
+            name,
+            g.https_port,
+            host,
+            g.http_port,
+        )
+        self.ready.set()
+
+
+def run(settings: Settings) -> None:
+    """Run until a signal stops the gateway (uvloop when installed)."""
+    try:
+        import uvloop
+    except ImportError:
+        loop_factory = None
+    else:
+        loop_factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(Gateway(settings).serve())

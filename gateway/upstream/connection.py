@@ -1,0 +1,279 @@
+"""One keep-alive HTTP/1.1 connection to an upstream server, as an asyncio Protocol.
+
+Theory of operation: the proxy writes a request head (and maybe a body) and then reads the
+response as a head followed by body chunks.  Bytes arriving from the server go through a
+``ResponseParser`` (sans-IO) and are queued here; the proxy drains the queue at the client's
+pace.  When more than ``HIGH_WATER`` bytes are queued we pause reading the socket, so a slow
+client holds back a fast upstream instead of filling our memory (the same flow control
+uvicorn applies on the client side).
+
+Failures are translated into ``gateway.errors`` types at this boundary, carrying whether the
+request may have reached the server (``request_sent``) so the retry policy can decide.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections import deque
+
+from gateway.config import UpstreamServer
+from gateway.errors import (
+    GatewayError,
+    UpstreamClosed,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+)
+from gateway.upstream.events import ProtocolError, ResponseEvent, ResponseHead
+from gateway.upstream.parsers import ResponseParser
+
+HIGH_WATER = 256 * 1024
+
+
+class ConnectionState(enum.Enum):
+    IDLE = "idle"  # in the pool, no request on it
+    ACTIVE = "active"  # a request/response exchange is under way
+    CLOSED = "closed"
+
+
+class UpstreamConnection(asyncio.Protocol):
+    def __init__(
+        self,
+        server: UpstreamServer,
+        parser: ResponseParser,
+        read_timeout: float,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.server = server
+        self.parser = parser
+        self.read_timeout = read_timeout
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.state = ConnectionState.IDLE
+        self.idle_since = loop.time()
+        self.requests = 0  # exchanges started on this connection; > 0 before one means reused
+
+        # Response side.
+        self._head: ResponseHead | None = None
+        self._body: deque[bytes] = deque()
+        self._buffered = 0
+        self._complete = False
+        self._error: GatewayError | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._reading_paused = False
+        self._last_read = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+
+        # Request side.
+        self._bytes_written = 0
+        self._request_complete = False
+        self._write_paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+
+    # -- asyncio.Protocol --------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport, but implement it.
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self._last_read = self.loop.time()
+        try:
+            events = self.parser.feed(data)
+        except ProtocolError as exc:
+            self.abort(
+                UpstreamProtocolError(str(exc), server=self.server.address, request_sent=True)
+            )
+            return
+        self._apply(events)
+
+    def eof_received(self) -> bool | None:
+        self._apply(self.parser.feed_eof())
+        return None  # let the transport close itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.state = ConnectionState.CLOSED
+        self._cancel_timer()
+        if self._error is None and not self._complete:
+            self._apply(self.parser.feed_eof())
+        if self._error is None and not self._complete:
+            what = "reset" if exc else "closed"
+            self._error = UpstreamClosed(
+                f"upstream {self.server.address} {what} the connection",
+                server=self.server.address,
+                request_sent=self._bytes_written > 0,
+            )
+        self._wake()
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_result(None)
+
+    # -- state -------------------------------------------------------------------------------
+    @property
+    def is_usable(self) -> bool:
+        """Idle and still open: safe to start a request on."""
+        return (
+            self.state is ConnectionState.IDLE
+            and self.transport is not None
+            and not self.transport.is_closing()
+        )
+
+    @property
+    def reusable(self) -> bool:
+        """The exchange finished cleanly and both sides agreed to keep the connection."""
+        return (
+            self.state is ConnectionState.ACTIVE
+            and self._complete
+            and self._request_complete
+            and self._error is None
+            and self._head is not None
+            and self._head.keep_alive
+            and self.transport is not None
+            and not self.transport.is_closing()
+        )
+
+    @property
+    def request_sent(self) -> bool:
+        return self._bytes_written > 0
+
+    def close(self) -> None:
+        self.state = ConnectionState.CLOSED
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self, error: GatewayError) -> None:
+        """Fail the current exchange with ``error`` and drop the connection."""
+        if self._error is None:
+            self._error = error
+        self._wake()
+        self.state = ConnectionState.CLOSED
+        if self.transport is not None:
+            self.transport.abort()
+
+    # -- request side ------------------------------------------------------------------------
+    def start(self, head: bytes, *, head_request: bool, has_body: bool) -> None:
+        """Begin an exchange by writing the request head."""
+        assert self.transport is not None and self.state is ConnectionState.IDLE
+        self.state = ConnectionState.ACTIVE
+        self.requests += 1
+        self.parser.start(head_request=head_request)
+        self._head = None
+        self._body.clear()
+        self._buffered = 0
+        self._complete = False
+        self._error = None
+        self._bytes_written = 0
+        self._request_complete = not has_body
+        self._last_read = self.loop.time()
+        self.write(head)
+
+    def write(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            raise self._error or UpstreamClosed(
+                f"upstream {self.server.address} closed the connection",
+                server=self.server.address,
+                request_sent=self._bytes_written > 0,
+            )
+        transport.write(data)
+        self._bytes_written += len(data)
+
+    async def drain(self) -> None:
+        if self._write_paused and self.state is not ConnectionState.CLOSED:
+            self._drain_waiter = self.loop.create_future()
+            await self._drain_waiter
+            self._drain_waiter = None
+        if self._error is not None:
+            raise self._error
+
+    def finish_request(self) -> None:
+        self._request_complete = True
+
+    # -- response side -----------------------------------------------------------------------
+    async def receive_head(self) -> ResponseHead:
+        while self._head is None:
+            if self._error is not None:
+                raise self._error
+            await self._wait()
+        return self._head
+
+    async def receive_body(self) -> tuple[bytes, bool]:
+        """The next body bytes (everything queued so far) and whether more will follow."""
+        while not self._body and not self._complete:
+            if self._error is not None:
+                raise self._error
+            await self._wait()
+        if self._error is not None and not self._complete:
+            raise self._error
+        body = self._body
+        if len(body) == 1:
+            data = body.popleft()
+        else:
+            data = b"".join(body)
+            body.clear()
+        self._buffered = 0
+        if self._reading_paused and self.transport is not None:
+            self._reading_paused = False
+            self.transport.resume_reading()
+        return data, not self._complete
+
+    @property
+    def response_complete(self) -> bool:
+        return self._complete
+
+    def _apply(self, events: list[ResponseEvent]) -> None:
+        for event in events:
+            if type(event) is bytes:
+                self._body.append(event)
+                self._buffered += len(event)
+            elif isinstance(event, ResponseHead):
+                self._head = event
+            else:
+                self._complete = True
+                self._cancel_timer()
+        if self._buffered > HIGH_WATER and not self._reading_paused and self.transport:
+            self._reading_paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    async def _wait(self) -> None:
+        waiter = self._waiter = self.loop.create_future()
+        if self._timer is None:
+            self._timer = self.loop.call_at(self._last_read + self.read_timeout, self._on_timer)
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _on_timer(self) -> None:
+        # Nginx's proxy_read_timeout: the longest gap between two reads, not a total.
+        self._timer = None
+        if self._waiter is None or self._complete:
+            return
+        deadline = self._last_read + self.read_timeout
+        if self.loop.time() < deadline:
+            self._timer = self.loop.call_at(deadline, self._on_timer)
+            return
+        self.abort(
+            UpstreamTimeout(
+                f"upstream {self.server.address} sent nothing for {self.read_timeout:g} s",
+                server=self.server.address,
+                request_sent=True,
+            )
+        )
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None

@@ -1,0 +1,53 @@
+"""``Upstream``: a named pool of servers (``[upstreams.NAME]``) with everything the proxy needs
+to pick one: health state, the round-robin balancer and a connection pool per server."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Collection
+
+from gateway.balancer import RoundRobin
+from gateway.config import UpstreamServer, UpstreamSettings
+from gateway.errors import NoUpstreamAvailable
+from gateway.health import FailureKind, HealthChecker, ServerHealth, new_server_health
+from gateway.upstream.pool import ConnectionPool
+from gateway.upstream.parsers import ResponseParser
+
+
+class Upstream:
+    def __init__(
+        self, settings: UpstreamSettings, parser: type[ResponseParser] | None = None
+    ) -> None:
+        self.name = settings.name
+        self.settings = settings
+        self.health: dict[UpstreamServer, ServerHealth] = {
+            server: new_server_health(settings, server) for server in settings.servers
+        }
+        self.pools = {
+            server: ConnectionPool(server, settings, parser) for server in settings.servers
+        }
+        health = self.health
+        self.balancer = RoundRobin(settings.servers, lambda s: health[s].is_up)
+        self.checker = HealthChecker(settings, self.health)
+        self.retries = settings.retries
+
+    def choose(self, exclude: Collection[UpstreamServer] = ()) -> UpstreamServer:
+        server = self.balancer.choose(exclude)
+        if server is None:
+            down = sum(1 for h in self.health.values() if not h.is_up)
+            if exclude and down < len(self.health):
+                raise NoUpstreamAvailable(
+                    f"upstream {self.name!r}: every available server failed this request"
+                )
+            raise NoUpstreamAvailable(
+                f"upstream {self.name!r}: all {len(self.health)} servers are DOWN",
+                retry_after=max(1, round(self.settings.health_interval)),
+            )
+        return server
+
+    def report_failure(self, server: UpstreamServer, kind: FailureKind, detail: str) -> None:
+        self.health[server].record_failure(kind, detail, time.monotonic())
+
+    def close(self) -> None:
+        for pool in self.pools.values():
+            pool.close()

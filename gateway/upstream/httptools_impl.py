@@ -1,0 +1,88 @@
+"""Response parser on httptools (llhttp): the fast path, used when the library is installed."""
+
+from __future__ import annotations
+
+import httptools
+
+from gateway.upstream.events import END_OF_MESSAGE, ProtocolError, ResponseEvent, ResponseHead
+
+
+class HttpToolsResponseParser:
+    """Feed bytes, get back ``ResponseHead`` / ``bytes`` / ``EndOfMessage`` events.
+
+    llhttp cannot be told that a response answers a HEAD request, so for HEAD the message
+    ends at the head and the next response gets a fresh llhttp parser (see ``start``).
+    Interim 1xx responses are swallowed: they are not forwarded to the client.
+    """
+
+    __slots__ = ("_parser", "_events", "_headers", "_head_only", "_in_message", "_done", "_framed")
+
+    def __init__(self) -> None:
+        self._parser = httptools.HttpResponseParser(self)
+        self._events: list[ResponseEvent] = []
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._head_only = False
+        self._in_message = False
+        self._done = False
+        self._framed = True
+
+    def start(self, *, head_request: bool) -> None:
+        """Prepare for the response to the next request on this connection."""
+        if self._head_only and self._done:
+            self._parser = httptools.HttpResponseParser(self)
+        self._head_only = head_request
+        self._in_message = False
+        self._done = False
+        self._framed = True
+        self._headers = []
+
+    def feed(self, data: bytes) -> list[ResponseEvent]:
+        events: list[ResponseEvent] = []
+        self._events = events
+        if self._done:
+            raise ProtocolError("upstream sent data after the end of the response")
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            raise ProtocolError("upstream switched protocols; upgrades are not proxied") from exc
+        except httptools.HttpParserError as exc:
+            raise ProtocolError(f"invalid response from upstream: {exc}") from exc
+        return events
+
+    def feed_eof(self) -> list[ResponseEvent]:
+        """The server closed the connection: that ends a body delimited by close."""
+        if self._in_message and not self._done and not self._framed:
+            self._done = True
+            return [END_OF_MESSAGE]
+        return []
+
+    # -- llhttp callbacks --------------------------------------------------------------------
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        status = parser.get_status_code()
+        headers = self._headers
+        self._headers = []
+        if status < 200:
+            return
+        self._in_message = True
+        self._framed = status in (204, 304) or any(
+            name in (b"content-length", b"transfer-encoding") for name, _ in headers
+        )
+        self._events.append(
+            ResponseHead(status, headers, parser.should_keep_alive(), parser.get_http_version())
+        )
+        if self._head_only:
+            self._done = True
+            self._events.append(END_OF_MESSAGE)
+
+    def on_body(self, body: bytes) -> None:
+        if not self._done:
+            self._events.append(body)
+
+    def on_message_complete(self) -> None:
+        if self._in_message and not self._done:
+            self._done = True
+            self._events.append(END_OF_MESSAGE)

@@ -1,0 +1,103 @@
+"""Keep-alive connection pools, one per upstream server (Nginx's ``keepalive`` directive).
+
+An idle connection is reused only while it is younger than ``keepalive_timeout``, which is
+kept below the upstream's own keep-alive timeout: the server then never closes a connection
+just as we start a request on it, the classic source of spurious 502s.  The most recently
+used connection is taken first (LIFO), so the rest age out and get closed by the sweeper.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+
+from gateway.config import UpstreamServer, UpstreamSettings
+from gateway.errors import UpstreamConnectError, UpstreamConnectTimeout
+from gateway.upstream.connection import UpstreamConnection
+from gateway.upstream.parsers import ResponseParser, parser_class
+
+
+class ConnectionPool:
+    def __init__(
+        self,
+        server: UpstreamServer,
+        settings: UpstreamSettings,
+        parser: type[ResponseParser] | None = None,
+    ) -> None:
+        self.server = server
+        self.connect_timeout = settings.connect_timeout
+        self.read_timeout = settings.read_timeout
+        self.max_idle = settings.keepalive
+        self.idle_timeout = settings.keepalive_timeout
+        self.parser = parser or parser_class()
+        self._idle: deque[UpstreamConnection] = deque()
+        self._sweeper: asyncio.TimerHandle | None = None
+        self.opened = 0  # connections opened, for tests and the dashboard
+
+    async def acquire(self) -> UpstreamConnection:
+        """An open idle connection, or a new one (UpstreamConnectError/-Timeout if not)."""
+        loop = asyncio.get_running_loop()
+        idle = self._idle
+        now = loop.time()
+        while idle:
+            conn = idle.pop()
+            if conn.is_usable and now - conn.idle_since < self.idle_timeout:
+                return conn
+            conn.close()
+        return await self._connect(loop)
+
+    def release(self, conn: UpstreamConnection) -> None:
+        """Return a connection after an exchange; it is kept only if it can be reused."""
+        if not conn.reusable or len(self._idle) >= self.max_idle:
+            conn.close()
+            return
+        loop = conn.loop
+        conn.state = conn.state.IDLE
+        conn.idle_since = loop.time()
+        self._idle.append(conn)
+        if self._sweeper is None:
+            self._sweeper = loop.call_later(self.idle_timeout, self._sweep)
+
+    def discard(self, conn: UpstreamConnection) -> None:
+        conn.close()
+
+    async def _connect(self, loop: asyncio.AbstractEventLoop) -> UpstreamConnection:
+        server = self.server
+        conn = UpstreamConnection(server, self.parser(), self.read_timeout, loop)
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                await loop.create_connection(lambda: conn, server.host, server.port)
+        except TimeoutError:
+            raise UpstreamConnectTimeout(
+                f"connecting to upstream {server.address} timed out after "
+                f"{self.connect_timeout:g} s",
+                server=server.address,
+            ) from None
+        except OSError as exc:
+            reason = "connection refused" if isinstance(exc, ConnectionRefusedError) else str(exc)
+            raise UpstreamConnectError(
+                f"cannot connect to upstream {server.address}: {reason}", server=server.address
+            ) from exc
+        self.opened += 1
+        return conn
+
+    def _sweep(self) -> None:
+        """Close idle connections past their expiry; re-arm while any remain."""
+        self._sweeper = None
+        idle = self._idle
+        if not idle:
+            return
+        loop = idle[0].loop
+        now = loop.time()
+        while idle and (now - idle[0].idle_since >= self.idle_timeout or not idle[0].is_usable):
+            idle.popleft().close()
+        if idle:
+            delay = max(self.idle_timeout - (now - idle[0].idle_since), 0.05)
+            self._sweeper = loop.call_later(delay, self._sweep)
+
+    def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        while self._idle:
+            self._idle.pop().close()

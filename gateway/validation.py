@@ -1,0 +1,176 @@
+"""What a proxy must refuse before forwarding: ambiguous framing, bad or foreign hosts.
+
+uvicorn (like most servers) is lenient where an origin server can afford to be; a proxy
+cannot, because the upstream may read the same bytes differently (request smuggling, RFC 9112
+§6.3 and §11.2) or because a Host we do not serve would make us an open proxy.  Everything here
+is a pure function of the ASGI scope, so it is unit-tested without a server.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.errors import MisdirectedRequest, RequestRejected
+
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1"})
+
+
+@dataclass(frozen=True, slots=True)
+class HostPolicy:
+    """The names this gateway serves: ``hostnames`` (``*.example.test`` wildcards allowed)
+    plus the loopback IPs, which the certificate always covers."""
+
+    names: frozenset[str]
+    wildcard_suffixes: tuple[str, ...]
+
+    @classmethod
+    def from_hostnames(cls, hostnames: Iterable[str]) -> HostPolicy:
+        names = set(LOOPBACK_HOSTS)
+        suffixes = []
+        for name in hostnames:
+            name = name.lower()
+            if name.startswith("*."):
+                suffixes.append(name[1:])  # keep the dot: "*.a.test" -> ".a.test"
+            else:
+                names.add(name)
+        return cls(frozenset(names), tuple(suffixes))
+
+    def allows(self, hostname: str) -> bool:
+        if hostname in self.names:
+            return True
+        # A wildcard covers exactly one label, as in certificates (RFC 6125 §6.4.3).
+        return any(
+            hostname.endswith(s) and "." not in hostname[: -len(s)] and len(hostname) > len(s)
+            for s in self.wildcard_suffixes
+        )
+
+
+def parse_host(value: str) -> tuple[str, int | None]:
+    """Split a Host value (RFC 9110 §7.2) into a lowercase name and optional port.
+
+    Raises ValueError for anything that is not ``name[:port]``, ``IPv4[:port]`` or
+    ``[IPv6][:port]``: such a value must never reach a redirect Location or a cache key.
+    """
+    port: int | None = None
+    if value.startswith("["):
+        end = value.find("]")
+        if end < 0:
+            raise ValueError("unclosed IPv6 literal")
+        host = value[1:end]
+        rest = value[end + 1 :]
+        ipaddress.IPv6Address(host)
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError("junk after IPv6 literal")
+            port = _port(rest[1:])
+        return str(ipaddress.IPv6Address(host)), port
+    host, sep, port_text = value.partition(":")
+    if sep:
+        port = _port(port_text)
+    host = host.lower().rstrip(".")
+    if not host or len(host) > 253:
+        raise ValueError("empty or over-long host")
+    if not all(c.isascii() and (c.isalnum() or c in "-.") for c in host):
+        raise ValueError("invalid character in host")
+    return host, port
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or len(text) > 5 or int(text) > 65535:
+        raise ValueError("invalid port")
+    return int(text)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFacts:
+    """What the checks established about a request that passed them."""
+
+    host: str  # the Host header value to forward (authority of an absolute-form target wins)
+    hostname: str
+    content_length: int | None
+    chunked: bool
+
+
+def check_request(scope: dict[str, Any], hosts: HostPolicy, *, served_port: int) -> RequestFacts:
+    """Refuse requests that are ambiguous or not for us; return the facts the proxy needs.
+
+    RequestRejected (400, connection closed) for framing and syntax problems,
+    MisdirectedRequest (421) for a well-formed Host we do not serve.
+    """
+    method = scope["method"]
+    if method == "CONNECT":
+        raise RequestRejected("CONNECT is not supported: this is a reverse proxy, not a tunnel")
+
+    host_values: list[bytes] = []
+    content_lengths: list[bytes] = []
+    transfer_encodings: list[bytes] = []
+    for name, value in scope["headers"]:
+        if name == b"host":
+            host_values.append(value)
+        elif name == b"content-length":
+            content_lengths.append(value)
+        elif name == b"transfer-encoding":
+            transfer_encodings.append(value)
+
+    # Request smuggling guards (RFC 9112 §6.1, §6.3): exactly one way to find the body's end.
+    content_length: int | None = None
+    if content_lengths and transfer_encodings:
+        raise RequestRejected("both Content-Length and Transfer-Encoding are present")
+    if len(content_lengths) > 1:
+        raise RequestRejected("repeated Content-Length header")
+    if content_lengths:
+        text = content_lengths[0].strip()
+        if not text.isdigit() or len(text) > 18:
+            raise RequestRejected("Content-Length is not a single non-negative integer")
+        content_length = int(text)
+    chunked = False
+    if transfer_encodings:
+        if len(transfer_encodings) > 1 or transfer_encodings[0].strip().lower() != b"chunked":
+            raise RequestRejected('Transfer-Encoding must be exactly "chunked"')
+        chunked = True
+
+    if len(host_values) != 1:
+        raise RequestRejected(
+            "exactly one Host header is required" if host_values else "missing Host header"
+        )
+    host_value = host_values[0].decode("latin-1")
+
+    target = scope.get("gateway.target") or scope.get("raw_path") or b""
+    if target[:7].lower() == b"http://" or target[:8].lower() == b"https://":
+        # Absolute form (RFC 9112 §3.2.2): the target's authority replaces Host.
+        authority = target.split(b"//", 1)[1].split(b"/", 1)[0].split(b"?", 1)[0]
+        host_value = authority.decode("latin-1")
+        try:
+            hostname, _ = parse_host(host_value)
+        except ValueError:
+            raise RequestRejected("invalid authority in the request target") from None
+        if not hosts.allows(hostname):
+            raise RequestRejected(f"not an open proxy: {hostname!r} is not served here")
+    else:
+        try:
+            hostname, _ = parse_host(host_value)
+        except ValueError:
+            raise RequestRejected("invalid Host header") from None
+        if not hosts.allows(hostname):
+            raise MisdirectedRequest(f"host {hostname!r} is not served here")
+
+    path: str = scope["path"]
+    if not path.startswith("/") and not target.lower().startswith((b"http://", b"https://")):
+        raise RequestRejected("the request target must be an absolute path")
+    if has_dot_segments(path):
+        raise RequestRejected('the path must not contain "." or ".." segments')
+    return RequestFacts(host_value, hostname, content_length, chunked)
+
+
+def has_dot_segments(path: str) -> bool:
+    """True if any segment of the (percent-decoded) path is "." or "..".
+
+    Refusing them, rather than resolving them, keeps routing, caching and the upstream's own
+    path handling in agreement about which resource is meant.
+    """
+    if "." not in path:
+        return False
+    return any(segment in (".", "..") for segment in path.split("/"))
