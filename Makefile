@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: install
-	$(BIN)/python run_stack.py --config $(CONFIG)
+	$(BIN)/python -m gateway.stack --config $(CONFIG)
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

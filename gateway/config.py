@@ -232,12 +232,12 @@ def _one_of(*choices: Any) -> Check:
 
 def _host(value: Any) -> tuple[Any, str | None]:
     if not isinstance(value, str) or not value:
-        return None, "must be an IP address or host name to bind, e.g. \"127.0.0.1\""
+        return None, 'must be an IP address or host name to bind, e.g. "127.0.0.1"'
     return value, None
 
 
 def _hostname(value: Any) -> tuple[Any, str | None]:
-    allowed = "must be a DNS name or IP address, e.g. \"localhost\""
+    allowed = 'must be a DNS name or IP address, e.g. "localhost"'
     if not isinstance(value, str) or not value or len(value) > 253:
         return None, allowed
     try:
@@ -272,20 +272,20 @@ def _list_of(item: Check, *, non_empty: bool = True) -> Check:
 
 def _path_prefix(value: Any) -> tuple[Any, str | None]:
     if not isinstance(value, str) or not value.startswith("/"):
-        return None, "must be a URL path starting with \"/\""
+        return None, 'must be a URL path starting with "/"'
     if any(c in value for c in "?# ") or "//" in value:
-        return None, "must be a plain path (no query, fragment, spaces or \"//\")"
+        return None, 'must be a plain path (no query, fragment, spaces or "//")'
     return value, None
 
 
 def _http_path(value: Any) -> tuple[Any, str | None]:
     if not isinstance(value, str) or not value.startswith("/") or " " in value:
-        return None, "must be a URL path starting with \"/\""
+        return None, 'must be a URL path starting with "/"'
     return value, None
 
 
 def _upstream_url(value: Any) -> tuple[Any, str | None]:
-    allowed = "must be an http:// URL with host and port, e.g. \"http://127.0.0.1:8001\""
+    allowed = 'must be an http:// URL with host and port, e.g. "http://127.0.0.1:8001"'
     if not isinstance(value, str):
         return None, allowed
     try:
@@ -304,7 +304,7 @@ def _cidr(value: Any) -> tuple[Any, str | None]:
     try:
         return str(ipaddress.ip_network(value, strict=False)), None
     except (TypeError, ValueError):
-        return None, "must be an IP address or CIDR network, e.g. \"10.0.0.0/8\""
+        return None, 'must be an IP address or CIDR network, e.g. "10.0.0.0/8"'
 
 
 def _status(value: Any) -> tuple[Any, str | None]:

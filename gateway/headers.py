@@ -55,7 +55,7 @@ def connection_listed(headers: Headers) -> frozenset[bytes]:
 
 
 class TrustedProxies:
-    """Networks whose X-Forwarded-For we extend instead of replacing (Nginx ``set_real_ip_from``)."""
+    """Networks whose X-Forwarded-For we extend instead of replace (Nginx ``set_real_ip_from``)."""
 
     def __init__(self, networks: Sequence[str]) -> None:
         self.networks = tuple(ipaddress.ip_network(n, strict=False) for n in networks)

@@ -1,15 +1,24 @@
-"""uvicorn's HTTP/1.1 protocol, adjusted for a proxy: keep the raw request target.
+"""uvicorn's HTTP/1.1 protocol, adjusted for a proxy.
 
-uvicorn reduces an absolute-form target (``GET http://host/path``) to its path, but RFC 9112
-§3.2.2 says that target's authority, not Host, names the resource.  We keep the raw target in
-the scope (``gateway.target``) so ``validation.check_request`` can refuse hosts we do not
-serve instead of silently proxying them.  Chosen like uvicorn's "auto": httptools when
-installed, else h11 (whose scope already carries the full target in ``raw_path``).
+Two changes, both on the httptools implementation (uvicorn's default when installed):
+
+- Keep the raw request target.  uvicorn reduces an absolute-form target
+  (``GET http://host/path``) to its path, but RFC 9112 §3.2.2 says that target's authority,
+  not Host, names the resource.  We keep it in the scope (``gateway.target``) so
+  ``validation.check_request`` can refuse hosts we do not serve instead of proxying them.
+- Send the response head together with the first body bytes.  uvicorn writes the head and
+  each body chunk separately; over TLS each write is its own record and ``send()``.  A
+  ``CorkedTransport`` holds the head until the end of the current event-loop iteration:
+  a body sent right after it joins it, otherwise it leaves alone a moment later, so a
+  streaming response never waits on it.
+
+With h11 (httptools not installed) the scope already carries the full target in ``raw_path``.
 """
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 try:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -23,10 +32,62 @@ def http_protocol_class() -> type[asyncio.Protocol] | str:
     return GatewayHttpToolsProtocol
 
 
+class CorkedTransport:
+    """The transport as a response cycle sees it: the head write is held briefly."""
+
+    __slots__ = ("transport", "loop", "held", "expect_head")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self.transport = transport
+        self.loop = loop
+        self.held: bytes | None = None
+        self.expect_head = False
+
+    def write(self, data: bytes) -> None:
+        if self.expect_head:
+            self.expect_head = False
+            self.held = data
+            self.loop.call_soon(self.flush)
+            return
+        held = self.held
+        if held is not None:
+            self.held = None
+            data = held + data
+        self.transport.write(data)
+
+    def flush(self) -> None:
+        held = self.held
+        if held is not None:
+            self.held = None
+            if not self.transport.is_closing():
+                self.transport.write(held)
+
+    def close(self) -> None:
+        self.flush()
+        self.transport.close()
+
+    def is_closing(self) -> bool:
+        return self.transport.is_closing()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
+
+
 if HttpToolsProtocol is not None:
 
-    class GatewayHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc,valid-type]
+    class GatewayHttpToolsProtocol(HttpToolsProtocol):
+        corked: CorkedTransport
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self.corked = CorkedTransport(transport, self.loop)
+
         def on_headers_complete(self) -> None:
             if self.url[:1] != b"/":
-                self.scope["gateway.target"] = bytes(self.url)
+                self.scope["gateway.target"] = bytes(self.url)  # type: ignore[typeddict-unknown-key]
+            previous = self.cycle
             super().on_headers_complete()
+            cycle = self.cycle
+            if cycle is not previous:
+                cycle.transport = self.corked  # type: ignore[assignment]
+                self.corked.expect_head = cycle is not None

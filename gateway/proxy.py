@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from gateway.access_log import AccessLog, Exchange
-from gateway.config import Settings
+from gateway.config import Settings, UpstreamServer
 from gateway.errors import (
     ContentTooLarge,
     GatewayError,
@@ -40,7 +40,7 @@ from gateway.headers import (
     upstream_request_headers,
 )
 from gateway.health import FailureKind
-from gateway.retry import may_retry
+from gateway.retry import IDEMPOTENT_RETRYABLE, may_retry
 from gateway.routing import Route, Router
 from gateway.upstream.connection import UpstreamConnection
 from gateway.upstream.group import Upstream
@@ -211,7 +211,7 @@ class ProxyApp:
         )
         body = RequestBody(receive, self.max_body, facts.chunked) if has_body else None
 
-        tried = []
+        tried: list[UpstreamServer] = []
         attempts_left = upstream.retries
         while True:
             server = upstream.choose(tried)
@@ -246,8 +246,50 @@ class ProxyApp:
         send: Send,
         exchange: Exchange,
     ) -> None:
+        """One attempt on ``server``.  A pooled connection that turns out to be closed by the
+        server (its keep-alive timer raced our request) is replaced by a fresh connection
+        to the same server, once, when that is safe: it says nothing about the server's
+        health and must not become a 502."""
         pool = upstream.pools[server]
         conn = await pool.acquire()
+        while True:
+            reused = conn.requests > 0
+            try:
+                await self._exchange_on(conn, head, method, body, receive, send, exchange)
+            except UpstreamClosed as exc:
+                conn.close()
+                stale = (
+                    reused
+                    and not conn.response_received
+                    and not exchange.response_started
+                    and not (body is not None and body.sent)
+                    and (not exc.request_sent or method in IDEMPOTENT_RETRYABLE)
+                )
+                if not stale:
+                    raise
+                log.info(
+                    "%s %s: pooled connection to %s was closed; reconnecting",
+                    *exchange.line,
+                    server,
+                )
+                conn = await pool.acquire(fresh=True)
+                continue
+            except BaseException:
+                conn.close()
+                raise
+            pool.release(conn)
+            return
+
+    async def _exchange_on(
+        self,
+        conn: UpstreamConnection,
+        head: bytes,
+        method: str,
+        body: RequestBody | None,
+        receive: Receive,
+        send: Send,
+        exchange: Exchange,
+    ) -> None:
         pump: asyncio.Task[None] | None = None
         watcher: asyncio.Task[None] | None = None
         try:
@@ -261,9 +303,7 @@ class ProxyApp:
 
             response = await conn.receive_head()
             if response.status >= 500:
-                upstream.report_failure(
-                    server, FailureKind.STATUS_5XX, f"responded {response.status}"
-                )
+                exchange.upstream_5xx = True
             headers = client_response_headers(response.headers, extra=self.extra_headers)
             data, more = b"", False
             if conn.response_complete:
@@ -284,15 +324,11 @@ class ProxyApp:
                 if not more:
                     break
                 data, more = await conn.receive_body()
-        except BaseException:
-            conn.close()
-            raise
         finally:
             if pump is not None and not pump.done():
                 pump.cancel()
             if watcher is not None:
                 watcher.cancel()
-        pool.release(conn)
 
 
 async def _watch_disconnect(conn: UpstreamConnection, receive: Receive) -> None:

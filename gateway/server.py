@@ -15,6 +15,7 @@ import logging
 import signal
 import ssl
 from collections.abc import Generator
+from typing import Any
 
 import uvicorn
 
@@ -45,7 +46,7 @@ class Gateway:
         self.servers: list[_Server] = []
         self.ready = asyncio.Event()
 
-    def _config(self, app: object, port: int, ssl_context: ssl.SSLContext | None) -> uvicorn.Config:
+    def _config(self, app: Any, port: int, ssl_context: ssl.SSLContext | None) -> uvicorn.Config:
         g = self.settings.gateway
         factory = None
         if ssl_context is not None:
@@ -96,6 +97,8 @@ class Gateway:
             for upstream in self.upstreams.values():
                 await upstream.checker.stop()
                 upstream.close()
+            self.proxy.access_log.flush()
+            self.redirect.access_log.flush()
         log.info("gateway stopped")
 
     def shutdown(self, sig: int | None = None) -> None:

@@ -9,7 +9,7 @@ is a pure function of the ASGI scope, so it is unit-tested without a server.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,7 +94,7 @@ class RequestFacts:
     chunked: bool
 
 
-def check_request(scope: dict[str, Any], hosts: HostPolicy, *, served_port: int) -> RequestFacts:
+def check_request(scope: Mapping[str, Any], hosts: HostPolicy, *, served_port: int) -> RequestFacts:
     """Refuse requests that are ambiguous or not for us; return the facts the proxy needs.
 
     RequestRejected (400, connection closed) for framing and syntax problems,

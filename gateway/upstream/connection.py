@@ -61,6 +61,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._error: GatewayError | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._reading_paused = False
+        self._received = False  # any response byte in the current exchange
         self._last_read = 0.0
         self._timer: asyncio.TimerHandle | None = None
 
@@ -76,6 +77,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        self._received = True
         self._last_read = self.loop.time()
         try:
             events = self.parser.feed(data)
@@ -142,6 +144,11 @@ class UpstreamConnection(asyncio.Protocol):
     def request_sent(self) -> bool:
         return self._bytes_written > 0
 
+    @property
+    def response_received(self) -> bool:
+        """Any byte of a response arrived during the current exchange."""
+        return self._received
+
     def close(self) -> None:
         self.state = ConnectionState.CLOSED
         if self.transport is not None:
@@ -168,6 +175,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._buffered = 0
         self._complete = False
         self._error = None
+        self._received = False
         self._bytes_written = 0
         self._request_complete = not has_body
         self._last_read = self.loop.time()

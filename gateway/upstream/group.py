@@ -10,8 +10,8 @@ from gateway.balancer import RoundRobin
 from gateway.config import UpstreamServer, UpstreamSettings
 from gateway.errors import NoUpstreamAvailable
 from gateway.health import FailureKind, HealthChecker, ServerHealth, new_server_health
-from gateway.upstream.pool import ConnectionPool
 from gateway.upstream.parsers import ResponseParser
+from gateway.upstream.pool import ConnectionPool
 
 
 class Upstream:

@@ -34,12 +34,13 @@ class ConnectionPool:
         self._sweeper: asyncio.TimerHandle | None = None
         self.opened = 0  # connections opened, for tests and the dashboard
 
-    async def acquire(self) -> UpstreamConnection:
-        """An open idle connection, or a new one (UpstreamConnectError/-Timeout if not)."""
+    async def acquire(self, *, fresh: bool = False) -> UpstreamConnection:
+        """An open idle connection (unless ``fresh``), or a new one (UpstreamConnectError or
+        UpstreamConnectTimeout when the server cannot be reached)."""
         loop = asyncio.get_running_loop()
         idle = self._idle
         now = loop.time()
-        while idle:
+        while idle and not fresh:
             conn = idle.pop()
             if conn.is_usable and now - conn.idle_since < self.idle_timeout:
                 return conn
