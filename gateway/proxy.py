@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.access_log import AccessLog, Exchange
 from gateway.config import Settings, UpstreamServer
@@ -50,6 +50,9 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+
+if TYPE_CHECKING:
+    from gateway.cache.layer import CacheLayer
 
 log = logging.getLogger("gateway.proxy")
 
@@ -140,6 +143,14 @@ class ProxyApp:
             extra.append((b"strict-transport-security", gateway.hsts_header.encode()))
         self.extra_headers = extra
         self.access_log = AccessLog(enabled=gateway.access_log)
+        self.cache: CacheLayer | None = None
+        if settings.cache.enabled:
+            try:
+                from gateway.cache.layer import CacheLayer
+            except ImportError:  # the cache wiring is not in this build yet
+                pass
+            else:
+                self.cache = CacheLayer(settings.cache, self.extra_headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -155,7 +166,10 @@ class ProxyApp:
                     f"request body of {facts.content_length} bytes is larger than the "
                     f"{self.max_body}-byte limit (max_body_bytes)"
                 )
-            await self._forward(scope, receive, send, facts, route, exchange)
+            if self.cache is not None and route.cache:
+                await self.cache.handle(scope, receive, send, facts, route, exchange, self._forward)
+            else:
+                await self._forward(scope, receive, send, facts, route, exchange)
         except ClientDisconnected:
             exchange.status = ClientDisconnected.status
         except GatewayError as exc:
@@ -190,13 +204,22 @@ class ProxyApp:
         facts: RequestFacts,
         route: Route,
         exchange: Exchange,
+        request_headers: Headers | None = None,
     ) -> None:
+        """Forward the request and stream the response to ``send``.
+
+        ``request_headers`` replaces the client's headers (the cache uses it to revalidate
+        with its own validators); either way they are rewritten for the upstream here.
+        """
         method: str = scope["method"]
         upstream = self.upstreams[route.upstream]
         client = scope.get("client")
         client_ip = client[0] if client else "unknown"
         headers = upstream_request_headers(
-            scope["headers"], client=client_ip, host=facts.host.encode(), trusted=self.trusted
+            scope["headers"] if request_headers is None else request_headers,
+            client=client_ip,
+            host=facts.host.encode(),
+            trusted=self.trusted,
         )
         target = route.upstream_target(scope["raw_path"], scope["query_string"])
         has_body = facts.chunked or bool(facts.content_length)
@@ -219,6 +242,10 @@ class ProxyApp:
             exchange.upstream = server.address
             try:
                 await self._exchange(upstream, server, head, method, body, receive, send, exchange)
+                if exchange.upstream_5xx:
+                    upstream.report_failure(
+                        server, FailureKind.STATUS_5XX, f"responded {exchange.status}"
+                    )
                 return
             except UpstreamError as exc:
                 kind = failure_kind(exc)

@@ -1,0 +1,177 @@
+"""What a shared cache may store (RFC 9111 §3, §3.5, §4.2.1) and what bypasses it."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway.cache.rules import (
+    CACHEABLE_STATUSES,
+    bypass_reason,
+    is_storable,
+    request_bypasses_cache,
+    why_not_storable,
+)
+
+Pairs = list[tuple[bytes, bytes]]
+ETAG = (b"etag", b'"v1"')
+
+
+def reason(
+    response: Pairs, request: Pairs | None = None, *, method: str = "GET", status: int = 200
+) -> str | None:
+    return why_not_storable(method, status, request or [], response)
+
+
+def control(value: bytes, *extra: tuple[bytes, bytes]) -> Pairs:
+    return [(b"cache-control", value), *extra]
+
+
+def test_rfc9111_3_fresh_get_200_is_storable() -> None:
+    assert reason(control(b"max-age=60")) is None
+    assert is_storable("GET", 200, [], control(b"max-age=60"))
+
+
+def test_rfc9111_3_only_get_responses_are_stored() -> None:
+    # A HEAD is answered from a stored GET; a HEAD response itself is not stored.
+    assert reason(control(b"max-age=60"), method="HEAD") == "method"
+    assert reason(control(b"max-age=60"), method="POST") == "method"
+
+
+@pytest.mark.parametrize("status", sorted(CACHEABLE_STATUSES))
+def test_rfc9110_15_1_heuristically_cacheable_statuses_with_explicit_freshness(status: int) -> None:
+    assert reason(control(b"max-age=60"), status=status) is None
+
+
+@pytest.mark.parametrize("status", [201, 202, 206, 302, 303, 304, 307, 400, 401, 403, 500, 503])
+def test_other_statuses_are_never_stored(status: int) -> None:
+    assert reason(control(b"max-age=60"), status=status) == "status"
+
+
+@pytest.mark.parametrize(
+    ("response", "request_", "expected"),
+    [
+        (control(b"no-store, max-age=60"), [], "no-store"),
+        (control(b"max-age=60"), [(b"cache-control", b"no-store")], "request-no-store"),
+        (control(b"private, max-age=60"), [], "private"),
+        (control(b'private="x-user", max-age=60'), [], "private"),
+        (control(b"max-age=60", (b"set-cookie", b"sid=1")), [], "set-cookie"),
+        (control(b"public, max-age=60", (b"set-cookie", b"sid=1")), [], "set-cookie"),
+        (control(b"max-age=60", (b"vary", b"*")), [], "vary-star"),
+        (control(b"max-age=60", (b"vary", b"accept, *")), [], "vary-star"),
+        (control(b"public"), [], "no-explicit-freshness"),
+        ([ETAG], [], "no-explicit-freshness"),
+        (control(b"max-age=abc", ETAG), [], "invalid-freshness"),
+        (control(b"max-age=60, max-age=120", ETAG), [], "invalid-freshness"),
+        (control(b"s-maxage=x, max-age=60", ETAG), [], "invalid-freshness"),
+        (control(b"max-age=0"), [], "stale-without-validator"),
+        (control(b"no-cache"), [], "stale-without-validator"),
+        (control(b"no-cache, max-age=60"), [], "stale-without-validator"),
+        (control(b"max-age=0, stale-if-error=60, must-revalidate"), [], "stale-without-validator"),
+    ],
+)
+def test_rfc9111_3_never_stored(response: Pairs, request_: Pairs, expected: str) -> None:
+    assert reason(response, request_) == expected
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        control(b"maxage=x, max-age=60"),  # an unknown directive is ignored
+        control(b"s-maxage=60, max-age=abc"),  # the invalid directive is not the one in effect
+        control(b"max-age=0", ETAG),  # stale at once, but it can be revalidated
+        control(b"no-cache", ETAG),  # §5.2.2.4: stored, always revalidated
+        control(b"no-cache", (b"last-modified", b"Sun, 06 Nov 1994 08:49:37 GMT")),
+        control(b"max-age=1, stale-while-revalidate=59"),  # useful without a validator
+        control(b"max-age=0, stale-if-error=600"),
+        [(b"expires", b"0"), ETAG],  # §5.3: already expired, revalidatable
+    ],
+)
+def test_rfc9111_3_stored_when_the_entry_can_be_used(response: Pairs) -> None:
+    assert reason(response) is None
+
+
+def test_rfc9111_4_2_1_expires_is_judged_against_response_time_without_date() -> None:
+    expires = [(b"expires", b"Sun, 06 Nov 1994 08:49:37 GMT")]
+    assert why_not_storable("GET", 200, [], expires, response_time=784111777.0 - 60) is None
+    assert (
+        why_not_storable("GET", 200, [], expires, response_time=784111777.0 + 60)
+        == "stale-without-validator"
+    )
+
+
+# RFC 9111 §3.5: a request with Authorization is stored only if the response says one of
+# public, s-maxage or must-revalidate.
+AUTH = [(b"authorization", b"Bearer abc")]
+
+
+@pytest.mark.parametrize(
+    ("cache_control", "storable"),
+    [
+        (b"max-age=60", False),
+        (b"no-cache, max-age=60", False),
+        (b"proxy-revalidate, max-age=60", False),
+        (b"public, max-age=60", True),
+        (b"s-maxage=60", True),
+        (b"must-revalidate, max-age=60", True),
+        (b"private, public, max-age=60", False),  # the most restrictive directive wins
+        (b"public, no-store, max-age=60", False),
+    ],
+)
+def test_rfc9111_3_5_authorization_table(cache_control: bytes, storable: bool) -> None:
+    assert is_storable("GET", 200, AUTH, control(cache_control, ETAG)) is storable
+    assert is_storable("GET", 200, [], control(cache_control, ETAG)) is (
+        b"private" not in cache_control and b"no-store" not in cache_control
+    )
+
+
+def test_set_cookie_is_never_stored_even_when_public() -> None:
+    response = control(b"public, s-maxage=600", (b"set-cookie", b"a=b; HttpOnly"))
+    assert not is_storable("GET", 200, [], response)
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(
+                [b"cache-control", b"expires", b"date", b"vary", b"etag", b"age", b"x"]
+            ),
+            st.binary(max_size=40),
+        ),
+        max_size=6,
+    ),
+    st.integers(100, 599),
+)
+def test_storability_never_raises(headers: Pairs, status: int) -> None:
+    why_not_storable("GET", status, headers, headers)
+
+
+# --- requests the cache stays out of --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "request_", "expected"),
+    [
+        ("GET", [], None),
+        ("HEAD", [], None),
+        ("POST", [], "method"),
+        ("DELETE", [], "method"),
+        ("GET", [(b"cache-control", b"no-store")], "no-store"),
+        ("GET", [(b"pragma", b"no-cache")], None),
+        ("GET", [(b"range", b"bytes=0-10")], "range"),
+        ("GET", [(b"if-range", b'"v1"')], "range"),
+        ("GET", [(b"if-match", b'"v1"')], "precondition"),
+        ("GET", [(b"if-unmodified-since", b"Sun, 06 Nov 1994 08:49:37 GMT")], "precondition"),
+        ("GET", [(b"if-none-match", b'"v1"')], None),
+        ("GET", [(b"authorization", b"Bearer x")], None),
+    ],
+)
+def test_bypass(method: str, request_: Pairs, expected: str | None) -> None:
+    assert bypass_reason(method, request_) == expected
+    assert request_bypasses_cache(method, request_) is (expected is not None)
+
+
+def test_an_unparsable_last_modified_is_no_validator() -> None:
+    response = control(b"max-age=0", (b"last-modified", b"yesterday"))
+    assert reason(response) == "stale-without-validator"
