@@ -1,0 +1,118 @@
+"""The database schema as an ordered list of migrations, and the code that applies them.
+
+``schema_version`` records every migration applied.  ``migrate`` runs the missing ones inside one
+``BEGIN IMMEDIATE`` transaction, so when several workers start at once the first takes the write
+lock and migrates while the others wait (busy timeout) and then find nothing left to do.  The
+supervisor also migrates once before it spawns any worker.  Never edit a released migration:
+append a new one.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+BUSY_TIMEOUT_SECONDS = 5.0
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    # 1: users, login sessions (token families) and the login-failure log.
+    (
+        # AUTOINCREMENT: a deleted user's id is never handed out again, so an old token's ``sub``
+        # can never come to name somebody else.  ``username`` and ``password_hash`` are NULL for
+        # the directory entries made by ``POST /user`` (they cannot log in).  ``email_key`` is
+        # the lower-cased e-mail: addresses are unique case-insensitively.
+        """
+        CREATE TABLE users (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            username TEXT UNIQUE COLLATE NOCASE,
+            name TEXT,
+            email TEXT NOT NULL,
+            email_key TEXT NOT NULL UNIQUE,
+            password_hash TEXT,
+            activated INTEGER NOT NULL DEFAULT 0 CHECK (activated IN (0, 1)),
+            role TEXT NOT NULL DEFAULT 'user' CHECK (role IN ('user', 'admin')),
+            confirmation_jti TEXT,
+            created_at REAL NOT NULL
+        )
+        """,
+        # One row per login: every access and refresh token carries its family id.
+        # ``refresh_jti`` is the only refresh token of the family still valid; presenting an
+        # older one is reuse (RFC 9700 section 4.14.2) and revokes the family.
+        """
+        CREATE TABLE token_families (
+            id TEXT PRIMARY KEY,
+            user_id INTEGER NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+            refresh_jti TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            expires_at REAL NOT NULL,
+            revoked_at REAL
+        )
+        """,
+        "CREATE INDEX token_families_user ON token_families (user_id)",
+        "CREATE INDEX token_families_expiry ON token_families (expires_at)",
+        """
+        CREATE TABLE login_failures (
+            key TEXT NOT NULL,
+            at REAL NOT NULL
+        )
+        """,
+        "CREATE INDEX login_failures_key_at ON login_failures (key, at)",
+        "CREATE INDEX login_failures_at ON login_failures (at)",
+    ),
+)
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class SchemaTooNew(Exception):
+    """The database was migrated by a newer version of this code."""
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """A stdlib connection with the pragmas every connection of ours uses.
+
+    ``isolation_level=None``: we issue BEGIN/COMMIT ourselves, the sqlite3 module does not.
+    """
+    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
+    conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_SECONDS * 1000)}")
+    conn.execute("PRAGMA foreign_keys = ON")
+    # NORMAL is durable across application crashes in WAL mode; only power loss may drop the
+    # last transactions.
+    conn.execute("PRAGMA synchronous = NORMAL")
+    return conn
+
+
+def migrate(path: Path) -> int:
+    """Bring the database at ``path`` to ``SCHEMA_VERSION``; return the version it was at."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # The file holds password hashes: owner-only from the first byte.  SQLite gives the -wal
+    # and -shm files the database's mode.  (O_CREAT without O_EXCL: racing creators are fine,
+    # SQLite treats an empty file as a new database.)
+    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    conn = connect(path)
+    try:
+        # WAL lets readers in every worker proceed while one writer commits.  The mode is
+        # stored in the file, so setting it once here is enough for all connections.
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            row = conn.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()
+            current = int(row[0])
+            if current > SCHEMA_VERSION:
+                raise SchemaTooNew(
+                    f"{path}: schema version {current} is newer than this code knows "
+                    f"({SCHEMA_VERSION}); upgrade the backend or use another database file"
+                )
+            for version in range(current + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS[version - 1]:
+                    conn.execute(statement)
+                conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return current
+    finally:
+        conn.close()
