@@ -101,6 +101,10 @@ class Gateway:
             self.redirect.access_log.flush()
         log.info("gateway stopped")
 
+    def upstream_status(self) -> list[dict[str, Any]]:
+        """Every server of every pool with its UP/DOWN state: the one place to read it."""
+        return [upstream.snapshot() for upstream in self.upstreams.values()]
+
     def shutdown(self, sig: int | None = None) -> None:
         if any(s.should_exit for s in self.servers):
             if sig == signal.SIGINT:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Collection
+from typing import Any
 
 from gateway.balancer import RoundRobin
 from gateway.config import UpstreamServer, UpstreamSettings
@@ -47,6 +48,16 @@ class Upstream:
 
     def report_failure(self, server: UpstreamServer, kind: FailureKind, detail: str) -> None:
         self.health[server].record_failure(kind, detail, time.monotonic())
+
+    def snapshot(self) -> dict[str, Any]:
+        """The pool's current state, for status pages and dashboards."""
+        return {
+            "upstream": self.name,
+            "servers": [
+                {**health.snapshot(), "connections_opened": self.pools[server].opened}
+                for server, health in self.health.items()
+            ],
+        }
 
     def close(self) -> None:
         for pool in self.pools.values():

@@ -1,0 +1,391 @@
+#!/usr/bin/env python3
+"""The gateway next to nginx (and one backend worker directly), on this machine, side by side.
+
+Starts the whole stack on free loopback ports from a temp dir (backend workers, a static
+upstream for the cache and transfer scenarios, the gateway, nginx with the gateway's own
+certificate), runs wrk against each target in alternating order for several rounds, streams
+large transfers while sampling the gateway's memory, prints tables and a summary block, and
+stops every process it started, whatever happens.  See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import FrameType
+
+import httpx
+
+import wrk
+from procstat import CpuWindow, machine_ticks
+from report import (
+    Measurement,
+    Scenario,
+    Target,
+    Transfers,
+    print_table,
+    size_text,
+    summary,
+    transfer_text,
+)
+from stack import BENCH, REPO, Stack, StackError, StackOptions, find_tool
+from transfer import MIB, transfer
+
+SCENARIOS = ("json", "cache", "download", "upload")
+RESULTS = BENCH / "results" / "latest.txt"
+
+
+def measure(target: Target, opts: argparse.Namespace, duration: int) -> Measurement:
+    trees = {"proxy": target.proxy, "origin": target.origin}
+    with CpuWindow(trees) as cpu:
+        result = wrk.run(opts.wrk, target.url, opts.threads, opts.connections, duration)
+    proxy = cpu.percent["proxy"] if target.proxy else None
+    ours = (proxy or 0.0) + cpu.percent["origin"] + cpu.reaped_percent + cpu.interrupt_percent
+    other = max(0.0, cpu.machine_percent * (os.cpu_count() or 1) - ours)
+    return Measurement(
+        result, proxy, cpu.percent["origin"], cpu.reaped_percent, cpu.machine_percent, other
+    )
+
+
+def run_scenario(scenario: Scenario, opts: argparse.Namespace) -> None:
+    targets = scenario.targets
+    print(f"\n== {scenario.title}" + (f" [{scenario.label}]" if scenario.label else ""))
+    for note in scenario.notes:
+        print(f"   {note}")
+    warmup = max(1, opts.duration // 5)
+    for target in targets:
+        # Not counted: fills keep-alive pools and caches, and pages everything in.
+        wrk.run(opts.wrk, target.url, opts.threads, opts.connections, warmup)
+    for round_no in range(opts.rounds):
+        # Rotate the order each round so drift (thermal, page cache, neighbours) hits every
+        # target alike.
+        shift = round_no % len(targets)
+        for target in targets[shift:] + targets[:shift]:
+            time.sleep(opts.pause)
+            m = measure(target, opts, opts.duration)
+            scenario.runs.setdefault(target.name, []).append(m)
+            r = m.result
+            proxy = f"{target.name} {m.proxy_cpu:.0f}%, " if m.proxy_cpu is not None else ""
+            print(
+                f"   round {round_no + 1}/{opts.rounds}  {target.name:<8}"
+                f"{r.requests_per_sec:>9.0f} r/s  p50 {r.p50_ms:7.2f} ms  p99 {r.p99_ms:7.2f} ms"
+                f"  errors: {r.error_text()}  CPU: {proxy}origin {m.origin_cpu:.0f}%,"
+                f" wrk {m.wrk_cpu:.0f}%, other {m.other_cpu:.0f}%, machine {m.machine_cpu:.0f}%"
+            )
+
+
+def json_scenario(stack: Stack, echo_backend: bool) -> Scenario:
+    assert stack.gateway is not None and stack.nginx is not None
+    # /status answers from memory while /health also queries SQLite; the echo fallback only
+    # has /health.
+    path = "/health" if echo_backend else "/status"
+    p = stack.ports
+    backend = [proc.pid for proc in stack.backend]
+    targets = [
+        Target(
+            "direct",
+            "direct (1 worker, plain HTTP)",
+            f"http://127.0.0.1:{p.backend[0]}{path}",
+            [],
+            backend,
+        ),
+        Target(
+            "nginx",
+            "nginx (HTTPS)",
+            f"https://127.0.0.1:{p.nginx}{path}",
+            [stack.nginx.pid],
+            backend,
+        ),
+        Target(
+            "gateway",
+            "gateway (HTTPS)",
+            f"https://127.0.0.1:{p.https}{path}",
+            [stack.gateway.pid],
+            backend,
+        ),
+    ]
+    return Scenario("json", f"small JSON (GET {path})", targets)
+
+
+def cache_scenario(stack: Stack) -> Scenario:
+    assert stack.gateway is not None and stack.nginx is not None and stack.static is not None
+    p = stack.ports
+    static = [stack.static.pid]
+    targets = [
+        Target(
+            "nginx",
+            "nginx (HTTPS, proxy_cache)",
+            f"https://127.0.0.1:{p.nginx}/blob64k",
+            [stack.nginx.pid],
+            static,
+        ),
+        Target(
+            "gateway",
+            "gateway (HTTPS, cache)",
+            f"https://127.0.0.1:{p.https}/blob64k",
+            [stack.gateway.pid],
+            static,
+        ),
+    ]
+    return Scenario("cache", "cache hit 64 KiB", targets)
+
+
+# --- pre-flight checks of the responses --------------------------------------------------------
+
+
+def client(stack: Stack) -> httpx.Client:
+    context = ssl.create_default_context(cafile=str(stack.ca_file))
+    return httpx.Client(verify=context, timeout=10.0)
+
+
+def check_json(stack: Stack, scenario: Scenario) -> None:
+    """Every target answers 200 before timing, and the gateway does not serve it from cache."""
+    with client(stack) as http:
+        for target in scenario.targets:
+            status, response = "no answer", None
+            for _ in range(20):  # bounded: the gateway may still be marking servers UP
+                try:
+                    response = http.get(target.url)
+                    status = str(response.status_code)
+                except httpx.HTTPError as exc:
+                    status = f"{type(exc).__name__}: {exc}"
+                if status == "200":
+                    break
+                time.sleep(0.25)
+            if response is None or status != "200":
+                raise StackError(f"{target.label}: GET {target.url} -> {status}")
+            if target.name == "gateway" and response.headers.get("x-cache", "").upper() == "HIT":
+                scenario.notes.append("WARNING: the gateway served this from its cache")
+
+
+def warm_cache(stack: Stack, scenario: Scenario) -> None:
+    """Fill both caches and confirm that the next request is a hit."""
+    headers = {"nginx": "x-cache-status", "gateway": "x-cache"}
+    with client(stack) as http:
+        for target in scenario.targets:
+            status = "-"
+            for _ in range(5):
+                response = http.get(target.url)
+                if response.status_code != 200 or len(response.content) != 65536:
+                    raise StackError(
+                        f"{target.label}: GET {target.url} -> {response.status_code}, "
+                        f"{len(response.content)} bytes (want 200 and 65536 bytes)"
+                    )
+                status = response.headers.get(headers[target.name], "(no header)")
+                if status.upper().startswith("HIT"):
+                    break
+                time.sleep(0.1)
+            hit = status.upper().startswith("HIT")
+            scenario.notes.append(
+                f"{target.name}: {headers[target.name]}: {status}"
+                + ("" if hit else "  <- no cache hit")
+            )
+            if target.name == "gateway" and not hit:
+                scenario.label = "cache not active"
+                print(
+                    "WARNING: the gateway shows no X-Cache: HIT after warming (cache not wired "
+                    "yet?); running the scenario anyway, labelled 'cache not active'",
+                    file=sys.stderr,
+                )
+            elif not hit:
+                raise StackError(f"{target.label}: no cache hit after warming ({status})")
+
+
+# --- transfers --------------------------------------------------------------------------------
+
+
+def run_transfer(stack: Stack, direction: str, size: int, opts: argparse.Namespace) -> Transfers:
+    assert stack.gateway is not None
+    gateway_url = f"https://127.0.0.1:{stack.ports.https}"
+    nginx_url = f"https://127.0.0.1:{stack.ports.nginx}"
+    print(f"\n== {size_text(size)} {direction} (streamed, {opts.client})")
+    time.sleep(opts.pause)  # let the gateway's RSS settle before the baseline
+    gw = transfer(direction, gateway_url, size, stack.ca_file, opts.curl, stack.gateway.pid)
+    print(f"   gateway  {transfer_text(gw)}")
+    time.sleep(opts.pause)
+    ng = transfer(direction, nginx_url, size, stack.ca_file, opts.curl)
+    print(f"   nginx    {transfer_text(ng)}")
+    return Transfers(direction, gw, ng)
+
+
+# --- set-up -----------------------------------------------------------------------------------
+
+
+def ensure_tools() -> tuple[str, str]:
+    """nginx and wrk, installed with apt-get only when missing."""
+    missing = [name for name in ("nginx", "wrk") if find_tool(name) is None]
+    if missing:
+        packages = ["nginx-light" if m == "nginx" else m for m in missing]
+        print(f"{', '.join(missing)} not found: apt-get install -y {' '.join(packages)}")
+        sudo = [] if os.geteuid() == 0 else ["sudo"]
+        if sudo and shutil.which("sudo") is None:
+            raise SystemExit(f"need root (or sudo) to install {', '.join(packages)}")
+        for argv in (
+            [*sudo, "apt-get", "update"],
+            [*sudo, "apt-get", "install", "-y", *packages],
+        ):
+            print("+ " + " ".join(argv), flush=True)
+            subprocess.run(argv, check=True, stdin=subprocess.DEVNULL, timeout=900)
+    nginx, wrk_path = find_tool("nginx"), find_tool("wrk")
+    if nginx is None or wrk_path is None:
+        raise SystemExit("nginx or wrk is still missing after apt-get install")
+    return nginx, wrk_path
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="bench/run.py",
+        description="Benchmark the gateway against nginx and a backend worker, side by side.",
+    )
+    parser.add_argument("--workers", type=int, default=2, help="backend workers (default: 2)")
+    parser.add_argument("--rounds", type=int, help="rounds per scenario (default: 3)")
+    parser.add_argument("--duration", type=int, help="seconds per wrk run (default: 10)")
+    parser.add_argument("--connections", type=int, default=32, help="wrk -c (default: 32)")
+    parser.add_argument("--threads", type=int, default=2, help="wrk -t (default: 2)")
+    parser.add_argument(
+        "--transfer-mib", type=int, help="size of the streamed transfers in MiB (default: 1024)"
+    )
+    parser.add_argument(
+        "--cache",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run the cache-hit scenario (default: on)",
+    )
+    parser.add_argument(
+        "--access-log",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="access logs in the gateway and, to match, in nginx (default: on)",
+    )
+    parser.add_argument(
+        "--scenario",
+        action="append",
+        choices=SCENARIOS,
+        help="run only this scenario (repeatable; default: all)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke check: 1 round, 3 s runs, 64 MiB transfers (explicit flags still win)",
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs)")
+    parser.add_argument(
+        "--echo-backend",
+        action="store_true",
+        help="development fallback: tests/support/echo_upstream.py instead of run_backend.py",
+    )
+    opts = parser.parse_args(argv)
+    quick = opts.quick
+    opts.rounds = opts.rounds or (1 if quick else 3)
+    opts.duration = opts.duration or (3 if quick else 10)
+    opts.transfer_mib = opts.transfer_mib or (64 if quick else 1024)
+    opts.pause = 0.5 if quick else 1.0
+    if min(opts.workers, opts.rounds, opts.duration, opts.threads, opts.transfer_mib) < 1:
+        parser.error("--workers, --rounds, --duration, --threads, --transfer-mib must be >= 1")
+    if opts.connections < opts.threads:
+        parser.error("--connections must be at least --threads (wrk needs one per thread)")
+    chosen = opts.scenario or list(SCENARIOS)
+    opts.scenarios = [s for s in SCENARIOS if s in chosen and (s != "cache" or opts.cache)]
+    return opts
+
+
+def machine_busy(seconds: float) -> float:
+    """% of all cores busy over ``seconds``."""
+    busy0, _, total0 = machine_ticks()
+    time.sleep(seconds)
+    busy1, _, total1 = machine_ticks()
+    return 100 * (busy1 - busy0) / max(total1 - total0, 1)
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    # SIGTERM/SIGHUP unwind like Ctrl-C, so the finally block stops every child.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    # Progress lines should show up as they happen, in order with warnings, even in a pipe.
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    opts = parse_args(argv)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _terminate)
+    opts.nginx, opts.wrk = ensure_tools()
+    version = subprocess.run([opts.nginx, "-v"], capture_output=True, text=True).stderr
+    opts.nginx_version = version.strip().rpartition(": ")[2].replace("/", " ") or "nginx"
+    opts.curl = find_tool("curl")
+    opts.client = "curl" if opts.curl else "httpx"
+    if not opts.echo_backend and not (REPO / "run_backend.py").is_file():
+        print("run_backend.py is missing; --echo-backend runs the echo upstream instead")
+        return 1
+
+    # Other work on the box skews every number: measure it before adding ours.
+    opts.idle_busy = machine_busy(1.0)
+    if opts.idle_busy > 10:
+        print(f"WARNING: the machine is {opts.idle_busy:.0f}% busy before the bench starts")
+    tmp = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
+    stack: Stack | None = None
+    scenarios: list[Scenario] = []
+    transfers: list[Transfers] = []
+    try:
+        options = StackOptions(
+            opts.workers, opts.access_log, opts.cache, opts.echo_backend, opts.nginx
+        )
+        stack = Stack(tmp, options)
+        print(f"starting the stack in {tmp} ...", flush=True)
+        stack.start()
+        p = stack.ports
+        print(
+            f"  backend {p.backend} ({'echo_upstream' if opts.echo_backend else 'run_backend.py'})"
+            f", static upstream {p.static}, gateway https {p.https}, nginx https {p.nginx}"
+        )
+        if "json" in opts.scenarios:
+            scenario = json_scenario(stack, opts.echo_backend)
+            check_json(stack, scenario)
+            run_scenario(scenario, opts)
+            scenarios.append(scenario)
+        if "cache" in opts.scenarios:
+            scenario = cache_scenario(stack)
+            warm_cache(stack, scenario)
+            run_scenario(scenario, opts)
+            scenarios.append(scenario)
+        size = opts.transfer_mib * MIB
+        for direction in ("download", "upload"):
+            if direction in opts.scenarios:
+                transfers.append(run_transfer(stack, direction, size, opts))
+
+        print("\n" + "=" * 100)
+        for scenario in scenarios:
+            print_table(scenario)
+        text = summary(opts, scenarios, transfers)
+        print("\n" + text)
+        RESULTS.parent.mkdir(exist_ok=True)
+        RESULTS.write_text(text + "\n")
+        print(f"\n(summary written to {RESULTS.relative_to(REPO)})")
+        return 0
+    except (StackError, RuntimeError, httpx.HTTPError) as exc:
+        print(f"\nbench: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nbench: interrupted; stopping everything", file=sys.stderr)
+        return 130
+    finally:
+        # A second Ctrl-C must not cut the clean-up short (every wait in it is bounded).
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+        if stack is not None:
+            stack.stop()
+        if opts.keep:
+            print(f"temp dir kept: {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
