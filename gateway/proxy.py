@@ -145,12 +145,9 @@ class ProxyApp:
         self.access_log = AccessLog(enabled=gateway.access_log)
         self.cache: CacheLayer | None = None
         if settings.cache.enabled:
-            try:
-                from gateway.cache.layer import CacheLayer
-            except ImportError:  # the cache wiring is not in this build yet
-                pass
-            else:
-                self.cache = CacheLayer(settings.cache, self.extra_headers)
+            from gateway.cache.layer import CacheLayer
+
+            self.cache = CacheLayer(settings.cache, self.extra_headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -1,9 +1,19 @@
 """The shared response cache (RFC 9111, with RFC 5861 stale-* and RFC 9211 Cache-Status).
 
-Pure and I/O-free: ``rules`` holds the protocol decisions, ``store`` the bounded LRU storage,
-``coalescing`` an asyncio primitive that collapses concurrent misses.  The proxy calls them
-around its own forwarding.  Headers are ``[(lowercase name, value)]`` byte pairs; times are
-``time.time()`` floats passed in by the caller.
+The protocol rules are pure and I/O-free, one concern per module:
+
+- ``fields``       Cache-Control directives, HTTP-dates, header access (§5.2, RFC 9110 §5.6.7)
+- ``freshness``    freshness lifetime and age (§4.2.1, §4.2.3)
+- ``keys``         primary key, Vary selection, invalidation targets (§2, §4.1, §4.4)
+- ``storing``      what may be stored, and the precomputed ``StoredResponse`` (§3)
+- ``conditional``  client conditionals, revalidation and freshening by a 304 (§4.3)
+- ``decisions``    the lookup decision and the answers the cache makes itself (§4, RFC 9211)
+- ``store``        the bounded LRU storage; ``coalescing`` collapses concurrent misses
+
+``layer`` is the thin asyncio wiring around the proxy's forwarding (``CacheLayer``), with
+``recording`` the ``send`` wrapper that tees, holds back or swallows a forwarded response.
+Headers are ``[(lowercase name, value)]`` byte pairs; times are ``time.time()`` floats passed
+in by the caller, so tests control the clock.
 
 Keys and lookup
     primary_key(scheme, host, raw_path, query) -> str     canonical target URI (§2)
@@ -32,8 +42,9 @@ Revalidation, stale responses, invalidation
 Coalescing
     Coalescer(timeout); ``async with coalescer.lead_or_wait(key) as leader: ...``;
     coalescer.try_lead(key) -> Flight | None; flight.release()
+    HitForPass(clock, ttl): keys whose response was not storable skip the wait for a while
 
-Wiring, per request (GET/HEAD on a route with ``cache = true``; see each docstring):
+Wiring, per request (GET/HEAD on a route with ``cache = true``; ``layer.CacheLayer`` does this):
     d = cache.lookup(key, method, headers, now)
     answer -> send d.answer; on STALE_WHILE_REVALIDATE also start one background refresh
               (``coalescer.try_lead(key)``; skip it when None).
@@ -54,43 +65,44 @@ answer_from_entry, can_serve_stale_on_error, bypass_reason, lookup_decision, for
 
 from __future__ import annotations
 
-from gateway.cache.coalescing import Coalescer, Flight
-from gateway.cache.rules import (
-    CACHEABLE_STATUSES,
+from gateway.cache.coalescing import Coalescer, Flight, HitForPass
+from gateway.cache.conditional import (
+    conditional_request_headers,
+    freshen,
+    not_modified,
+    revalidation_request_headers,
+)
+from gateway.cache.decisions import (
     STALE_IF_ERROR_STATUSES,
     Action,
-    CacheControl,
     CachedAnswer,
     Decision,
-    StoredResponse,
     answer_from_entry,
     answer_revalidated,
     answer_stale_on_error,
     bypass_reason,
     can_serve_stale_on_error,
-    conditional_request_headers,
-    corrected_initial_age,
-    current_age,
     format_cache_status,
     forwarded_cache_headers,
-    freshen,
-    freshness_lifetime,
-    invalidation_keys,
-    is_storable,
     lookup_decision,
-    make_stored_response,
-    not_modified,
+    request_bypasses_cache,
+)
+from gateway.cache.fields import (
+    CacheControl,
     parse_cache_control,
     parse_http_date,
-    primary_key,
-    request_bypasses_cache,
     request_cache_control,
-    revalidation_request_headers,
-    vary_key,
-    vary_names,
+)
+from gateway.cache.freshness import corrected_initial_age, current_age, freshness_lifetime
+from gateway.cache.keys import invalidation_keys, primary_key, vary_key, vary_names
+from gateway.cache.store import ResponseCache
+from gateway.cache.storing import (
+    CACHEABLE_STATUSES,
+    StoredResponse,
+    is_storable,
+    make_stored_response,
     why_not_storable,
 )
-from gateway.cache.store import ResponseCache
 
 __all__ = [
     "CACHEABLE_STATUSES",
@@ -101,6 +113,7 @@ __all__ = [
     "Coalescer",
     "Decision",
     "Flight",
+    "HitForPass",
     "ResponseCache",
     "StoredResponse",
     "answer_from_entry",

@@ -5,12 +5,15 @@ on the same key wait until the leader is done (it stored the response, or found 
 uncacheable, failed, or was cancelled), then look the cache up again and, on a second miss,
 go upstream themselves.  A waiter gives up waiting after ``timeout`` seconds, so a stuck
 leader never holds anyone for longer.  asyncio only; no sockets, no cache knowledge.
+
+``HitForPass`` remembers the keys whose last response could not be stored, so that misses on
+them skip the wait (Varnish's "hit-for-pass"/"hit-for-miss").
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 
@@ -95,3 +98,42 @@ class Coalescer:
         finally:
             # Also on failure or cancellation: the waiters must never wait for a dead leader.
             flight.release()
+
+
+class HitForPass:
+    """Keys whose response was not storable a moment ago, each for ``ttl`` seconds.
+
+    A miss on such a key goes upstream at once instead of queueing behind a leader whose
+    response would most likely not be stored either.  Bounded: the table is simply cleared
+    when it holds ``max_keys`` (it is only an optimisation).
+    """
+
+    def __init__(
+        self, clock: Callable[[], float], ttl: float = 60.0, max_keys: int = 10_000
+    ) -> None:
+        self.clock = clock
+        self.ttl = ttl
+        self.max_keys = max_keys
+        self._until: dict[str, float] = {}
+
+    def __len__(self) -> int:
+        return len(self._until)
+
+    def __contains__(self, key: object) -> bool:
+        if not isinstance(key, str):
+            return False
+        until = self._until.get(key)
+        if until is None:
+            return False
+        if until > self.clock():
+            return True
+        del self._until[key]
+        return False
+
+    def add(self, key: str) -> None:
+        if len(self._until) >= self.max_keys:
+            self._until.clear()
+        self._until[key] = self.clock() + self.ttl
+
+    def discard(self, key: str) -> None:
+        self._until.pop(key, None)

@@ -2,23 +2,18 @@
 
 Entries are kept per (primary key, Vary key): one URI can hold several variants, e.g. one per
 Accept-Encoding (RFC 9111 §4.1).  The store holds no policy beyond selection and size; what is
-storable, fresh or servable is decided by ``gateway.cache.rules``.  No I/O, no clock, no
-locks: it is used from one event loop.
+storable, fresh or servable is decided by ``storing``, ``freshness`` and ``decisions``.  No
+I/O, no clock, no locks: it is used from one event loop.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 
-from gateway.cache.rules import (
-    Decision,
-    HeaderPairs,
-    StoredResponse,
-    VaryKey,
-    bypass_reason,
-    lookup_decision,
-    vary_matches,
-)
+from gateway.cache.decisions import Decision, bypass_reason, lookup_decision
+from gateway.cache.fields import HeaderPairs
+from gateway.cache.keys import VaryKey, vary_matches
+from gateway.cache.storing import StoredResponse
 from gateway.config import CacheSettings
 
 
@@ -82,7 +77,7 @@ class ResponseCache:
     def lookup(
         self, primary_key: str, method: str, request_headers: HeaderPairs, now: float
     ) -> Decision:
-        """``rules.lookup_decision`` for the entry this request selects; the miss reason is
+        """``decisions.lookup_decision`` for the entry this request selects; the miss reason is
         "vary-miss" when the URI has variants but none matches (RFC 9211 §2.2)."""
         if bypass_reason(method, request_headers) is not None:
             return lookup_decision(None, method, request_headers, now)
@@ -94,7 +89,7 @@ class ResponseCache:
         """Store ``entry`` (replacing the same variant), evicting as needed; False when it is
         too large (body over ``max_entry_bytes`` or size over ``max_bytes``).
 
-        The caller checks ``rules.is_storable`` first; the store only enforces size.
+        The caller checks ``storing.is_storable`` first; the store only enforces size.
         """
         if len(entry.body) > self.max_entry_bytes or entry.size > self.max_bytes:
             return False

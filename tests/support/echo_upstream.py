@@ -6,9 +6,24 @@ GET  /bytes?n=N       -> N bytes of body, streamed in 64 KiB chunks (no Content-
 POST /upload          -> {"received": N}, counting a streamed request body
 GET  /sse             -> text/event-stream: one event, then waits for POST /sse/release
 GET  /slow?s=S        -> answers after S seconds (for read timeouts and graceful shutdown)
+GET  /hold            -> answers once POST /hold/release is called (requests kept in flight)
+GET  /forever         -> streams 16 KiB chunks until the client goes away, like a live feed
 GET  /status/N        -> an empty response with status N
 GET  /reflect-host    -> body echoes X-Forwarded-Host (a cache-poisoning probe)
 GET  /health          -> {"status": "ok"} (or 500 after POST /health/fail until /health/ok)
+GET  /hop             -> a response carrying hop-by-hop headers (Connection: x-hop, X-Hop,
+                         Keep-Alive) next to an end-to-end X-Kept header
+GET  /_stats          -> {"inflight": N, "seen": {path: count}}: requests being answered now and
+                         every path requested so far (how tests prove what reached the upstream)
+GET  /cache/...       -> a configurable cacheable response, counted (see ``cache_family``):
+                         ?cc= Cache-Control, vary=, etag= (304 to a matching If-None-Match),
+                         cookie= (Set-Cookie), age= (Age), delay= seconds before answering
+GET  /cache-count     -> {"count": N, "paths": {path: N}}: /cache/... requests answered so far
+                         (Cache-Control: no-store, so it is never cached itself)
+POST /cache-fail/on   -> every /cache/... answers 503 until POST /cache-fail/off
+
+Started with ``--fd N`` it serves a listening socket inherited from the test harness, so the
+port is known before the process starts and can never be taken by someone else meanwhile.
 """
 
 from __future__ import annotations
@@ -17,13 +32,27 @@ import argparse
 import asyncio
 import json
 import os
+import socket
 from typing import Any
 from urllib.parse import parse_qs
 
 import uvicorn
 
 NAME = os.environ.get("ECHO_NAME", "echo")
-state: dict[str, Any] = {"healthy": True, "release": None}
+state: dict[str, Any] = {
+    "healthy": True,
+    "release": None,
+    "hold": None,
+    "inflight": 0,
+    "seen": {},
+}
+
+
+def _hold_event() -> asyncio.Event:
+    if state["hold"] is None:
+        state["hold"] = asyncio.Event()
+    event: asyncio.Event = state["hold"]
+    return event
 
 
 async def _read_body(receive: Any) -> int:
@@ -53,9 +82,48 @@ async def _json(send: Any, status: int, payload: Any, headers: list[Any] | None 
     await send({"type": "http.response.body", "body": body})
 
 
+async def _stream_until_disconnected(receive: Any, send: Any) -> None:
+    gone = asyncio.Event()
+
+    async def watch() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        gone.set()
+
+    watcher = asyncio.create_task(watch())
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"application/octet-stream")],
+        }
+    )
+    chunk = b"f" * 16384
+    try:
+        while not gone.is_set():
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await asyncio.sleep(0.005)
+    finally:
+        watcher.cancel()
+
+
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] != "http":
         return
+    path = scope["path"]
+    if path == "/_stats":
+        await _json(send, 200, {"inflight": state["inflight"], "seen": state["seen"]})
+        return
+    seen = state["seen"]
+    seen[path] = seen.get(path, 0) + 1
+    state["inflight"] += 1
+    try:
+        await respond(scope, receive, send)
+    finally:
+        state["inflight"] -= 1
+
+
+async def respond(scope: dict[str, Any], receive: Any, send: Any) -> None:
     path = scope["path"]
     query = parse_qs(scope["query_string"].decode())
     method = scope["method"]
@@ -123,6 +191,14 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if state["release"] is not None:
             state["release"].set()
         await _json(send, 200, {"released": True})
+    elif path == "/hold":
+        await _hold_event().wait()
+        await _json(send, 200, {"server": NAME, "held": True})
+    elif path == "/hold/release":
+        _hold_event().set()
+        await _json(send, 200, {"released": True})
+    elif path == "/forever":
+        await _stream_until_disconnected(receive, send)
     elif path == "/slow":
         await asyncio.sleep(float(query.get("s", ["1"])[0]))
         await _json(send, 200, {"server": NAME, "slow": True})
@@ -136,27 +212,99 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             }
         )
         await send({"type": "http.response.body", "body": b""})
+    elif path == "/hop":
+        await _json(
+            send,
+            200,
+            {"server": NAME},
+            [
+                (b"connection", b"x-hop"),
+                (b"x-hop", b"1"),
+                (b"keep-alive", b"timeout=5"),
+                (b"x-kept", b"yes"),
+            ],
+        )
+    elif path.startswith("/cache"):
+        await cache_family(scope, receive, send, query)
     elif path == "/reflect-host":
         xfh = dict(scope["headers"]).get(b"x-forwarded-host", b"").decode()
         await _json(send, 200, {"host": xfh}, [(b"cache-control", b"max-age=60")])
     else:
-        await _json(send, 404, {"message": "not found"})
+        await _json(send, 404, {"message": "not found", "server": NAME})
+
+
+async def cache_family(
+    scope: dict[str, Any], receive: Any, send: Any, query: dict[str, list[str]]
+) -> None:
+    """The /cache... endpoints: a response whose caching headers the test chooses, and a
+    counter of how many of them this process really answered (what a cache hit avoids)."""
+    path = scope["path"]
+    counts: dict[str, int] = state.setdefault("cache_paths", {})
+    if path == "/cache-count":
+        total = sum(counts.values())
+        await _json(send, 200, {"count": total, "paths": counts}, [(b"cache-control", b"no-store")])
+        return
+    if path in ("/cache-fail/on", "/cache-fail/off"):
+        state["cache_fail"] = path.endswith("/on")
+        await _json(send, 200, {"failing": state["cache_fail"]}, [(b"cache-control", b"no-store")])
+        return
+    await _read_body(receive)
+    counts[path] = counts.get(path, 0) + 1
+    if state.get("cache_fail"):
+        await _json(send, 503, {"message": "failing on purpose"})
+        return
+    if "delay" in query:
+        await asyncio.sleep(float(query["delay"][0]))
+    request_headers = dict(scope["headers"])
+    headers: list[tuple[bytes, bytes]] = []
+    for param, name in (("cc", b"cache-control"), ("vary", b"vary"), ("etag", b"etag")):
+        if param in query:
+            headers.append((name, query[param][0].encode()))
+    if "cookie" in query:
+        headers.append((b"set-cookie", query["cookie"][0].encode()))
+    if "age" in query:
+        headers.append((b"age", query["age"][0].encode()))
+    etag = query.get("etag", [""])[0].encode()
+    if etag and request_headers.get(b"if-none-match") == etag:
+        await send({"type": "http.response.start", "status": 304, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
+        return
+    payload = {
+        "server": NAME,
+        "path": path,
+        "n": counts[path],
+        "method": scope["method"],
+        "accept_encoding": request_headers.get(b"accept-encoding", b"").decode(),
+        "authorization": request_headers.get(b"authorization", b"").decode(),
+        "forwarded_host": request_headers.get(b"x-forwarded-host", b"").decode(),
+    }
+    await _json(send, 200, payload, headers)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--port", type=int, default=None)
     parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--fd", type=int, default=None, help="serve this inherited socket")
     parser.add_argument("--keep-alive", type=float, default=5)
     args = parser.parse_args()
-    uvicorn.run(
+    if args.port is None and args.fd is None:
+        parser.error("give --port or --fd")
+    config = uvicorn.Config(
         app,
         host=args.host,
-        port=args.port,
+        port=args.port or 0,
         log_level="warning",
-        timeout_keep_alive=args.keep_alive,
+        timeout_keep_alive=args.keep_alive,  # a float works
         access_log=False,
     )
+    server = uvicorn.Server(config)
+    if args.fd is None:
+        server.run()
+    else:
+        # Not uvicorn's own ``fd=``: it declares the socket AF_UNIX, so TCP_NODELAY is never
+        # set and every response split in two writes waits out a delayed ACK (~40 ms).
+        server.run(sockets=[socket.socket(fileno=args.fd)])
 
 
 if __name__ == "__main__":

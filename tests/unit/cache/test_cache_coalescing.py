@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from gateway.cache.coalescing import Coalescer
+from gateway.cache.coalescing import Coalescer, HitForPass
 
 
 def run(coroutine: Coroutine[Any, Any, None]) -> None:
@@ -197,3 +197,18 @@ def test_try_lead_and_idempotent_release() -> None:
         assert len(coalescer) == 0
 
     run(scenario())
+
+
+def test_hit_for_pass_remembers_uncacheable_keys_for_a_while() -> None:
+    now = [100.0]
+    passes = HitForPass(lambda: now[0], ttl=60, max_keys=2)
+    passes.add("a")
+    assert "a" in passes and "b" not in passes
+    now[0] += 61
+    assert "a" not in passes and len(passes) == 0  # expired entries are dropped when seen
+    passes.add("a")
+    passes.discard("a")  # a stored response makes the key cacheable again
+    assert "a" not in passes
+    for key in "abc":
+        passes.add(key)
+    assert len(passes) <= 2  # bounded: cleared when full

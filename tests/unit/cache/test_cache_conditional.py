@@ -7,21 +7,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.cache.rules import (
-    Action,
-    StoredResponse,
-    answer_revalidated,
+from gateway.cache.conditional import (
     conditional_request_headers,
-    current_age,
-    format_http_date,
     freshen,
-    lookup_decision,
-    make_stored_response,
     not_modified,
     parse_entity_tags,
     revalidation_request_headers,
     weak_match,
 )
+from gateway.cache.decisions import Action, answer_revalidated, lookup_decision
+from gateway.cache.fields import format_http_date
+from gateway.cache.freshness import current_age
+from gateway.cache.storing import StoredResponse, make_stored_response
 
 Pairs = list[tuple[bytes, bytes]]
 T0 = 1_700_000_000.0

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.cache.rules import (
+from gateway.cache.fields import (
     MAX_DELTA,
     NO_DIRECTIVES,
     CacheControl,

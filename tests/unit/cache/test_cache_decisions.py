@@ -7,18 +7,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.cache.rules import (
+from gateway.cache.decisions import (
     Action,
     Decision,
-    StoredResponse,
     answer_stale_on_error,
     can_serve_stale_on_error,
-    format_http_date,
     forwarded_cache_headers,
-    is_storable,
     lookup_decision,
-    make_stored_response,
 )
+from gateway.cache.fields import format_http_date
+from gateway.cache.storing import StoredResponse, is_storable, make_stored_response
 
 Pairs = list[tuple[bytes, bytes]]
 T0 = 1_700_000_000.0

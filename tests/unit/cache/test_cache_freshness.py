@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.cache.rules import (
-    MAX_DELTA,
-    corrected_initial_age,
-    current_age,
-    format_http_date,
-    freshness_lifetime,
-    make_stored_response,
-)
+from gateway.cache.fields import MAX_DELTA, format_http_date
+from gateway.cache.freshness import corrected_initial_age, current_age, freshness_lifetime
+from gateway.cache.storing import make_stored_response
 
 T0 = 1_700_000_000.0
 DATE = format_http_date(T0)

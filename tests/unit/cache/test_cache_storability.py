@@ -6,13 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.cache.rules import (
-    CACHEABLE_STATUSES,
-    bypass_reason,
-    is_storable,
-    request_bypasses_cache,
-    why_not_storable,
-)
+from gateway.cache.decisions import bypass_reason, request_bypasses_cache
+from gateway.cache.storing import CACHEABLE_STATUSES, is_storable, why_not_storable
 
 Pairs = list[tuple[bytes, bytes]]
 ETAG = (b"etag", b'"v1"')

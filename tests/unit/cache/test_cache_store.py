@@ -6,17 +6,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.cache.rules import (
-    Action,
-    StoredResponse,
-    format_http_date,
-    invalidation_keys,
-    make_stored_response,
-    primary_key,
-    vary_key,
-    vary_names,
-)
+from gateway.cache.decisions import Action
+from gateway.cache.fields import format_http_date
+from gateway.cache.keys import invalidation_keys, primary_key, vary_key, vary_names
 from gateway.cache.store import ResponseCache
+from gateway.cache.storing import StoredResponse, make_stored_response
 from gateway.config import CacheSettings
 
 Pairs = list[tuple[bytes, bytes]]

@@ -1,0 +1,420 @@
+"""``CacheLayer``: the response cache wired around the proxy's forwarding, in asyncio.
+
+Theory of operation.  ``ProxyApp`` hands every request on a caching route to ``handle``
+together with its own ``forward`` coroutine, which streams the upstream's response to a
+``send`` as raw ASGI messages and raises ``UpstreamError`` when it fails before the response
+started.  The layer decides with the pure rules (``ResponseCache.lookup``) and then either
+
+- answers itself: a fresh hit, a 304 to the client's conditional, a stale answer while one
+  background task refreshes the entry (RFC 5861 §3), or 504 for only-if-cached on a miss;
+  two ASGI messages, no task, nothing parsed beyond what the stored entry precomputed;
+- forwards through a ``ResponseRecorder`` (``recording``), the ``send`` wrapper that adds
+  Cache-Status / X-Cache, tees a storable body (up to ``max_entry_bytes``) without delaying
+  the client and stores it once it is complete, swallows the upstream's 304 to our
+  revalidation, and holds back a 5xx start when a stale entry might replace it
+  (stale-if-error, RFC 5861 §4);
+- or, for unsafe methods, forwards and invalidates what a 2xx/3xx changed (RFC 9111 §4.4).
+
+Concurrent GET misses on one key are collapsed (Nginx ``proxy_cache_lock``): one leader goes
+upstream, the others wait and look up again.  The leader lets them go as soon as it knows the
+response will not be stored, and such a key is then remembered for a while ("hit-for-pass",
+as in Varnish) so later misses on it do not wait at all.  A waiter waits at most
+``lock_timeout`` (LOCK_TIMEOUT, half a second rather than Nginx's 5 s): enough for the
+upstream to answer a herd of requests for a popular page once, short enough that identical
+requests to a slow or long-polling endpoint, whose cacheability is not known yet, never
+queue behind each other noticeably.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from gateway.access_log import Exchange
+from gateway.cache.coalescing import Coalescer, Flight, HitForPass
+from gateway.cache.conditional import freshen, revalidation_request_headers
+from gateway.cache.decisions import (
+    Action,
+    CachedAnswer,
+    Decision,
+    answer_revalidated,
+    answer_stale_on_error,
+    can_serve_stale_on_error,
+    forwarded_cache_headers,
+)
+from gateway.cache.keys import invalidation_keys, primary_key
+from gateway.cache.recording import ResponseRecorder
+from gateway.cache.store import ResponseCache
+from gateway.config import CacheSettings
+from gateway.errors import GatewayError, UpstreamError
+from gateway.headers import Headers
+from gateway.routing import Route
+from gateway.validation import RequestFacts
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+# ProxyApp._forward(scope, receive, send, facts, route, exchange, request_headers)
+Forward = Callable[
+    [Scope, Receive, Send, RequestFacts, Route, Exchange, Headers | None], Awaitable[None]
+]
+
+log = logging.getLogger("gateway.cache")
+
+# X-Cache (and the access log's cache=) for each answer the cache makes itself.
+_ANSWER_LABELS = {
+    Action.HIT: "HIT",
+    Action.NOT_MODIFIED: "HIT",
+    Action.STALE_WHILE_REVALIDATE: "STALE",
+    Action.ONLY_IF_CACHED_MISS: "MISS",
+}
+# The decisions for requests the cache stays out of without a lookup.
+_OTHER_METHOD = Decision(Action.BYPASS, fwd="method", detail="method")
+_WITH_BODY = Decision(Action.BYPASS, fwd="bypass", detail="body")
+# The longest a request waits for another one's upstream fetch of the same key.
+LOCK_TIMEOUT = 0.5
+# How long a key whose response was not storable skips request coalescing.
+HIT_FOR_PASS_SECONDS = 60.0
+
+
+class CacheLayer:
+    """The shared cache in front of ``ProxyApp``'s forwarding (see the module docstring).
+
+    ``extra_headers`` (Via, HSTS) are appended to every answer made from the cache, as the
+    proxy appends them to forwarded responses; ``clock`` is the ``time.time`` the RFC 9111
+    age arithmetic runs on (tests pass their own).
+    """
+
+    def __init__(
+        self,
+        settings: CacheSettings,
+        extra_headers: Headers,
+        *,
+        clock: Callable[[], float] = time.time,
+        lock_timeout: float = LOCK_TIMEOUT,
+    ) -> None:
+        self.store = ResponseCache.from_settings(settings)
+        self.coalescer = Coalescer(lock_timeout)
+        self.extra_headers = list(extra_headers)
+        self.clock = clock
+        self.passes = HitForPass(clock, HIT_FOR_PASS_SECONDS)
+        # Background refreshes (stale-while-revalidate); a reference keeps each task alive.
+        self._refreshes: set[asyncio.Task[None]] = set()
+
+    async def handle(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        facts: RequestFacts,
+        route: Route,
+        exchange: Exchange,
+        forward: Forward,
+    ) -> None:
+        method: str = scope["method"]
+        if method != "GET" and method != "HEAD":
+            await self._forward_unsafe(scope, receive, send, facts, route, exchange, forward)
+            return
+        key = primary_key("https", facts.host, scope["raw_path"], scope["query_string"])
+        if facts.content_length or facts.chunked:
+            # A GET with a body has no defined meaning (RFC 9110 §9.3.1): the cache stays out.
+            await self._fetch(
+                scope, receive, send, facts, route, exchange, forward, key, _WITH_BODY
+            )
+            return
+        request_headers: Headers = scope["headers"]
+        decision = self.store.lookup(key, method, request_headers, self.clock())
+        if decision.answer is not None:
+            await self._serve(scope, send, facts, route, exchange, forward, key, decision)
+            return
+        log.debug("%s %s: %s (%s)", method, key, decision.action.value, decision.fwd)
+        if method == "HEAD" or decision.action is Action.BYPASS or key in self.passes:
+            # None of these waits for another request's fetch: HEAD and BYPASS responses are
+            # never stored, and this key's response was not storable a moment ago.
+            await self._fetch(scope, receive, send, facts, route, exchange, forward, key, decision)
+            return
+        flight = self.coalescer.try_lead(key)
+        if flight is None:
+            await self.coalescer.wait(key)
+            decision = self.store.lookup(key, method, request_headers, self.clock())
+            if decision.answer is not None:
+                await self._serve(scope, send, facts, route, exchange, forward, key, decision)
+                return
+            # The leader's response was not stored: go upstream ourselves, uncoalesced.
+            await self._fetch(scope, receive, send, facts, route, exchange, forward, key, decision)
+            return
+        try:
+            await self._fetch(
+                scope, receive, send, facts, route, exchange, forward, key, decision, flight
+            )
+        finally:
+            flight.release()  # also on failure or cancellation: never strand the waiters
+
+    # --- answering from the cache -------------------------------------------------------------
+
+    async def _serve(
+        self,
+        scope: Scope,
+        send: Send,
+        facts: RequestFacts,
+        route: Route,
+        exchange: Exchange,
+        forward: Forward,
+        key: str,
+        decision: Decision,
+    ) -> None:
+        """Send the answer the lookup made (the hot path: two ASGI messages, no task), and
+        start the background refresh a stale-while-revalidate answer calls for."""
+        assert decision.answer is not None
+        await self._send_answer(send, decision.answer, exchange, _ANSWER_LABELS[decision.action])
+        if decision.action is Action.STALE_WHILE_REVALIDATE:
+            self._start_refresh(scope, facts, route, forward, key, decision)
+        log.debug("%s %s: %s", scope["method"], key, decision.action.value)
+
+    async def _send_answer(
+        self, send: Send, answer: CachedAnswer, exchange: Exchange, label: str
+    ) -> None:
+        exchange.cache = label
+        exchange.status = answer.status
+        exchange.response_started = True
+        await send(
+            {
+                "type": "http.response.start",
+                "status": answer.status,
+                "headers": answer.headers + self.extra_headers,
+            }
+        )
+        await send({"type": "http.response.body", "body": answer.body})
+        exchange.bytes_sent = len(answer.body)
+
+    # --- forwarding ---------------------------------------------------------------------------
+
+    async def _fetch(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        facts: RequestFacts,
+        route: Route,
+        exchange: Exchange,
+        forward: Forward,
+        key: str,
+        decision: Decision,
+        flight: Flight | None = None,
+    ) -> None:
+        """Forward a GET/HEAD the cache did not answer; store, revalidate or stand in with a
+        stale entry as the upstream's response allows."""
+        method: str = scope["method"]
+        request_headers: Headers = scope["headers"]
+        request_time = self.clock()
+        entry = decision.entry
+        revalidating = decision.action is Action.REVALIDATE and method == "GET"
+        stale_candidate = entry is not None and can_serve_stale_on_error(
+            entry, request_headers, request_time
+        )
+        recorder = ResponseRecorder(
+            self,
+            send,
+            exchange,
+            key,
+            decision,
+            request_headers,
+            request_time,
+            flight,
+            may_store=method == "GET" and decision.action is not Action.BYPASS,
+            intercept_304=revalidating,
+            hold_errors=stale_candidate,
+        )
+        upstream_headers = (
+            revalidation_request_headers(request_headers, entry)
+            if revalidating and entry is not None
+            else None
+        )
+        try:
+            await forward(scope, receive, recorder, facts, route, exchange, upstream_headers)
+        except UpstreamError as exc:
+            if recorder.client_started:
+                raise
+            # Whatever the forward recorded, nothing reached the client: ProxyApp may still
+            # send its error page if no stale answer stands in.
+            exchange.response_started = False
+            answer = (
+                answer_stale_on_error(decision, method, request_headers, self.clock())
+                if stale_candidate
+                else None
+            )
+            if answer is None:
+                raise
+            log.info("%s %s: serving stale (stale-if-error): %s", method, key, exc.message)
+            await self._send_answer(send, answer, exchange, "STALE")
+            return
+
+        if recorder.not_modified_headers is not None and entry is not None:
+            fresh = freshen(
+                entry, recorder.not_modified_headers, request_time, recorder.response_time
+            )
+            if fresh is not None:
+                self.store.put(key, fresh)
+                if flight is not None:
+                    flight.release()
+                answer = answer_revalidated(decision, fresh, method, request_headers, self.clock())
+                log.debug("%s %s: revalidated (304)", method, key)
+                await self._send_answer(send, answer, exchange, "REVALIDATED")
+                return
+            # The 304 is not about what we store (RFC 9111 §4.3.4): fetch it anew, unconditionally.
+            log.debug("%s %s: 304 does not match the stored response; refetching", method, key)
+            exchange.response_started = False
+            exchange.bytes_sent = 0
+            refetch = Decision(Action.MISS, entry=None, fwd=decision.fwd)
+            await self._fetch(
+                scope, receive, send, facts, route, exchange, forward, key, refetch, flight
+            )
+            return
+
+        if recorder.held_start is not None:
+            answer = answer_stale_on_error(
+                decision, method, request_headers, self.clock(), fwd_status=recorder.status
+            )
+            if answer is not None:
+                log.info(
+                    "%s %s: serving stale (stale-if-error) for upstream %d",
+                    method,
+                    key,
+                    recorder.status,
+                )
+                await self._send_answer(send, answer, exchange, "STALE")
+            else:
+                await recorder.release_held()
+
+    async def _forward_unsafe(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        facts: RequestFacts,
+        route: Route,
+        exchange: Exchange,
+        forward: Forward,
+    ) -> None:
+        """Any method but GET/HEAD: never cached; a 2xx/3xx to an unsafe one invalidates the
+        target and same-origin Location/Content-Location (RFC 9111 §4.4)."""
+        key = primary_key("https", facts.host, scope["raw_path"], scope["query_string"])
+        method: str = scope["method"]
+
+        async def invalidating_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers: Headers = message["headers"]
+                for stale in invalidation_keys(method, message["status"], key, headers):
+                    if self.store.invalidate(stale):
+                        log.debug("%s %s: invalidated %s", method, key, stale)
+                headers.extend(forwarded_cache_headers(_OTHER_METHOD, message["status"]))
+            await send(message)
+
+        exchange.cache = "BYPASS"
+        await forward(scope, receive, invalidating_send, facts, route, exchange, None)
+
+    # --- stale-while-revalidate ---------------------------------------------------------------
+
+    def _start_refresh(
+        self,
+        scope: Scope,
+        facts: RequestFacts,
+        route: Route,
+        forward: Forward,
+        key: str,
+        decision: Decision,
+    ) -> None:
+        flight = self.coalescer.try_lead(key)
+        if flight is None:
+            return  # a refresh (or a miss) for this key is already upstream
+        task = asyncio.create_task(
+            self._refresh(scope, facts, route, forward, key, decision, flight)
+        )
+        self._refreshes.add(task)
+        task.add_done_callback(self._refreshes.discard)
+
+    async def _refresh(
+        self,
+        scope: Scope,
+        facts: RequestFacts,
+        route: Route,
+        forward: Forward,
+        key: str,
+        decision: Decision,
+        flight: Flight,
+    ) -> None:
+        """Fetch ``key`` again in the background and store the result; the client already has
+        its stale answer, so any failure is only logged."""
+        entry = decision.entry
+        # A copy: the client's scope belongs to its (finished) request cycle.  Always a GET,
+        # also when a HEAD found the entry stale.
+        background = dict(scope)
+        background["method"] = "GET"
+        request_headers: Headers = list(scope["headers"])
+        background["headers"] = request_headers
+        exchange = Exchange(background)
+        revalidating = entry is not None and entry.has_validator
+        refresh_decision = Decision(
+            Action.REVALIDATE if revalidating else Action.MISS, entry=entry, fwd="stale"
+        )
+        recorder = ResponseRecorder(
+            self,
+            _discard,
+            exchange,
+            key,
+            refresh_decision,
+            request_headers,
+            self.clock(),
+            flight,
+            may_store=True,
+            intercept_304=revalidating,
+            hold_errors=False,
+        )
+        upstream_headers = (
+            revalidation_request_headers(request_headers, entry) if entry is not None else None
+        )
+        try:
+            await forward(
+                background, _empty_request(), recorder, facts, route, exchange, upstream_headers
+            )
+            if recorder.not_modified_headers is not None and entry is not None:
+                fresh = freshen(
+                    entry,
+                    recorder.not_modified_headers,
+                    recorder.request_time,
+                    recorder.response_time,
+                )
+                if fresh is not None:
+                    self.store.put(key, fresh)
+                    self.passes.discard(key)
+            log.debug("GET %s: background refresh done (%d)", key, exchange.status)
+        except GatewayError as exc:
+            log.info("GET %s: background refresh failed: %s", key, exc.message)
+        except Exception:  # noqa: BLE001 - a refresh nobody awaits must not die unreported
+            log.warning("GET %s: background refresh crashed", key, exc_info=True)
+        finally:
+            flight.release()
+
+
+async def _discard(message: Message) -> None:
+    """The client of a background refresh: nobody."""
+
+
+def _empty_request() -> Receive:
+    """``receive`` for a request made by the cache itself: an empty body, then nothing, as
+    from a client that stays connected until the response is complete."""
+    delivered = False
+
+    async def receive() -> Message:
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        never: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        return await never
+
+    return receive
