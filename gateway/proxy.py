@@ -330,8 +330,11 @@ class ProxyApp:
                 exchange.upstream_5xx = True
             headers = client_response_headers(response.headers, extra=self.extra_headers)
             data, more = b"", False
-            if conn.response_complete:
-                data, more = await conn.receive_body()
+            if conn.response_complete or _small_body(response.headers):
+                # A small body is read whole before the head goes out: if the upstream dies
+                # mid-body, nothing has reached the client yet and an idempotent request can
+                # still be retried on another server instead of ending truncated.
+                data = await conn.receive_all()
             exchange.status = response.status
             exchange.response_started = True
             await send(
@@ -361,6 +364,16 @@ async def _watch_disconnect(conn: UpstreamConnection, receive: Receive) -> None:
     message = await receive()
     if message["type"] == "http.disconnect" and not conn.response_complete:
         conn.abort(ClientDisconnected("client disconnected during the response"))
+
+
+SMALL_BODY = 64 * 1024
+
+
+def _small_body(headers: Headers) -> bool:
+    for name, value in headers:
+        if name == b"content-length":
+            return value.isdigit() and int(value) <= SMALL_BODY
+    return False
 
 
 def failure_kind(exc: UpstreamError) -> FailureKind | None:

@@ -231,6 +231,20 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.resume_reading()
         return data, not self._complete
 
+    async def receive_all(self) -> bytes:
+        """The rest of the body, once the response is complete (only for bounded bodies)."""
+        while not self._complete:
+            if self._error is not None:
+                raise self._error
+            await self._wait()
+        data = b"".join(self._body)
+        self._body.clear()
+        self._buffered = 0
+        if self._reading_paused and self.transport is not None:
+            self._reading_paused = False
+            self.transport.resume_reading()
+        return data
+
     @property
     def response_complete(self) -> bool:
         return self._complete
