@@ -121,13 +121,21 @@ def _reaped_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def tree_rss_bytes(pid: int) -> int | None:
+    """VmRSS summed over ``pid`` and its descendants (the gateway's worker processes)."""
+    if rss_bytes(pid) is None:
+        return None
+    return sum(rss_bytes(p) or 0 for p in descendants(pid))  # descendants includes pid
+
+
 class RssSampler:
-    """Samples a process's VmRSS every ``interval`` seconds on a thread, keeping the peak."""
+    """Samples the VmRSS of a process tree every ``interval`` seconds on a thread, keeping
+    the peak of the sum (with ``[gateway] workers`` the parent only supervises)."""
 
     def __init__(self, pid: int, interval: float = 0.1) -> None:
         self.pid = pid
         self.interval = interval
-        self.baseline = rss_bytes(pid) or 0
+        self.baseline = tree_rss_bytes(pid) or 0
         self.peak = self.baseline
         self.samples = 0
         self._stop = threading.Event()
@@ -135,7 +143,7 @@ class RssSampler:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            rss = rss_bytes(self.pid)
+            rss = tree_rss_bytes(self.pid)
             if rss is None:
                 return
             self.samples += 1
@@ -148,7 +156,7 @@ class RssSampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
-        rss = rss_bytes(self.pid)
+        rss = tree_rss_bytes(self.pid)
         if rss is not None:
             self.peak = max(self.peak, rss)
 

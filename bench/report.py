@@ -153,7 +153,9 @@ def summary(
     lines = [
         f"bench: {os.cpu_count()} cores, wrk -t{opts.threads} -c{opts.connections} "
         f"-d{opts.duration}s, {opts.rounds} round{'s' if opts.rounds != 1 else ''}, "
-        f"backend workers={opts.workers}, access_log={'on' if opts.access_log else 'off'}"
+        f"backend workers={opts.workers}, proxy workers={opts.proxy_workers} "
+        f"(nginx worker_processes = gateway workers), "
+        f"access_log={'on' if opts.access_log else 'off'}"
         + (", backend=echo_upstream (dev fallback)" if opts.echo_backend else ""),
         f"{'scenario':<26}{'direct':<12}{'nginx':<12}{'gateway':<12}gw/nginx",
     ]

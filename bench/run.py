@@ -246,6 +246,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Benchmark the gateway against nginx and a backend worker, side by side.",
     )
     parser.add_argument("--workers", type=int, default=2, help="backend workers (default: 2)")
+    parser.add_argument(
+        "--proxy-workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="processes per proxy: nginx worker_processes and the gateway's [gateway] workers "
+        "(default: the CPU count, as nginx's 'auto')",
+    )
     parser.add_argument("--rounds", type=int, help="rounds per scenario (default: 3)")
     parser.add_argument("--duration", type=int, help="seconds per wrk run (default: 10)")
     parser.add_argument("--connections", type=int, default=32, help="wrk -c (default: 32)")
@@ -335,7 +342,12 @@ def main(argv: list[str] | None = None) -> int:
     transfers: list[Transfers] = []
     try:
         options = StackOptions(
-            opts.workers, opts.access_log, opts.cache, opts.echo_backend, opts.nginx
+            opts.workers,
+            opts.access_log,
+            opts.cache,
+            opts.echo_backend,
+            opts.nginx,
+            proxy_workers=opts.proxy_workers,
         )
         stack = Stack(tmp, options)
         print(f"starting the stack in {tmp} ...", flush=True)

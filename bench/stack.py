@@ -235,6 +235,8 @@ class StackOptions:
     cache: bool
     echo_backend: bool  # development fallback: tests/support/echo_upstream.py workers
     nginx: str  # path of the nginx binary
+    # Processes of each proxy: nginx worker_processes and the gateway's [gateway] workers.
+    proxy_workers: int = 1
 
 
 class Stack:
@@ -350,6 +352,7 @@ hostnames = ["localhost"]
 max_body_bytes = {1 << 40}
 access_log = {json.dumps(self.options.access_log)}
 graceful_timeout = 2.0
+workers = {self.options.proxy_workers}
 
 [tls]
 dir = "certs"
@@ -396,6 +399,7 @@ enabled = {json.dumps(self.options.cache)}
             "cert_file": str(self.certs / "cert.pem"),
             "key_file": str(self.certs / "key.pem"),
             "ciphers": INTERMEDIATE_CIPHERS,
+            "worker_processes": str(self.options.proxy_workers),
         }
         text = NGINX_TEMPLATE.read_text()
         for name, value in fields.items():

@@ -45,6 +45,8 @@ class GatewaySettings:
     trusted_proxies: tuple[str, ...] = ()
     keepalive_timeout: float = 15.0
     graceful_timeout: float = 10.0
+    # Processes sharing the listeners (Nginx's worker_processes); each has its own cache.
+    workers: int = 1
 
     @property
     def hsts_header(self) -> str | None:
@@ -333,6 +335,7 @@ GATEWAY_KEYS: dict[str, Check | str] = {
     "trusted_proxies": _list_of(_cidr, non_empty=False),
     "keepalive_timeout": _number(0),
     "graceful_timeout": _number(0, lo_exclusive=False),
+    "workers": _int(1, 64),
 }
 TLS_KEYS: dict[str, Check | str] = {"dir": _PATH, "cert_file": _PATH, "key_file": _PATH}
 BACKEND_KEYS: dict[str, Check | str] = {

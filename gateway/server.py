@@ -13,8 +13,9 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import ssl
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import Any
 
 import uvicorn
@@ -37,8 +38,9 @@ class _Server(uvicorn.Server):
 
 
 class Gateway:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, on_ready: Callable[[], None] | None = None) -> None:
         self.settings = settings
+        self.on_ready = on_ready
         self.upstreams = {name: Upstream(u) for name, u in settings.upstreams.items()}
         self.proxy = ProxyApp(settings, self.upstreams)
         g = settings.gateway
@@ -72,15 +74,22 @@ class Gateway:
             backlog=2048,
         )
 
-    async def serve(self) -> None:
+    async def serve(
+        self, sockets: tuple[socket.socket, socket.socket] | None = None, worker: int | None = None
+    ) -> None:
+        """Serve until shut down.  ``sockets`` (https, http) are listeners bound by the
+        parent process when running as one of several workers (``gateway.workers``)."""
         settings = self.settings
         g = settings.gateway
         paths = ensure_certificates(settings.tls, g.hostnames)
         ssl_context = server_ssl_context(paths.cert_file, paths.key_file)
+        self.worker = worker
 
         https = _Server(self._config(self.proxy, g.https_port, ssl_context))
         http = _Server(self._config(self.redirect, g.http_port, None))
         self.servers = [https, http]
+        https_sockets = [sockets[0]] if sockets else None
+        http_sockets = [sockets[1]] if sockets else None
 
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -91,7 +100,7 @@ class Gateway:
             upstream.checker.start()
         announce = asyncio.create_task(self._announce())
         try:
-            await asyncio.gather(https.serve(), http.serve())
+            await asyncio.gather(https.serve(https_sockets), http.serve(http_sockets))
         finally:
             announce.cancel()
             for upstream in self.upstreams.values():
@@ -122,23 +131,37 @@ class Gateway:
     async def _announce(self) -> None:
         while not all(s.started for s in self.servers):
             await asyncio.sleep(0.01)
-        g = self.settings.gateway
-        host = f"[{g.host}]" if ":" in g.host else g.host
-        name = g.hostnames[0]
-        log.info(
-            "gateway ready: https://%s:%d (https://%s:%d/) and http://%s:%d -> https",
-            host,
-            g.https_port,
-            name,
-            g.https_port,
-            host,
-            g.http_port,
-        )
         self.ready.set()
+        if self.on_ready is not None:
+            self.on_ready()
+        if self.worker is not None:
+            log.debug("gateway worker %d ready", self.worker)
+            return
+        log.info("%s", ready_line(self.settings))
 
 
-def run(settings: Settings) -> None:
+def ready_line(settings: Settings) -> str:
+    g = settings.gateway
+    host = f"[{g.host}]" if ":" in g.host else g.host
+    workers = f" ({g.workers} workers)" if g.workers > 1 else ""
+    return (
+        f"gateway ready: https://{host}:{g.https_port} (https://{g.hostnames[0]}:{g.https_port}/)"
+        f" and http://{host}:{g.http_port} -> https{workers}"
+    )
+
+
+def run(
+    settings: Settings,
+    sockets: tuple[socket.socket, socket.socket] | None = None,
+    worker: int | None = None,
+    on_ready: Callable[[], None] | None = None,
+) -> None:
     """Run until a signal stops the gateway (uvloop when installed)."""
+    if settings.gateway.workers > 1 and sockets is None:
+        from gateway.workers import run_workers
+
+        run_workers(settings)
+        return
     try:
         import uvloop
     except ImportError:
@@ -146,4 +169,4 @@ def run(settings: Settings) -> None:
     else:
         loop_factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(Gateway(settings).serve())
+        runner.run(Gateway(settings, on_ready).serve(sockets, worker))
