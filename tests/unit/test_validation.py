@@ -1,0 +1,250 @@
+"""What the proxy refuses before forwarding, decided from the ASGI scope alone."""
+
+from __future__ import annotations
+
+import ipaddress
+import string
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway.errors import MisdirectedRequest, RequestRejected
+from gateway.validation import HostPolicy, check_request, has_dot_segments, parse_host
+
+HOSTS = HostPolicy.from_hostnames(["localhost", "*.apps.test"])
+
+
+def scope(
+    *headers: tuple[str, str],
+    method: str = "GET",
+    path: str = "/",
+    raw_path: bytes | None = None,
+    target: bytes | None = None,
+) -> dict[str, Any]:
+    """An ASGI HTTP scope; ``target`` is the raw absolute-form target the listener keeps."""
+    result: dict[str, Any] = {
+        "type": "http",
+        "method": method,
+        "path": path,
+        "raw_path": raw_path if raw_path is not None else path.encode(),
+        "query_string": b"",
+        "headers": [(n.lower().encode(), v.encode("latin-1")) for n, v in headers],
+    }
+    if target is not None:
+        result["gateway.target"] = target
+    return result
+
+
+HOST = ("Host", "localhost:8443")
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("localhost", ("localhost", None)),
+        ("LocalHost:8443", ("localhost", 8443)),
+        ("example.test.", ("example.test", None)),
+        ("127.0.0.1:80", ("127.0.0.1", 80)),
+        ("[::1]", ("::1", None)),
+        ("[::1]:443", ("::1", 443)),
+        ("[0:0:0:0:0:0:0:1]:1", ("::1", 1)),
+        ("a-b.c:0", ("a-b.c", 0)),
+        ("h:65535", ("h", 65535)),
+    ],
+)
+def test_parse_host_accepts(value: str, expected: tuple[str, int | None]) -> None:
+    assert parse_host(value) == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "",
+        ":80",
+        "host:",
+        "host:abc",
+        "host:65536",
+        "host:123456",
+        "host:-1",
+        "host:+80",
+        "host:8 0",
+        "host:\u00b2",
+        "[::1",
+        "[::1]x",
+        "[::1]:",
+        "[zz::1]",
+        "[127.0.0.1]",
+        "a b",
+        "ex@mple.test",
+        "evil.test/path",
+        "caf\u00e9.test",
+        "a" * 254,
+        "a:1:2",
+    ],
+)
+def test_parse_host_refuses(value: str) -> None:
+    """Anything but name[:port], IPv4[:port] or [IPv6][:port] is a ValueError."""
+    with pytest.raises(ValueError):
+        parse_host(value)
+
+
+@given(st.text(max_size=40))
+def test_parse_host_raises_only_value_error(value: str) -> None:
+    """Any text: a (host, port) of plain ASCII name characters or an IPv6, else ValueError."""
+    try:
+        host, port = parse_host(value)
+    except ValueError:
+        return
+    assert port is None or 0 <= port <= 65535
+    if ":" in host:
+        ipaddress.IPv6Address(host)
+    else:
+        assert host and set(host) <= set(string.ascii_lowercase + string.digits + "-.")
+
+
+labels = st.text(string.ascii_letters + string.digits + "-", min_size=1, max_size=12)
+
+
+@given(st.lists(labels, min_size=1, max_size=4), st.none() | st.integers(0, 65535))
+def test_parse_host_round_trips_names(parts: list[str], port: int | None) -> None:
+    name = ".".join(parts)
+    value = name if port is None else f"{name}:{port}"
+    assert parse_host(value) == (name.lower(), port)
+
+
+@pytest.mark.parametrize(
+    ("hostname", "allowed"),
+    [
+        ("localhost", True),
+        ("127.0.0.1", True),
+        ("::1", True),
+        ("a.apps.test", True),
+        ("apps.test", False),
+        ("a.b.apps.test", False),
+        (".apps.test", False),
+        ("evil.example", False),
+        ("localhost.evil.example", False),
+    ],
+)
+def test_host_policy(hostname: str, allowed: bool) -> None:
+    """Configured names plus the loopback IPs; a wildcard covers exactly one label."""
+    assert HOSTS.allows(hostname) is allowed
+
+
+def test_plain_request_passes_with_its_facts() -> None:
+    facts = check_request(scope(HOST), HOSTS, served_port=8443)
+    assert (facts.host, facts.hostname, facts.content_length, facts.chunked) == (
+        "localhost:8443",
+        "localhost",
+        None,
+        False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("headers", "length", "chunked"),
+    [
+        ([("Content-Length", "0")], 0, False),
+        ([("Content-Length", " 42 ")], 42, False),
+        ([("Transfer-Encoding", "chunked")], None, True),
+        ([("Transfer-Encoding", "Chunked")], None, True),
+    ],
+)
+def test_body_framing_facts(
+    headers: list[tuple[str, str]], length: int | None, chunked: bool
+) -> None:
+    facts = check_request(scope(HOST, *headers, method="POST"), HOSTS, served_port=8443)
+    assert (facts.content_length, facts.chunked) == (length, chunked)
+
+
+REJECTED = {
+    "content-length-and-chunked": scope(
+        HOST, ("Content-Length", "5"), ("Transfer-Encoding", "chunked"), method="POST"
+    ),
+    "two-content-lengths": scope(HOST, ("Content-Length", "5"), ("Content-Length", "6")),
+    "repeated-content-length": scope(HOST, ("Content-Length", "5"), ("Content-Length", "5")),
+    "content-length-list": scope(HOST, ("Content-Length", "5, 5")),
+    "content-length-signed": scope(HOST, ("Content-Length", "+5")),
+    "content-length-negative": scope(HOST, ("Content-Length", "-1")),
+    "content-length-huge": scope(HOST, ("Content-Length", "1" * 19)),
+    "content-length-empty": scope(HOST, ("Content-Length", "")),
+    "gzip-then-chunked": scope(HOST, ("Transfer-Encoding", "gzip, chunked")),
+    "chunked-twice-one-header": scope(HOST, ("Transfer-Encoding", "chunked, chunked")),
+    "chunked-twice-two-headers": scope(
+        HOST, ("Transfer-Encoding", "chunked"), ("Transfer-Encoding", "chunked")
+    ),
+    "identity": scope(HOST, ("Transfer-Encoding", "identity")),
+    "no-host": scope(("Accept", "*/*")),
+    "two-hosts": scope(HOST, ("Host", "localhost")),
+    "host-with-path": scope(("Host", "localhost/x")),
+    "host-bad-port": scope(("Host", "localhost:http")),
+    "connect": scope(("Host", "evil.example:443"), method="CONNECT", path="evil.example:443"),
+    "absolute-form-foreign": scope(HOST, path="/x", target=b"http://evil.example/x"),
+    "absolute-form-foreign-h11": scope(HOST, path="/x", raw_path=b"http://evil.example/x"),
+    "absolute-form-bad-authority": scope(HOST, path="/x", target=b"http://ev il/x"),
+    "asterisk-form": scope(HOST, method="OPTIONS", path="*"),
+    "dot-dot": scope(HOST, path="/a/../b"),
+    "dot": scope(HOST, path="/a/./b"),
+    "trailing-dot-dot": scope(HOST, path="/a/.."),
+    "only-dot-dot": scope(HOST, path="/.."),
+}
+
+
+@pytest.mark.parametrize("request_scope", list(REJECTED.values()), ids=list(REJECTED))
+def test_refused_with_400(request_scope: dict[str, Any]) -> None:
+    """Ambiguous framing, bad or missing Host, tunnels, dot segments: 400 and close."""
+    with pytest.raises(RequestRejected) as info:
+        check_request(request_scope, HOSTS, served_port=8443)
+    assert type(info.value) is RequestRejected
+    assert info.value.status == 400 and info.value.close_connection
+    assert info.value.message
+
+
+def test_foreign_host_is_misdirected() -> None:
+    """A well-formed Host we do not serve: 421, and the connection may stay open."""
+    with pytest.raises(MisdirectedRequest) as info:
+        check_request(scope(("Host", "evil.example")), HOSTS, served_port=8443)
+    assert info.value.status == 421 and not info.value.close_connection
+    assert "evil.example" in info.value.message
+
+
+@pytest.mark.parametrize(
+    "target",
+    [b"https://localhost:8443/x?q=1", b"http://LOCALHOST/x", b"https://a.apps.test"],
+)
+def test_absolute_form_for_a_served_host_wins_over_host(target: bytes) -> None:
+    """RFC 9112 §3.2.2: the target's authority, not Host, names the resource."""
+    facts = check_request(
+        scope(("Host", "other.apps.test"), path="/x", target=target), HOSTS, served_port=8443
+    )
+    assert facts.host == target.split(b"/")[2].decode()
+    assert HOSTS.allows(facts.hostname)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1:8443", "[::1]:8443", "b.apps.test"])
+def test_loopback_and_wildcard_hosts_pass(host: str) -> None:
+    assert check_request(scope(("Host", host)), HOSTS, served_port=8443).host == host
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("/", False),
+        ("/a/b", False),
+        ("/a/..b", False),
+        ("/a/b..", False),
+        ("/.well-known/x", False),
+        ("/a/...", False),
+        ("/a/b.c", False),
+        ("/..", True),
+        ("/.", True),
+        ("/a/../b", True),
+        ("/a/./b", True),
+        ("/a/..", True),
+        ("/a/.", True),
+    ],
+)
+def test_has_dot_segments(path: str, expected: bool) -> None:
+    assert has_dot_segments(path) is expected
