@@ -38,6 +38,8 @@ class GatewaySettings:
     hostnames: tuple[str, ...] = ("localhost",)
     redirect_status: int = 308
     max_body_bytes: int = 10 * 1024 * 1024
+    # Request line plus headers; larger heads get 431 (Nginx: large_client_header_buffers).
+    max_header_bytes: int = 64 * 1024
     access_log: bool = True
     # None means "auto": off when every hostname is a loopback name (see ``hsts_header``).
     hsts_max_age: int | None = None
@@ -303,6 +305,8 @@ def _upstream_url(value: Any) -> tuple[Any, str | None]:
 
 
 def _cidr(value: Any) -> tuple[Any, str | None]:
+    if not isinstance(value, str):
+        return None, 'must be an IP address or CIDR network string, e.g. "10.0.0.0/8"'
     try:
         return str(ipaddress.ip_network(value, strict=False)), None
     except (TypeError, ValueError):
@@ -330,6 +334,7 @@ GATEWAY_KEYS: dict[str, Check | str] = {
     "hostnames": _list_of(_hostname),
     "redirect_status": _one_of(*REDIRECT_STATUSES),
     "max_body_bytes": _int(0),
+    "max_header_bytes": _int(1024, 1 << 24),
     "access_log": _bool,
     "hsts_max_age": _int(0),
     "trusted_proxies": _list_of(_cidr, non_empty=False),
@@ -464,11 +469,13 @@ def parse_settings(data: dict[str, Any], path: Path) -> Settings:
     cache = CacheSettings(**r.table(data.get("cache", {}), "[cache]", CACHE_KEYS))
 
     upstreams: dict[str, UpstreamSettings] = {}
+    declared: set[str] = set()  # tables present, valid or not: routes may name them
     raw_upstreams = data.get("upstreams", {})
     if not isinstance(raw_upstreams, dict):
         r.error("[upstreams]", "must be a table of [upstreams.NAME] tables")
         raw_upstreams = {}
     for name, raw in raw_upstreams.items():
+        declared.add(name)
         where = f"[upstreams.{name}]"
         if _name(name)[1]:
             r.error(where, "the upstream name must be letters, digits, '_' or '-'")
@@ -487,7 +494,7 @@ def parse_settings(data: dict[str, Any], path: Path) -> Settings:
         if "path_prefix" in values and "upstream" in values:
             routes.append(RouteSettings(**values))
 
-    _check_relations(r, gateway, tls, backend, upstreams, routes, cache)
+    _check_relations(r, gateway, tls, backend, upstreams, declared, routes, cache)
     if r.errors:
         raise ConfigError(r.errors)
     return Settings(path, gateway, tls, backend, upstreams, tuple(routes), cache)
@@ -499,6 +506,7 @@ def _check_relations(
     tls: TLSSettings,
     backend: BackendSettings,
     upstreams: dict[str, UpstreamSettings],
+    declared: set[str],
     routes: list[RouteSettings],
     cache: CacheSettings,
 ) -> None:
@@ -506,7 +514,7 @@ def _check_relations(
     seen_prefixes: set[str] = set()
     for i, route in enumerate(routes):
         where = f"[[routes]] #{i + 1}"
-        if route.upstream not in upstreams:
+        if route.upstream not in declared:
             known = ", ".join(sorted(upstreams)) or "none defined"
             r.error(
                 f"{where} upstream = {route.upstream!r}",

@@ -1,18 +1,22 @@
 """uvicorn's HTTP/1.1 protocol, adjusted for a proxy.
 
-Two changes, both on the httptools implementation (uvicorn's default when installed):
+Three changes, all on the httptools implementation (uvicorn's default when installed):
 
 - Keep the raw request target.  uvicorn reduces an absolute-form target
   (``GET http://host/path``) to its path, but RFC 9112 §3.2.2 says that target's authority,
   not Host, names the resource.  We keep it in the scope (``gateway.target``) so
   ``validation.check_request`` can refuse hosts we do not serve instead of proxying them.
+- Bound the request head.  llhttp has no limit of its own; a head over ``max_header_bytes``
+  is answered 431 (RFC 6585 §5) and the connection closed, before anything is buffered
+  further.  Parse errors are answered with the gateway's JSON error body, not uvicorn's text.
 - Send the response head together with the first body bytes.  uvicorn writes the head and
   each body chunk separately; over TLS each write is its own record and ``send()``.  A
   ``CorkedTransport`` holds the head until the end of the current event-loop iteration:
   a body sent right after it joins it, otherwise it leaves alone a moment later, so a
   streaming response never waits on it.
 
-With h11 (httptools not installed) the scope already carries the full target in ``raw_path``.
+With h11 (httptools not installed) the scope already carries the full target in ``raw_path``
+and h11 enforces its own head limit.
 """
 
 from __future__ import annotations
@@ -20,16 +24,27 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from gateway.errors import error_response
+
 try:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 except ImportError:  # pragma: no cover - httptools not installed
     HttpToolsProtocol = None  # type: ignore[assignment,misc]
 
+STATUS_LINES = {
+    400: b"HTTP/1.1 400 Bad Request\r\n",
+    431: b"HTTP/1.1 431 Request Header Fields Too Large\r\n",
+}
 
-def http_protocol_class() -> type[asyncio.Protocol] | str:
+
+def http_protocol_class(max_header_bytes: int = 64 * 1024) -> type[asyncio.Protocol] | str:
     if HttpToolsProtocol is None:
         return "h11"
-    return GatewayHttpToolsProtocol
+    return type(
+        "GatewayHttpToolsProtocol",
+        (GatewayHttpToolsProtocol,),
+        {"max_header_bytes": max_header_bytes},
+    )
 
 
 class CorkedTransport:
@@ -73,14 +88,41 @@ class CorkedTransport:
         return getattr(self.transport, name)
 
 
+class HeadTooLarge(Exception):
+    pass
+
+
 if HttpToolsProtocol is not None:
 
     class GatewayHttpToolsProtocol(HttpToolsProtocol):
         corked: CorkedTransport
+        max_header_bytes = 64 * 1024
+        _head_bytes = 0
+        _head_too_large = False
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             self.corked = CorkedTransport(transport, self.loop)
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._head_bytes = 0
+
+        def _count(self, size: int) -> None:
+            self._head_bytes += size
+            if self._head_bytes > self.max_header_bytes:
+                # Raising inside a parser callback stops llhttp at once; uvicorn then calls
+                # send_400_response, which answers 431 for this case.
+                self._head_too_large = True
+                raise HeadTooLarge
+
+        def on_url(self, url: bytes) -> None:
+            self._count(len(url))
+            super().on_url(url)
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self._count(len(name) + len(value) + 4)
+            super().on_header(name, value)
 
         def on_headers_complete(self) -> None:
             if self.url[:1] != b"/":
@@ -91,3 +133,16 @@ if HttpToolsProtocol is not None:
             if cycle is not previous:
                 cycle.transport = self.corked  # type: ignore[assignment]
                 self.corked.expect_head = cycle is not None
+
+        def send_400_response(self, msg: str) -> None:
+            if self._head_too_large:
+                status = 431
+                message = (
+                    f"request head larger than {self.max_header_bytes} bytes (max_header_bytes)"
+                )
+            else:
+                status, message = 400, "malformed HTTP request"
+            headers, body = error_response(status, message, [(b"connection", b"close")])
+            head = b"".join(b"%s: %s\r\n" % pair for pair in headers)
+            self.transport.write(STATUS_LINES[status] + head + b"\r\n" + body)
+            self.transport.close()

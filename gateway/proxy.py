@@ -359,10 +359,11 @@ class ProxyApp:
 
 
 async def _watch_disconnect(conn: UpstreamConnection, receive: Receive) -> None:
-    # Only started once the request body is fully read: ``receive`` then only returns on a
-    # disconnect (or once the response is complete, when there is nothing left to stop).
-    message = await receive()
-    if message["type"] == "http.disconnect" and not conn.response_complete:
+    # Only started once the request body is fully read: ``receive`` then returns nothing but
+    # a disconnect (uvicorn also reports one once the response is complete: nothing to stop).
+    while (await receive())["type"] != "http.disconnect":
+        pass  # a bodiless request still has its one empty http.request message pending
+    if not conn.response_complete:
         conn.abort(ClientDisconnected("client disconnected during the response"))
 
 

@@ -33,12 +33,27 @@ class Route:
         prefix when ``strip_prefix`` is set, plus the query."""
         path = raw_path
         if self.strip_prefix and self.path_prefix != "/":
-            prefix = self.path_prefix.rstrip("/").encode()
-            if path.startswith(prefix):
-                path = path[len(prefix) :]
+            path = raw_path[_raw_length(raw_path, len(self.path_prefix.rstrip("/"))) :]
             if not path.startswith(b"/"):
                 path = b"/" + path
         return path + b"?" + query if query else path
+
+
+def _raw_length(raw_path: bytes, decoded_length: int) -> int:
+    """How many bytes of the raw path spell its first ``decoded_length`` decoded characters
+    (``/%61pi`` is ``/api``): routing matched the decoded path, stripping cuts the raw one.
+
+    Counts decoded bytes, as uvicorn decodes the path as UTF-8 after unquoting; prefixes in
+    the config are ASCII-safe paths, so byte and character counts agree for them.
+    """
+    i = count = 0
+    while count < decoded_length and i < len(raw_path):
+        if raw_path[i : i + 1] == b"%" and len(raw_path[i + 1 : i + 3]) == 2:
+            i += 3
+        else:
+            i += 1
+        count += 1
+    return i
 
 
 class Router:

@@ -60,7 +60,7 @@ class Gateway:
             app,
             host=g.host,
             port=port,
-            http=http_protocol_class(),
+            http=http_protocol_class(g.max_header_bytes),
             ws="none",
             proxy_headers=False,  # X-Forwarded-* from clients are handled (not trusted) by us
             lifespan="off",

@@ -136,6 +136,7 @@ class UpstreamConnection(asyncio.Protocol):
             and self._error is None
             and self._head is not None
             and self._head.keep_alive
+            and not self.parser.must_close
             and self.transport is not None
             and not self.transport.is_closing()
         )

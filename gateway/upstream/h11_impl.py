@@ -7,6 +7,16 @@ import h11
 from gateway.upstream.events import END_OF_MESSAGE, ProtocolError, ResponseEvent, ResponseHead
 
 
+def _refuse_what_httptools_refuses(headers: list[tuple[bytes, bytes]]) -> None:
+    """h11 tolerates framing that llhttp rejects; the fallback must not be the laxer one."""
+    lengths = sum(1 for name, _ in headers if name == b"content-length")
+    chunked = any(name == b"transfer-encoding" for name, _ in headers)
+    if lengths and chunked:
+        raise ProtocolError("invalid response from upstream: Content-Length with Transfer-Encoding")
+    if lengths > 1:
+        raise ProtocolError("invalid response from upstream: conflicting Content-Length")
+
+
 class H11ResponseParser:
     """The same interface as ``HttpToolsResponseParser``, on an h11 client connection.
 
@@ -14,10 +24,11 @@ class H11ResponseParser:
     stand-in request with the right method; the real request bytes are written elsewhere.
     """
 
-    __slots__ = ("_conn",)
+    __slots__ = ("_conn", "must_close")
 
     def __init__(self) -> None:
         self._conn = h11.Connection(h11.CLIENT)
+        self.must_close = False
 
     def start(self, *, head_request: bool) -> None:
         conn = self._conn
@@ -28,8 +39,16 @@ class H11ResponseParser:
         conn.send(h11.EndOfMessage())
 
     def feed(self, data: bytes) -> list[ResponseEvent]:
-        self._conn.receive_data(data)
-        return self._drain()
+        conn = self._conn
+        if conn.their_state is h11.DONE:
+            raise ProtocolError("upstream sent data after the end of the response")
+        conn.receive_data(data)
+        events = self._drain()
+        if conn.their_state is h11.DONE and conn.trailing_data[0]:
+            # Junk after a complete response: deliver the response, never reuse the
+            # connection (the junk must not be read as the next response).
+            self.must_close = True
+        return events
 
     def feed_eof(self) -> list[ResponseEvent]:
         if self._conn.their_state is h11.SEND_BODY:
@@ -52,6 +71,7 @@ class H11ResponseParser:
                 return events
             if isinstance(event, h11.Response):
                 headers = [(name.lower(), value) for name, value in event.headers.raw_items()]
+                _refuse_what_httptools_refuses(headers)
                 close = any(
                     name == b"connection" and b"close" in value.lower() for name, value in headers
                 )

@@ -7,6 +7,17 @@ import httptools
 from gateway.upstream.events import END_OF_MESSAGE, ProtocolError, ResponseEvent, ResponseHead
 
 
+def is_framed(headers: list[tuple[bytes, bytes]]) -> bool:
+    """RFC 9112 §6.3: a body is delimited by Content-Length or a final chunked coding;
+    otherwise (e.g. ``Transfer-Encoding: gzip`` alone) it runs until the server closes."""
+    for name, value in headers:
+        if name == b"content-length":
+            return True
+        if name == b"transfer-encoding":
+            return value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
+    return False
+
+
 class HttpToolsResponseParser:
     """Feed bytes, get back ``ResponseHead`` / ``bytes`` / ``EndOfMessage`` events.
 
@@ -15,7 +26,16 @@ class HttpToolsResponseParser:
     Interim 1xx responses are swallowed: they are not forwarded to the client.
     """
 
-    __slots__ = ("_parser", "_events", "_headers", "_head_only", "_in_message", "_done", "_framed")
+    __slots__ = (
+        "_parser",
+        "_events",
+        "_headers",
+        "_head_only",
+        "_in_message",
+        "_done",
+        "_framed",
+        "must_close",
+    )
 
     def __init__(self) -> None:
         self._parser = httptools.HttpResponseParser(self)
@@ -25,6 +45,8 @@ class HttpToolsResponseParser:
         self._in_message = False
         self._done = False
         self._framed = True
+        # Set when the connection must not carry another exchange (junk after a response).
+        self.must_close = False
 
     def start(self, *, head_request: bool) -> None:
         """Prepare for the response to the next request on this connection."""
@@ -46,6 +68,11 @@ class HttpToolsResponseParser:
         except httptools.HttpParserUpgrade as exc:
             raise ProtocolError("upstream switched protocols; upgrades are not proxied") from exc
         except httptools.HttpParserError as exc:
+            if self._done:
+                # Junk after a complete response: deliver the response, never reuse the
+                # connection (the junk must not be read as the next response).
+                self.must_close = True
+                return events
             raise ProtocolError(f"invalid response from upstream: {exc}") from exc
         return events
 
@@ -68,12 +95,11 @@ class HttpToolsResponseParser:
         if status < 200:
             return
         self._in_message = True
-        self._framed = status in (204, 304) or any(
-            name in (b"content-length", b"transfer-encoding") for name, _ in headers
-        )
-        self._events.append(
-            ResponseHead(status, headers, parser.should_keep_alive(), parser.get_http_version())
-        )
+        self._framed = status in (204, 304) or is_framed(headers)
+        version = parser.get_http_version()
+        # HTTP/1.0 keep-alive is a pre-standard extension: such a connection is not reused.
+        keep_alive = version == "1.1" and parser.should_keep_alive()
+        self._events.append(ResponseHead(status, headers, keep_alive, version))
         if self._head_only:
             self._done = True
             self._events.append(END_OF_MESSAGE)

@@ -219,11 +219,6 @@ def test_error_names_file_key_value_and_what_is_allowed(
         position = found + len(part)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a route naming an upstream whose table has errors is also reported as "
-    "'no such upstream ... add an [upstreams.app] table', though the table exists",
-)
 def test_invalid_upstream_table_is_not_reported_as_missing() -> None:
     """A mistake inside [upstreams.app] is reported once, where it is: the route that names
     app is not told to add a table that is already there."""
@@ -402,11 +397,6 @@ toml_values = st.recursive(
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: _cidr passes any value to ipaddress.ip_network, so an integer or boolean "
-    "in trusted_proxies is taken as an IPv4 address (1 -> 0.0.0.1/32)",
-)
 @pytest.mark.parametrize("value", [167772160, True])
 def test_trusted_proxies_must_be_strings(value: object) -> None:
     """``trusted_proxies = [167772160]`` is a wrong type, not the network 10.0.0.0/32."""
@@ -414,13 +404,7 @@ def test_trusted_proxies_must_be_strings(value: object) -> None:
     assert "[gateway] trusted_proxies" in line and "CIDR" in line
 
 
-# trusted_proxies is left out until the bug above is fixed (Hypothesis finds it at once).
-FUZZED_KEYS = [
-    (table, key)
-    for table, keys in SCHEMAS.items()
-    for key in keys
-    if (table, key) != ("gateway", "trusted_proxies")
-]
+FUZZED_KEYS = [(table, key) for table, keys in SCHEMAS.items() for key in keys]
 
 
 @given(
