@@ -19,12 +19,12 @@ $(STAMP): pyproject.toml
 run: install
 	$(BIN)/python -m gateway.stack --config $(CONFIG)
 
-test: install
+test: install lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install
-	$(BIN)/ruff format --check .
-	$(BIN)/ruff check .
+	$(BIN)/ruff format --check gateway backend tests bench run_gateway.py run_backend.py
+	$(BIN)/ruff check gateway backend tests bench run_gateway.py run_backend.py
 	$(BIN)/mypy
 
 format: install
