@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from gateway.access_log import AccessLog, Exchange
+from gateway.asgi import Receive, Scope, Send
 from gateway.config import Settings, UpstreamServer
 from gateway.errors import (
     ContentTooLarge,
@@ -45,11 +45,6 @@ from gateway.routing import Route, Router
 from gateway.upstream.connection import UpstreamConnection
 from gateway.upstream.group import Upstream
 from gateway.validation import HostPolicy, RequestFacts, check_request
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 if TYPE_CHECKING:
     from gateway.cache.layer import CacheLayer

@@ -30,10 +30,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 from gateway.access_log import Exchange
+from gateway.asgi import Message, Receive, Scope, Send
 from gateway.cache.coalescing import Coalescer, Flight, HitForPass
 from gateway.cache.conditional import freshen, revalidation_request_headers
 from gateway.cache.decisions import (
@@ -54,10 +54,6 @@ from gateway.headers import Headers
 from gateway.routing import Route
 from gateway.validation import RequestFacts
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 # ProxyApp._forward(scope, receive, send, facts, route, exchange, request_headers)
 Forward = Callable[
     [Scope, Receive, Send, RequestFacts, Route, Exchange, Headers | None], Awaitable[None]

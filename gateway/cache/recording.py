@@ -18,7 +18,8 @@ from gateway.cache.storing import make_stored_response, why_not_storable
 from gateway.headers import Headers
 
 if TYPE_CHECKING:
-    from gateway.cache.layer import CacheLayer, Message, Send
+    from gateway.asgi import Message, Send
+    from gateway.cache.layer import CacheLayer
 
 log = logging.getLogger("gateway.cache")
 

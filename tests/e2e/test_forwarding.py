@@ -6,12 +6,13 @@ from __future__ import annotations
 import re
 import uuid
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from e2e.harness import Gateway, Stack
+from e2e.harness import EchoUpstream, Gateway, Stack, StackConfig, stack
 
 pytestmark = pytest.mark.e2e
 
@@ -179,3 +180,21 @@ def test_access_log_has_one_line_per_request(shared: Stack, client: httpx.Client
     assert upstreams[match["upstream"]] == response.json()["server"]
     assert float(match["rt"]) < 5
     assert len(shared.gateway.log_lines(path)) == 1
+
+
+def test_hsts_is_sent_on_every_https_response_when_configured(tmp_path: Path) -> None:
+    """With ``hsts_max_age`` set, proxied answers and the gateway's own errors carry it."""
+
+    def build(upstreams: dict[str, EchoUpstream]) -> StackConfig:
+        return StackConfig(
+            pools={"main": [upstreams["a"].url]},
+            routes=[{"path_prefix": "/echo", "upstream": "main"}],
+            gateway={"hsts_max_age": 600},
+        )
+
+    with stack(tmp_path, ["a"], build) as s, s.gateway.client() as client:
+        proxied = client.get("/echo")
+        unrouted = client.get("/nowhere")
+        assert proxied.headers["strict-transport-security"] == "max-age=600"
+        assert unrouted.status_code == 404
+        assert unrouted.headers["strict-transport-security"] == "max-age=600"
