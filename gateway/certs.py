@@ -27,30 +27,31 @@ handshake (the client must already have it), so there is no chain to append.
 
 from __future__ import annotations
 
-import contextlib
 import getpass
 import ipaddress
 import logging
 import os
 import secrets
 import socket
-import sys
-import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from gateway import pemfiles
 from gateway.config import TLSSettings
+from gateway.pemfiles import CertificateError
 
 logger = logging.getLogger("gateway.certs")
+
+__all__ = ["CertificateAuthority", "CertificateError", "CertificatePaths", "ensure_certificates"]
 
 CA_CERT_NAME = "ca.pem"
 CA_KEY_NAME = "ca-key.pem"
@@ -73,11 +74,6 @@ LEAF_ORGANIZATION = "pygateway local development certificate"
 
 # The CA keys the gateway can sign with: its own (EC P-256) or an adopted RSA one (mkcert's).
 CAPrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
-
-
-class CertificateError(Exception):
-    """A certificate or key file is missing, unreadable or inconsistent; the message says how to
-    fix it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,8 +184,8 @@ class CertificateAuthority:
                 f"{key_path} exists but its certificate {cert_path} is missing. "
                 f"Restore {cert_path} from a backup, or {recreate}."
             )
-        certificate = _read_certificates(cert_path, fix=recreate)[0]
-        key = _read_private_key(key_path, fix=recreate)
+        certificate = pemfiles.read_certificates(cert_path, fix=recreate)[0]
+        key = pemfiles.read_private_key(key_path, fix=recreate)
         if not isinstance(key, CAPrivateKey):
             raise CertificateError(
                 f"{key_path} holds a {type(key).__name__}; a local CA key must be EC or RSA. "
@@ -215,7 +211,7 @@ class CertificateAuthority:
                 f"the local CA {cert_path} expired on {_day(certificate.not_valid_after_utc)}; "
                 f"{recreate}."
             )
-        _warn_if_exposed(key_path)
+        pemfiles.warn_if_exposed(key_path)
         return cls(certificate, key)
 
     @classmethod
@@ -228,10 +224,10 @@ class CertificateAuthority:
             ca = cls.load(directory, now=now)
             logger.info("reusing local CA %r: %s", ca.name, cert_path)
             return ca
-        _make_private_dir(directory)
+        pemfiles.make_private_dir(directory)
         ca = cls.create(now=now)
-        _write_file(key_path, ca.key_pem(), private=True)
-        _write_file(cert_path, ca.cert_pem(), private=False)
+        pemfiles.write_file(key_path, ca.key_pem(), private=True)
+        pemfiles.write_file(cert_path, ca.cert_pem(), private=False)
         logger.info(
             "created local CA %r: %s, valid until %s; clients must trust it, e.g. "
             "curl --cacert %s https://localhost:<https_port>/ (more in certs/README.md)",
@@ -314,15 +310,15 @@ def ensure_certificates(
         return _bring_your_own(tls, tuple(hostnames), now)
     now = now or datetime.now(UTC)
     directory = tls.dir
-    _make_private_dir(directory)
+    pemfiles.make_private_dir(directory)
     names = leaf_names(hostnames)
     cert_path, key_path = directory / LEAF_CERT_NAME, directory / LEAF_KEY_NAME
-    with _directory_lock(directory):
+    with pemfiles.directory_lock(directory):
         ca = CertificateAuthority.load_or_create(directory, now=now)
         ca_path = directory / CA_CERT_NAME
         reason = _reissue_reason(ca, cert_path, key_path, names, now)
         if reason is None:
-            current = _read_certificates(cert_path, fix="")[0]
+            current = pemfiles.read_certificates(cert_path, fix="")[0]
             logger.info(
                 "reusing certificate for %s valid until %s: %s",
                 ", ".join(certificate_names(current)),
@@ -331,8 +327,8 @@ def ensure_certificates(
             )
             return CertificatePaths(cert_path, key_path, ca_path, issued=False)
         leaf = ca.issue_leaf(names, now=now)
-        _write_file(key_path, leaf.key_pem(), private=True)
-        _write_file(cert_path, leaf.cert_pem(), private=False)
+        pemfiles.write_file(key_path, leaf.key_pem(), private=True)
+        pemfiles.write_file(cert_path, leaf.cert_pem(), private=False)
     logger.info(
         "issued certificate for %s valid until %s: %s (%s)",
         ", ".join(leaf.names),
@@ -373,8 +369,8 @@ def _reissue_reason(
     if not cert_path.exists() or not key_path.exists():
         return "there was none yet"
     try:
-        certificate = _read_certificates(cert_path, fix="")[0]
-        key = _read_private_key(key_path, fix="")
+        certificate = pemfiles.read_certificates(cert_path, fix="")[0]
+        key = pemfiles.read_private_key(key_path, fix="")
     except CertificateError as exc:
         return f"the old one was unusable: {exc}"
     if _public_key_der(key) != _public_key_der(certificate):
@@ -407,8 +403,8 @@ def _bring_your_own(
     now = now or datetime.now(UTC)
     cert_path, key_path = tls.cert_file, tls.key_file
     fix = "check [tls] cert_file and key_file, or remove both to use the local CA"
-    certificate = _read_certificates(cert_path, fix=fix)[0]
-    key = _read_private_key(key_path, fix=fix)
+    certificate = pemfiles.read_certificates(cert_path, fix=fix)[0]
+    key = pemfiles.read_private_key(key_path, fix=fix)
     if _public_key_der(key) != _public_key_der(certificate):
         raise CertificateError(
             f"{key_path} is not the private key of the certificate in {cert_path}; {fix}."
@@ -433,129 +429,6 @@ def _bring_your_own(
         _day(certificate.not_valid_after_utc),
     )
     return CertificatePaths(cert_path, key_path, None, issued=False)
-
-
-# --- reading and writing files --------------------------------------------------------------
-
-
-def _read_certificates(path: Path, *, fix: str) -> list[x509.Certificate]:
-    """The PEM certificates in ``path`` (the first is the leaf); CertificateError otherwise."""
-    hint = f"; {fix}" if fix else ""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise CertificateError(f"cannot read {path}: {exc.strerror or exc}{hint}") from exc
-    try:
-        return x509.load_pem_x509_certificates(data)
-    except ValueError as exc:
-        raise CertificateError(
-            f"{path} does not contain a PEM certificate (-----BEGIN CERTIFICATE-----){hint}"
-        ) from exc
-
-
-def _read_private_key(path: Path, *, fix: str) -> PrivateKeyTypes:
-    """The unencrypted PEM private key in ``path``; CertificateError otherwise."""
-    hint = f"; {fix}" if fix else ""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise CertificateError(f"cannot read {path}: {exc.strerror or exc}{hint}") from exc
-    try:
-        key = serialization.load_pem_private_key(data, password=None)
-    except TypeError as exc:
-        # The gateway starts unattended, so it cannot ask for a passphrase.
-        raise CertificateError(
-            f"{path} is encrypted; give an unencrypted key "
-            f"(e.g. openssl pkey -in {path.name} -out plain-{path.name}){hint}"
-        ) from exc
-    except (ValueError, UnsupportedAlgorithm) as exc:
-        raise CertificateError(
-            f"{path} does not contain a PEM private key (-----BEGIN PRIVATE KEY-----){hint}"
-        ) from exc
-    return key
-
-
-def _write_file(path: Path, data: bytes, *, private: bool) -> None:
-    """Replace ``path`` atomically: readers see the old file or the new one, never a mix."""
-    try:
-        # mkstemp creates the file with mode 0600, so a key is never readable by others,
-        # not even for the moment between creating and filling it.
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as tmp:
-                tmp.write(data)
-                tmp.flush()
-                os.fsync(tmp.fileno())
-            if not private:
-                os.chmod(tmp_name, 0o644)
-            os.replace(tmp_name, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp_name)
-            raise
-        _fsync_directory(path.parent)
-    except OSError as exc:
-        raise CertificateError(
-            f"cannot write {path}: {exc.strerror or exc}; make {path.parent} writable "
-            "or point [tls] dir at a writable directory"
-        ) from exc
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make a rename durable; a no-op where directories cannot be opened (Windows)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _make_private_dir(directory: Path) -> None:
-    try:
-        # 0700 only applies when the directory is new; an existing one keeps the mode its
-        # owner chose (the key files themselves are 0600 either way).
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CertificateError(
-            f"cannot create the certificate directory {directory}: {exc.strerror or exc}; "
-            "set [tls] dir to a writable directory"
-        ) from exc
-
-
-@contextlib.contextmanager
-def _directory_lock(directory: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``directory`` so concurrent starts do not both create a CA."""
-    if sys.platform == "win32":
-        yield
-        return
-    import fcntl
-
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        yield  # best effort: an unlockable directory only loses the race protection
-        return
-    try:
-        with contextlib.suppress(OSError):  # e.g. ENOLCK on some network file systems
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
-
-
-def _warn_if_exposed(key_path: Path) -> None:
-    if os.name == "posix" and key_path.stat().st_mode & 0o077:
-        logger.warning(
-            "%s can be read by other users, who could then impersonate any site to this "
-            "machine; run: chmod 600 %s",
-            key_path,
-            key_path,
-        )
 
 
 # --- small helpers --------------------------------------------------------------------------
