@@ -128,6 +128,11 @@ class CacheLayer:
             await self._serve(scope, send, facts, route, exchange, forward, key, decision)
             return
         log.debug("%s %s: %s (%s)", method, key, decision.action.value, decision.fwd)
+        if decision.entry is None and (
+            method == "HEAD" or decision.action is Action.BYPASS or key in self.passes
+        ):
+            await self._pass(scope, receive, send, facts, route, exchange, forward, decision)
+            return
         if method == "HEAD" or decision.action is Action.BYPASS or key in self.passes:
             # None of these waits for another request's fetch: HEAD and BYPASS responses are
             # never stored, and this key's response was not storable a moment ago.
@@ -188,6 +193,29 @@ class CacheLayer:
         exchange.bytes_sent = len(answer.body)
 
     # --- forwarding ---------------------------------------------------------------------------
+
+    async def _pass(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        facts: RequestFacts,
+        route: Route,
+        exchange: Exchange,
+        forward: Forward,
+        decision: Decision,
+    ) -> None:
+        """Forward with nothing to store, revalidate or stand in for (HEAD, BYPASS, or a key
+        whose response was not storable a moment ago: Varnish's hit-for-pass), so only the
+        cache headers are added.  Most API traffic takes this path: it must stay cheap."""
+        exchange.cache = "BYPASS" if decision.action is Action.BYPASS else "MISS"
+
+        async def send_with_cache_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"].extend(forwarded_cache_headers(decision, message["status"]))
+            await send(message)
+
+        await forward(scope, receive, send_with_cache_headers, facts, route, exchange, None)
 
     async def _fetch(
         self,

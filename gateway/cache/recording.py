@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gateway.cache")
 
+# why_not_storable reasons that come from the request, not from the response.
+REQUEST_REASONS = frozenset({"method", "request-no-store", "authorization"})
+
 # A held-back 5xx body larger than this goes to the client instead of waiting for stale.
 HELD_ERROR_MAX_BYTES = 256 * 1024
 
@@ -148,7 +151,9 @@ class ResponseRecorder:
                 stored = True
             else:
                 log.debug("GET %s: not stored (%s)", self.key, reason)
-                self._give_up()
+                # Only what the response says about itself makes the key hit-for-pass: this
+                # request's own Authorization or no-store says nothing about the next one.
+                self._give_up(pass_key=reason not in REQUEST_REASONS)
         cache_headers = forwarded_cache_headers(self.decision, status, stored=stored)
         headers.extend(cache_headers)
         self.exchange.cache = cache_headers[1][1].decode("ascii")
@@ -186,11 +191,11 @@ class ResponseRecorder:
             if self.flight is not None:
                 self.flight.release()
 
-    def _give_up(self) -> None:
-        """The response will not be stored: let waiting requests go upstream now and skip
-        coalescing for this key for a while (not for a 5xx: an outage is no reason to let
-        a herd of misses through)."""
-        if self.status < 500:
+    def _give_up(self, *, pass_key: bool = True) -> None:
+        """The response will not be stored: let waiting requests go upstream now and, when
+        ``pass_key``, pass this key by the cache for a while (not for a 5xx: an outage is no
+        reason to let a herd of misses through)."""
+        if pass_key and self.status < 500:
             self.layer.passes.add(self.key)
         if self.flight is not None:
             self.flight.release()
