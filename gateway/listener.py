@@ -65,10 +65,16 @@ class CorkedTransport:
             self.loop.call_soon(self.flush)
             return
         held = self.held
-        if held is not None:
-            self.held = None
-            data = held + data
-        self.transport.write(data)
+        if held is None:
+            self.transport.write(data)
+            return
+        self.held = None
+        if len(data) > 4096:
+            # No copy of a large body just to glue the head on: both go to the TLS layer,
+            # which encrypts them in turn and still sends once.
+            self.transport.writelines((held, data))
+        else:
+            self.transport.write(held + data)
 
     def flush(self) -> None:
         held = self.held

@@ -8,6 +8,7 @@ is a pure function of the ASGI scope, so it is unit-tested without a server.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -48,11 +49,13 @@ class HostPolicy:
         )
 
 
+@functools.lru_cache(maxsize=1024)
 def parse_host(value: str) -> tuple[str, int | None]:
     """Split a Host value (RFC 9110 §7.2) into a lowercase name and optional port.
 
     Raises ValueError for anything that is not ``name[:port]``, ``IPv4[:port]`` or
     ``[IPv6][:port]``: such a value must never reach a redirect Location or a cache key.
+    Memoized: a server sees the same few Host values over and over (errors are not cached).
     """
     port: int | None = None
     if value.startswith("["):
