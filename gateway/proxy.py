@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from gateway.access_log import AccessLog, Exchange
 from gateway.asgi import Receive, Scope, Send
@@ -132,7 +132,6 @@ class ProxyApp:
         self.hosts = HostPolicy.from_hostnames(gateway.hostnames)
         self.trusted = TrustedProxies(gateway.trusted_proxies)
         self.max_body = gateway.max_body_bytes
-        self.https_port = gateway.https_port
         extra: Headers = [(b"via", VIA)]
         if gateway.hsts_header:
             extra.append((b"strict-transport-security", gateway.hsts_header.encode()))
@@ -149,7 +148,7 @@ class ProxyApp:
             return
         exchange = Exchange(scope)
         try:
-            facts = check_request(scope, self.hosts, served_port=self.https_port)
+            facts = check_request(scope, self.hosts)
             route = self.router.match(scope["path"])
             if route is None:
                 raise NoRouteMatched(f"no route matches {scope['path']!r}")
@@ -257,7 +256,7 @@ class ProxyApp:
     async def _exchange(
         self,
         upstream: Upstream,
-        server: Any,
+        server: UpstreamServer,
         head: bytes,
         method: str,
         body: RequestBody | None,

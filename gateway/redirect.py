@@ -37,7 +37,7 @@ class RedirectApp:
             return
         exchange = Exchange(scope)
         try:
-            facts = check_request(scope, self.hosts, served_port=0)
+            facts = check_request(scope, self.hosts)
         except GatewayError as exc:
             # A foreign Host gets 400 here, not 421: nothing on this port serves content.
             status = 400

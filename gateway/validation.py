@@ -97,7 +97,7 @@ class RequestFacts:
     chunked: bool
 
 
-def check_request(scope: Mapping[str, Any], hosts: HostPolicy, *, served_port: int) -> RequestFacts:
+def check_request(scope: Mapping[str, Any], hosts: HostPolicy) -> RequestFacts:
     """Refuse requests that are ambiguous or not for us; return the facts the proxy needs.
 
     RequestRejected (400, connection closed) for framing and syntax problems,

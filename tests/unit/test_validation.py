@@ -134,7 +134,7 @@ def test_host_policy(hostname: str, allowed: bool) -> None:
 
 
 def test_plain_request_passes_with_its_facts() -> None:
-    facts = check_request(scope(HOST), HOSTS, served_port=8443)
+    facts = check_request(scope(HOST), HOSTS)
     assert (facts.host, facts.hostname, facts.content_length, facts.chunked) == (
         "localhost:8443",
         "localhost",
@@ -155,7 +155,7 @@ def test_plain_request_passes_with_its_facts() -> None:
 def test_body_framing_facts(
     headers: list[tuple[str, str]], length: int | None, chunked: bool
 ) -> None:
-    facts = check_request(scope(HOST, *headers, method="POST"), HOSTS, served_port=8443)
+    facts = check_request(scope(HOST, *headers, method="POST"), HOSTS)
     assert (facts.content_length, facts.chunked) == (length, chunked)
 
 
@@ -196,7 +196,7 @@ REJECTED = {
 def test_refused_with_400(request_scope: dict[str, Any]) -> None:
     """Ambiguous framing, bad or missing Host, tunnels, dot segments: 400 and close."""
     with pytest.raises(RequestRejected) as info:
-        check_request(request_scope, HOSTS, served_port=8443)
+        check_request(request_scope, HOSTS)
     assert type(info.value) is RequestRejected
     assert info.value.status == 400 and info.value.close_connection
     assert info.value.message
@@ -205,7 +205,7 @@ def test_refused_with_400(request_scope: dict[str, Any]) -> None:
 def test_foreign_host_is_misdirected() -> None:
     """A well-formed Host we do not serve: 421, and the connection may stay open."""
     with pytest.raises(MisdirectedRequest) as info:
-        check_request(scope(("Host", "evil.example")), HOSTS, served_port=8443)
+        check_request(scope(("Host", "evil.example")), HOSTS)
     assert info.value.status == 421 and not info.value.close_connection
     assert "evil.example" in info.value.message
 
@@ -216,16 +216,14 @@ def test_foreign_host_is_misdirected() -> None:
 )
 def test_absolute_form_for_a_served_host_wins_over_host(target: bytes) -> None:
     """RFC 9112 §3.2.2: the target's authority, not Host, names the resource."""
-    facts = check_request(
-        scope(("Host", "other.apps.test"), path="/x", target=target), HOSTS, served_port=8443
-    )
+    facts = check_request(scope(("Host", "other.apps.test"), path="/x", target=target), HOSTS)
     assert facts.host == target.split(b"/")[2].decode()
     assert HOSTS.allows(facts.hostname)
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1:8443", "[::1]:8443", "b.apps.test"])
 def test_loopback_and_wildcard_hosts_pass(host: str) -> None:
-    assert check_request(scope(("Host", host)), HOSTS, served_port=8443).host == host
+    assert check_request(scope(("Host", host)), HOSTS).host == host
 
 
 @pytest.mark.parametrize(
