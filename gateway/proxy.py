@@ -24,7 +24,6 @@ from gateway.errors import (
     ContentTooLarge,
     GatewayError,
     NoRouteMatched,
-    RequestRejected,
     UpstreamClosed,
     UpstreamConnectError,
     UpstreamConnectTimeout,
@@ -382,6 +381,3 @@ def failure_kind(exc: UpstreamError) -> FailureKind | None:
         # server's keep-alive timer, not a sign of a sick server.
         return FailureKind.RESET if exc.request_sent else None
     return None
-
-
-__all__ = ["ProxyApp", "RequestRejected"]
