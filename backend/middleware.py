@@ -16,9 +16,9 @@ from .inputs import MAX_BODY_BYTES
 log = logging.getLogger("backend")
 
 
-class ErrorBoundary:
-    """Any exception an endpoint did not turn into an ``APIError`` is a bug: log it with its
-    traceback and answer 500 ``{"message": "Internal server error"}``, never a stack trace."""
+class HTTPMiddleware:
+    """Pure ASGI middleware that acts on HTTP requests only (lifespan passes straight
+    through): subclasses implement ``handle``."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -27,6 +27,17 @@ class ErrorBoundary:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        await self.handle(scope, receive, send)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raise NotImplementedError
+
+
+class ErrorBoundary(HTTPMiddleware):
+    """Any exception an endpoint did not turn into an ``APIError`` is a bug: log it with its
+    traceback and answer 500 ``{"message": "Internal server error"}``, never a stack trace."""
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = False
 
         async def send_tracking(message: Message) -> None:
@@ -43,36 +54,28 @@ class ErrorBoundary:
             await internal_error_response()(scope, receive, send)
 
 
-class BodySizeLimit:
+class BodySizeLimit(HTTPMiddleware):
     """413 up front for a declared Content-Length over the limit, whatever the endpoint
     (``inputs.read_json`` also counts the bytes of bodies sent without one)."""
 
     def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES) -> None:
-        self.app = app
+        super().__init__(app)
         self.limit = limit
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            for name, value in scope["headers"]:
-                if name == b"content-length" and value.isdigit() and int(value) > self.limit:
-                    exc = PayloadTooLarge(f"The request body is larger than {self.limit} bytes.")
-                    await error_response(exc)(scope, receive, send)
-                    return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                exc = PayloadTooLarge(f"The request body is larger than {self.limit} bytes.")
+                await error_response(exc)(scope, receive, send)
+                return
         await self.app(scope, receive, send)
 
 
-class NoStoreByDefault:
+class NoStoreByDefault(HTTPMiddleware):
     """``Cache-Control: no-store`` unless the endpoint chose otherwise: these answers are
     per-user or per-moment, and the gateway in front runs a shared cache."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def send_with_header(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)

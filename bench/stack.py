@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +27,8 @@ from gateway.tls import INTERMEDIATE_CIPHERS
 REPO = Path(__file__).resolve().parent.parent
 BENCH = Path(__file__).resolve().parent
 NGINX_TEMPLATE = BENCH / "nginx.conf.template"
-STATIC_PATHS = ("/blob64k", "/bytes", "/upload")  # routed to bench/static_upstream.py
+# Routed to the extra origin, tests/support/echo_upstream.py (the e2e tests' upstream).
+STATIC_PATHS = ("/blob64k", "/bytes", "/upload")
 
 
 class StackError(Exception):
@@ -179,50 +180,49 @@ def _die_with_parent() -> None:
         pass
 
 
-def wait_http_ok(proc: Process, url: str, timeout: float = 60.0) -> None:
-    """Poll ``url`` until it answers 2xx: bounded attempts, and give up if ``proc`` died."""
+def wait_until(proc: Process, ready: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``ready`` every 0.1 s until it holds: bounded attempts, and give up at once if
+    ``proc`` died.  ``what`` finishes the message "did not ... within N s"."""
     deadline = time.monotonic() + timeout
     for _ in range(int(timeout / 0.1) + 1):
+        if ready():
+            return
         if not proc.running():
             raise proc.fail(f"exited with status {proc.popen.returncode if proc.popen else '?'}")
-        try:
-            if httpx.get(url, timeout=1.0).is_success:
-                return
-        except httpx.HTTPError:
-            pass
         if time.monotonic() > deadline:
             break
         time.sleep(0.1)
-    raise proc.fail(f"did not answer {url} within {timeout:g}s")
+    raise proc.fail(f"did not {what} within {timeout:g}s")
+
+
+def wait_http_ok(proc: Process, url: str, timeout: float = 60.0) -> None:
+    """Until ``url`` answers 2xx."""
+
+    def answers() -> bool:
+        try:
+            return httpx.get(url, timeout=1.0).is_success
+        except httpx.HTTPError:
+            return False
+
+    wait_until(proc, answers, timeout, f"answer {url}")
 
 
 def wait_log_line(proc: Process, text: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    for _ in range(int(timeout / 0.1) + 1):
-        if text in proc.log.read_text(errors="replace"):
-            return
-        if not proc.running():
-            raise proc.fail("exited before it was ready")
-        if time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
-    raise proc.fail(f"did not log {text!r} within {timeout:g}s")
+    """Until ``proc``'s log contains ``text``."""
+    wait_until(proc, lambda: text in proc.log.read_text(errors="replace"), timeout, f"log {text!r}")
 
 
 def wait_port(proc: Process, port: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    for _ in range(int(timeout / 0.1) + 1):
-        if not proc.running():
-            raise proc.fail("exited before it was ready")
+    """Until ``port`` accepts a TCP connection."""
+
+    def accepts() -> bool:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1.0):
-                return
+                return True
         except OSError:
-            pass
-        if time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
-    raise proc.fail(f"did not accept connections on port {port} within {timeout:g}s")
+            return False
+
+    wait_until(proc, accepts, timeout, f"accept connections on port {port}")
 
 
 # --- the stack --------------------------------------------------------------------------------
@@ -272,7 +272,7 @@ class Stack:
         self.static = self._add(
             Process(
                 "static upstream",
-                [py, str(BENCH / "static_upstream.py"), "--port", str(ports.static)],
+                [py, str(REPO / "tests/support/echo_upstream.py"), "--port", str(ports.static)],
                 logs / "static.log",
             )
         )

@@ -29,13 +29,18 @@ class CertificateError(Exception):
     fix it."""
 
 
-def read_certificates(path: Path, *, fix: str) -> list[x509.Certificate]:
-    """The PEM certificates in ``path`` (the first is the leaf); CertificateError otherwise."""
-    hint = f"; {fix}" if fix else ""
+def _read(path: Path, hint: str) -> bytes:
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except OSError as exc:
         raise CertificateError(f"cannot read {path}: {exc.strerror or exc}{hint}") from exc
+
+
+def read_certificates(path: Path, *, fix: str) -> list[x509.Certificate]:
+    """The PEM certificates in ``path`` (the first is the leaf); CertificateError otherwise.
+    ``fix`` is appended to every message: what the user can do about it."""
+    hint = f"; {fix}" if fix else ""
+    data = _read(path, hint)
     try:
         return x509.load_pem_x509_certificates(data)
     except ValueError as exc:
@@ -47,10 +52,7 @@ def read_certificates(path: Path, *, fix: str) -> list[x509.Certificate]:
 def read_private_key(path: Path, *, fix: str) -> PrivateKeyTypes:
     """The unencrypted PEM private key in ``path``; CertificateError otherwise."""
     hint = f"; {fix}" if fix else ""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise CertificateError(f"cannot read {path}: {exc.strerror or exc}{hint}") from exc
+    data = _read(path, hint)
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except TypeError as exc:

@@ -39,11 +39,12 @@ from gateway.headers import (
     upstream_request_headers,
 )
 from gateway.health import FailureKind
+from gateway.request import ProxyRequest
 from gateway.retry import IDEMPOTENT_RETRYABLE, may_retry
 from gateway.routing import Route, Router
 from gateway.upstream.connection import UpstreamConnection
 from gateway.upstream.group import Upstream
-from gateway.validation import HostPolicy, RequestFacts, check_request
+from gateway.validation import HostPolicy, check_request
 
 if TYPE_CHECKING:
     from gateway.cache.layer import CacheLayer
@@ -156,10 +157,11 @@ class ProxyApp:
                     f"request body of {facts.content_length} bytes is larger than the "
                     f"{self.max_body}-byte limit (max_body_bytes)"
                 )
+            request = ProxyRequest(scope, receive, send, facts, route, exchange)
             if self.cache is not None and route.cache:
-                await self.cache.handle(scope, receive, send, facts, route, exchange, self._forward)
+                await self.cache.handle(request, self._forward)
             else:
-                await self._forward(scope, receive, send, facts, route, exchange)
+                await self._forward(request, send)
         except ClientDisconnected:
             exchange.status = ClientDisconnected.status
         except GatewayError as exc:
@@ -187,21 +189,16 @@ class ProxyApp:
         exchange.bytes_sent = len(body)
 
     async def _forward(
-        self,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        facts: RequestFacts,
-        route: Route,
-        exchange: Exchange,
-        request_headers: Headers | None = None,
+        self, request: ProxyRequest, send: Send, request_headers: Headers | None = None
     ) -> None:
         """Forward the request and stream the response to ``send``.
 
-        ``request_headers`` replaces the client's headers (the cache uses it to revalidate
-        with its own validators); either way they are rewritten for the upstream here.
+        ``send`` is the client's, or the cache's wrapper around it; ``request_headers``
+        replaces the client's headers (the cache revalidates with its own validators).  Either
+        way they are rewritten for the upstream here.
         """
-        method: str = scope["method"]
+        scope, facts, route = request.scope, request.facts, request.route
+        method, exchange = request.method, request.exchange
         upstream = self.upstreams[route.upstream]
         client = scope.get("client")
         client_ip = client[0] if client else "unknown"
@@ -222,7 +219,7 @@ class ProxyApp:
             + [b"%s: %s\r\n" % pair for pair in headers]
             + [b"\r\n"]
         )
-        body = RequestBody(receive, self.max_body, facts.chunked) if has_body else None
+        body = RequestBody(request.receive, self.max_body, facts.chunked) if has_body else None
 
         tried: list[UpstreamServer] = []
         attempts_left = upstream.retries
@@ -231,7 +228,7 @@ class ProxyApp:
             tried.append(server)
             exchange.upstream = server.address
             try:
-                await self._exchange(upstream, server, head, method, body, receive, send, exchange)
+                await self._exchange(upstream, server, head, body, request, send)
                 if exchange.upstream_5xx:
                     upstream.report_failure(
                         server, FailureKind.STATUS_5XX, f"responded {exchange.status}"
@@ -257,22 +254,21 @@ class ProxyApp:
         upstream: Upstream,
         server: UpstreamServer,
         head: bytes,
-        method: str,
         body: RequestBody | None,
-        receive: Receive,
+        request: ProxyRequest,
         send: Send,
-        exchange: Exchange,
     ) -> None:
         """One attempt on ``server``.  A pooled connection that turns out to be closed by the
         server (its keep-alive timer raced our request) is replaced by a fresh connection
         to the same server, once, when that is safe: it says nothing about the server's
         health and must not become a 502."""
+        method, exchange = request.method, request.exchange
         pool = upstream.pools[server]
         conn = await pool.acquire()
         while True:
             reused = conn.requests > 0
             try:
-                await self._exchange_on(conn, head, method, body, receive, send, exchange)
+                await self._exchange_on(conn, head, body, request, send)
             except UpstreamClosed as exc:
                 conn.close()
                 stale = (
@@ -301,12 +297,11 @@ class ProxyApp:
         self,
         conn: UpstreamConnection,
         head: bytes,
-        method: str,
         body: RequestBody | None,
-        receive: Receive,
+        request: ProxyRequest,
         send: Send,
-        exchange: Exchange,
     ) -> None:
+        method, exchange = request.method, request.exchange
         pump: asyncio.Task[None] | None = None
         watcher: asyncio.Task[None] | None = None
         try:
@@ -337,7 +332,7 @@ class ProxyApp:
                 data, more = await conn.receive_body()
                 if more and pump is None:
                     # A long response: notice a client that leaves, so we stop reading.
-                    watcher = asyncio.create_task(_watch_disconnect(conn, receive))
+                    watcher = asyncio.create_task(_watch_disconnect(conn, request.receive))
             while True:
                 exchange.bytes_sent += len(data)
                 await send({"type": "http.response.body", "body": data, "more_body": more})

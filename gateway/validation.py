@@ -142,26 +142,23 @@ def check_request(scope: Mapping[str, Any], hosts: HostPolicy) -> RequestFacts:
     host_value = host_values[0].decode("latin-1")
 
     target = scope.get("gateway.target") or scope.get("raw_path") or b""
-    if target[:7].lower() == b"http://" or target[:8].lower() == b"https://":
+    absolute = target[:7].lower() == b"http://" or target[:8].lower() == b"https://"
+    if absolute:
         # Absolute form (RFC 9112 §3.2.2): the target's authority replaces Host.
         authority = target.split(b"//", 1)[1].split(b"/", 1)[0].split(b"?", 1)[0]
         host_value = authority.decode("latin-1")
-        try:
-            hostname, _ = parse_host(host_value)
-        except ValueError:
-            raise RequestRejected("invalid authority in the request target") from None
-        if not hosts.allows(hostname):
+    try:
+        hostname, _ = parse_host(host_value)
+    except ValueError:
+        where = "authority in the request target" if absolute else "Host header"
+        raise RequestRejected(f"invalid {where}") from None
+    if not hosts.allows(hostname):
+        if absolute:
             raise RequestRejected(f"not an open proxy: {hostname!r} is not served here")
-    else:
-        try:
-            hostname, _ = parse_host(host_value)
-        except ValueError:
-            raise RequestRejected("invalid Host header") from None
-        if not hosts.allows(hostname):
-            raise MisdirectedRequest(f"host {hostname!r} is not served here")
+        raise MisdirectedRequest(f"host {hostname!r} is not served here")
 
     path: str = scope["path"]
-    if not path.startswith("/") and not target.lower().startswith((b"http://", b"https://")):
+    if not path.startswith("/") and not absolute:
         raise RequestRejected("the request target must be an absolute path")
     if has_dot_segments(path):
         raise RequestRejected('the path must not contain "." or ".." segments')

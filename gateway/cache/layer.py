@@ -1,9 +1,10 @@
 """``CacheLayer``: the response cache wired around the proxy's forwarding, in asyncio.
 
-Theory of operation.  ``ProxyApp`` hands every request on a caching route to ``handle``
-together with its own ``forward`` coroutine, which streams the upstream's response to a
-``send`` as raw ASGI messages and raises ``UpstreamError`` when it fails before the response
-started.  The layer decides with the pure rules (``ResponseCache.lookup``) and then either
+Theory of operation.  ``ProxyApp`` hands every request on a caching route to ``handle`` as a
+``ProxyRequest``, together with its own ``forward(request, send, request_headers)`` coroutine,
+which streams the upstream's response to ``send`` as raw ASGI messages and raises
+``UpstreamError`` when it fails before the response started.  The layer decides with the
+pure rules (``ResponseCache.lookup``) and then either
 
 - answers itself: a fresh hit, a 304 to the client's conditional, a stale answer while one
   background task refreshes the entry (RFC 5861 §3), or 504 for only-if-cached on a miss;
@@ -28,12 +29,13 @@ queue behind each other noticeably.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from gateway.access_log import Exchange
-from gateway.asgi import Message, Receive, Scope, Send
+from gateway.asgi import Message, Receive
 from gateway.cache.coalescing import Coalescer, Flight, HitForPass
 from gateway.cache.conditional import freshen, revalidation_request_headers
 from gateway.cache.decisions import (
@@ -51,13 +53,7 @@ from gateway.cache.store import ResponseCache
 from gateway.config import CacheSettings
 from gateway.errors import GatewayError, UpstreamError
 from gateway.headers import Headers
-from gateway.routing import Route
-from gateway.validation import RequestFacts
-
-# ProxyApp._forward(scope, receive, send, facts, route, exchange, request_headers)
-Forward = Callable[
-    [Scope, Receive, Send, RequestFacts, Route, Exchange, Headers | None], Awaitable[None]
-]
+from gateway.request import Forward, ProxyRequest
 
 log = logging.getLogger("gateway.cache")
 
@@ -101,84 +97,63 @@ class CacheLayer:
         # Background refreshes (stale-while-revalidate); a reference keeps each task alive.
         self._refreshes: set[asyncio.Task[None]] = set()
 
-    async def handle(
-        self,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        facts: RequestFacts,
-        route: Route,
-        exchange: Exchange,
-        forward: Forward,
-    ) -> None:
-        method: str = scope["method"]
+    async def handle(self, request: ProxyRequest, forward: Forward) -> None:
+        method = request.method
         if method != "GET" and method != "HEAD":
-            await self._forward_unsafe(scope, receive, send, facts, route, exchange, forward)
+            await self._forward_unsafe(request, forward)
             return
-        key = primary_key("https", facts.host, scope["raw_path"], scope["query_string"])
+        key = _key(request)
+        facts = request.facts
         if facts.content_length or facts.chunked:
             # A GET with a body has no defined meaning (RFC 9110 §9.3.1): the cache stays out.
-            await self._fetch(
-                scope, receive, send, facts, route, exchange, forward, key, _WITH_BODY
-            )
+            await self._fetch(request, forward, key, _WITH_BODY)
             return
-        request_headers: Headers = scope["headers"]
+        request_headers = request.headers
         decision = self.store.lookup(key, method, request_headers, self.clock())
         if decision.answer is not None:
-            await self._serve(scope, send, facts, route, exchange, forward, key, decision)
+            await self._serve(request, forward, key, decision)
             return
         log.debug("%s %s: %s (%s)", method, key, decision.action.value, decision.fwd)
         if decision.entry is None and (
             method == "HEAD" or decision.action is Action.BYPASS or key in self.passes
         ):
-            await self._pass(scope, receive, send, facts, route, exchange, forward, decision)
+            await self._pass(request, forward, decision)
             return
         if method == "HEAD" or decision.action is Action.BYPASS or key in self.passes:
             # None of these waits for another request's fetch: HEAD and BYPASS responses are
             # never stored, and this key's response was not storable a moment ago.
-            await self._fetch(scope, receive, send, facts, route, exchange, forward, key, decision)
+            await self._fetch(request, forward, key, decision)
             return
         flight = self.coalescer.try_lead(key)
         if flight is None:
             await self.coalescer.wait(key)
             decision = self.store.lookup(key, method, request_headers, self.clock())
             if decision.answer is not None:
-                await self._serve(scope, send, facts, route, exchange, forward, key, decision)
+                await self._serve(request, forward, key, decision)
                 return
             # The leader's response was not stored: go upstream ourselves, uncoalesced.
-            await self._fetch(scope, receive, send, facts, route, exchange, forward, key, decision)
+            await self._fetch(request, forward, key, decision)
             return
         try:
-            await self._fetch(
-                scope, receive, send, facts, route, exchange, forward, key, decision, flight
-            )
+            await self._fetch(request, forward, key, decision, flight)
         finally:
             flight.release()  # also on failure or cancellation: never strand the waiters
 
     # --- answering from the cache -------------------------------------------------------------
 
     async def _serve(
-        self,
-        scope: Scope,
-        send: Send,
-        facts: RequestFacts,
-        route: Route,
-        exchange: Exchange,
-        forward: Forward,
-        key: str,
-        decision: Decision,
+        self, request: ProxyRequest, forward: Forward, key: str, decision: Decision
     ) -> None:
         """Send the answer the lookup made (the hot path: two ASGI messages, no task), and
         start the background refresh a stale-while-revalidate answer calls for."""
         assert decision.answer is not None
-        await self._send_answer(send, decision.answer, exchange, _ANSWER_LABELS[decision.action])
+        await self._send_answer(request, decision.answer, _ANSWER_LABELS[decision.action])
         if decision.action is Action.STALE_WHILE_REVALIDATE:
-            self._start_refresh(scope, facts, route, forward, key, decision)
-        log.debug("%s %s: %s", scope["method"], key, decision.action.value)
+            self._start_refresh(request, forward, key, decision)
+        log.debug("%s %s: %s", request.method, key, decision.action.value)
 
-    async def _send_answer(
-        self, send: Send, answer: CachedAnswer, exchange: Exchange, label: str
-    ) -> None:
+    async def _send_answer(self, request: ProxyRequest, answer: CachedAnswer, label: str) -> None:
+        send, exchange = request.send, request.exchange
         exchange.cache = label
         exchange.status = answer.status
         exchange.response_started = True
@@ -194,37 +169,23 @@ class CacheLayer:
 
     # --- forwarding ---------------------------------------------------------------------------
 
-    async def _pass(
-        self,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        facts: RequestFacts,
-        route: Route,
-        exchange: Exchange,
-        forward: Forward,
-        decision: Decision,
-    ) -> None:
+    async def _pass(self, request: ProxyRequest, forward: Forward, decision: Decision) -> None:
         """Forward with nothing to store, revalidate or stand in for (HEAD, BYPASS, or a key
         whose response was not storable a moment ago: Varnish's hit-for-pass), so only the
         cache headers are added.  Most API traffic takes this path: it must stay cheap."""
-        exchange.cache = "BYPASS" if decision.action is Action.BYPASS else "MISS"
+        request.exchange.cache = "BYPASS" if decision.action is Action.BYPASS else "MISS"
+        send = request.send
 
         async def send_with_cache_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 message["headers"].extend(forwarded_cache_headers(decision, message["status"]))
             await send(message)
 
-        await forward(scope, receive, send_with_cache_headers, facts, route, exchange, None)
+        await forward(request, send_with_cache_headers, None)
 
     async def _fetch(
         self,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        facts: RequestFacts,
-        route: Route,
-        exchange: Exchange,
+        request: ProxyRequest,
         forward: Forward,
         key: str,
         decision: Decision,
@@ -232,8 +193,8 @@ class CacheLayer:
     ) -> None:
         """Forward a GET/HEAD the cache did not answer; store, revalidate or stand in with a
         stale entry as the upstream's response allows."""
-        method: str = scope["method"]
-        request_headers: Headers = scope["headers"]
+        method, request_headers = request.method, request.headers
+        send, exchange = request.send, request.exchange
         request_time = self.clock()
         entry = decision.entry
         revalidating = decision.action is Action.REVALIDATE and method == "GET"
@@ -259,7 +220,7 @@ class CacheLayer:
             else None
         )
         try:
-            await forward(scope, receive, recorder, facts, route, exchange, upstream_headers)
+            await forward(request, recorder, upstream_headers)
         except UpstreamError as exc:
             if recorder.client_started:
                 raise
@@ -274,7 +235,7 @@ class CacheLayer:
             if answer is None:
                 raise
             log.info("%s %s: serving stale (stale-if-error): %s", method, key, exc.message)
-            await self._send_answer(send, answer, exchange, "STALE")
+            await self._send_answer(request, answer, "STALE")
             return
 
         if recorder.not_modified_headers is not None and entry is not None:
@@ -287,16 +248,14 @@ class CacheLayer:
                     flight.release()
                 answer = answer_revalidated(decision, fresh, method, request_headers, self.clock())
                 log.debug("%s %s: revalidated (304)", method, key)
-                await self._send_answer(send, answer, exchange, "REVALIDATED")
+                await self._send_answer(request, answer, "REVALIDATED")
                 return
             # The 304 is not about what we store (RFC 9111 §4.3.4): fetch it anew, unconditionally.
             log.debug("%s %s: 304 does not match the stored response; refetching", method, key)
             exchange.response_started = False
             exchange.bytes_sent = 0
             refetch = Decision(Action.MISS, entry=None, fwd=decision.fwd)
-            await self._fetch(
-                scope, receive, send, facts, route, exchange, forward, key, refetch, flight
-            )
+            await self._fetch(request, forward, key, refetch, flight)
             return
 
         if recorder.held_start is not None:
@@ -310,24 +269,15 @@ class CacheLayer:
                     key,
                     recorder.status,
                 )
-                await self._send_answer(send, answer, exchange, "STALE")
+                await self._send_answer(request, answer, "STALE")
             else:
                 await recorder.release_held()
 
-    async def _forward_unsafe(
-        self,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        facts: RequestFacts,
-        route: Route,
-        exchange: Exchange,
-        forward: Forward,
-    ) -> None:
+    async def _forward_unsafe(self, request: ProxyRequest, forward: Forward) -> None:
         """Any method but GET/HEAD: never cached; a 2xx/3xx to an unsafe one invalidates the
         target and same-origin Location/Content-Location (RFC 9111 §4.4)."""
-        key = primary_key("https", facts.host, scope["raw_path"], scope["query_string"])
-        method: str = scope["method"]
+        key = _key(request)
+        method, send = request.method, request.send
 
         async def invalidating_send(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -338,34 +288,24 @@ class CacheLayer:
                 headers.extend(forwarded_cache_headers(_OTHER_METHOD, message["status"]))
             await send(message)
 
-        exchange.cache = "BYPASS"
-        await forward(scope, receive, invalidating_send, facts, route, exchange, None)
+        request.exchange.cache = "BYPASS"
+        await forward(request, invalidating_send, None)
 
     # --- stale-while-revalidate ---------------------------------------------------------------
 
     def _start_refresh(
-        self,
-        scope: Scope,
-        facts: RequestFacts,
-        route: Route,
-        forward: Forward,
-        key: str,
-        decision: Decision,
+        self, request: ProxyRequest, forward: Forward, key: str, decision: Decision
     ) -> None:
         flight = self.coalescer.try_lead(key)
         if flight is None:
             return  # a refresh (or a miss) for this key is already upstream
-        task = asyncio.create_task(
-            self._refresh(scope, facts, route, forward, key, decision, flight)
-        )
+        task = asyncio.create_task(self._refresh(request, forward, key, decision, flight))
         self._refreshes.add(task)
         task.add_done_callback(self._refreshes.discard)
 
     async def _refresh(
         self,
-        scope: Scope,
-        facts: RequestFacts,
-        route: Route,
+        request: ProxyRequest,
         forward: Forward,
         key: str,
         decision: Decision,
@@ -376,11 +316,14 @@ class CacheLayer:
         entry = decision.entry
         # A copy: the client's scope belongs to its (finished) request cycle.  Always a GET,
         # also when a HEAD found the entry stale.
-        background = dict(scope)
-        background["method"] = "GET"
-        request_headers: Headers = list(scope["headers"])
-        background["headers"] = request_headers
-        exchange = Exchange(background)
+        scope = dict(request.scope)
+        scope["method"] = "GET"
+        request_headers: Headers = list(request.headers)
+        scope["headers"] = request_headers
+        exchange = Exchange(scope)
+        background = dataclasses.replace(
+            request, scope=scope, receive=_empty_request(), send=_discard, exchange=exchange
+        )
         revalidating = entry is not None and entry.has_validator
         refresh_decision = Decision(
             Action.REVALIDATE if revalidating else Action.MISS, entry=entry, fwd="stale"
@@ -402,9 +345,7 @@ class CacheLayer:
             revalidation_request_headers(request_headers, entry) if entry is not None else None
         )
         try:
-            await forward(
-                background, _empty_request(), recorder, facts, route, exchange, upstream_headers
-            )
+            await forward(background, recorder, upstream_headers)
             if recorder.not_modified_headers is not None and entry is not None:
                 fresh = freshen(
                     entry,
@@ -422,6 +363,12 @@ class CacheLayer:
             log.warning("GET %s: background refresh crashed", key, exc_info=True)
         finally:
             flight.release()
+
+
+def _key(request: ProxyRequest) -> str:
+    """The primary cache key: the target URI in the form routing used (RFC 9111 §2)."""
+    scope = request.scope
+    return primary_key("https", request.facts.host, scope["raw_path"], scope["query_string"])
 
 
 async def _discard(message: Message) -> None:

@@ -36,6 +36,16 @@ def test_public_base_url(
     assert public_base_url(parse_settings(config, tmp_path / "config.toml")) == expected
 
 
+async def register(settings: Settings, username: str) -> httpx.Response:
+    """POST /register to an in-process app built from ``settings`` (its own lifespan)."""
+    app = create_app(settings, environ={})
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            body = {"username": username, "email": f"{username}@example.com"}
+            return await client.post("/register", json={**body, "password": "password1"})
+
+
 @pytest.mark.anyio
 async def test_outbox_files_are_complete_private_messages(tmp_path: Path) -> None:
     mailer = Mailer(tmp_path / "outbox")
@@ -107,14 +117,7 @@ async def test_registration_mail_is_delivered_over_smtp(
         {"backend": {"smtp_host": "127.0.0.1", "smtp_port": port, "mail_from": "hi@example.org"}},
         tmp_path / "config.toml",
     )
-    app = create_app(settings, environ={})
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-            response = await client.post(
-                "/register",
-                json={"username": "dave", "email": "dave@example.com", "password": "password1"},
-            )
+    response = await register(settings, "dave")
     assert response.status_code == 201
     assert len(received) == 1
     message = email.message_from_bytes(received[0], policy=email.policy.default)
@@ -131,14 +134,7 @@ async def test_smtp_failure_does_not_fail_registration(
     settings = parse_settings(
         {"backend": {"smtp_host": "127.0.0.1", "smtp_port": port}}, tmp_path / "config.toml"
     )
-    app = create_app(settings, environ={})
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-            response = await client.post(
-                "/register",
-                json={"username": "erin", "email": "erin@example.com", "password": "password1"},
-            )
+    response = await register(settings, "erin")
     assert response.status_code == 201
     assert "SMTP delivery" in caplog.text
     assert len(list(settings.backend.outbox.glob("*.eml"))) == 1

@@ -231,6 +231,28 @@ class StackConfig:
         return "\n".join(parts)
 
 
+def one_pool(
+    *,
+    path_prefix: str = "/",
+    gateway: Mapping[str, TomlValue] | None = None,
+    pool: Mapping[str, TomlValue] | None = None,
+    cache: Mapping[str, TomlValue] | None = None,
+) -> Any:
+    """The usual test topology, as a ``build`` for ``stack``: every upstream started in one
+    pool named ``pool``, one route to it, plus per-test gateway/pool/cache keys."""
+
+    def build(upstreams: dict[str, EchoUpstream]) -> StackConfig:
+        return StackConfig(
+            pools={"pool": [upstream.url for upstream in upstreams.values()]},
+            routes=[{"path_prefix": path_prefix, "upstream": "pool"}],
+            gateway=dict(gateway or {}),
+            pool_options={"pool": dict(pool or {})},
+            cache=dict(cache or {}),
+        )
+
+    return build
+
+
 @dataclass
 class Gateway:
     directory: Path

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from e2e.harness import EchoUpstream, Gateway, Stack, StackConfig, stack
+from e2e.harness import Gateway, Stack, one_pool, stack
 
 pytestmark = pytest.mark.e2e
 
@@ -185,12 +185,7 @@ def test_access_log_has_one_line_per_request(shared: Stack, client: httpx.Client
 def test_hsts_is_sent_on_every_https_response_when_configured(tmp_path: Path) -> None:
     """With ``hsts_max_age`` set, proxied answers and the gateway's own errors carry it."""
 
-    def build(upstreams: dict[str, EchoUpstream]) -> StackConfig:
-        return StackConfig(
-            pools={"main": [upstreams["a"].url]},
-            routes=[{"path_prefix": "/echo", "upstream": "main"}],
-            gateway={"hsts_max_age": 600},
-        )
+    build = one_pool(path_prefix="/echo", gateway={"hsts_max_age": 600})
 
     with stack(tmp_path, ["a"], build) as s, s.gateway.client() as client:
         proxied = client.get("/echo")

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from e2e.harness import PYTHON, REPO, EchoUpstream, StackConfig, stack
+from e2e.harness import PYTHON, REPO, StackConfig, one_pool, stack
 
 pytestmark = pytest.mark.e2e
 
@@ -100,11 +100,7 @@ def test_sigterm_lets_in_flight_requests_finish(tmp_path: Path) -> None:
     """20 requests in flight when SIGTERM arrives all complete with 200 (the upstream only
     answers them once the gateway is shutting down), then the gateway exits 0."""
 
-    def build(upstreams: dict[str, EchoUpstream]) -> StackConfig:
-        return StackConfig(
-            pools={"hold": [upstreams["hold"].url]},
-            routes=[{"path_prefix": "/", "upstream": "hold"}],
-        )
+    build = one_pool()
 
     with stack(tmp_path, ["hold"], build) as s, s.gateway.client(timeout=20) as client:
         upstream = s.upstreams["hold"]

@@ -31,6 +31,7 @@ from e2e.harness import (
     ManagedProcess,
     StackConfig,
     gateway,
+    one_pool,
     stack,
     toml_table,
 )
@@ -297,20 +298,15 @@ def test_failing_health_check_takes_a_server_out_and_back(tmp_path: Path) -> Non
     health_interval (+ timeout), gets no traffic while DOWN, and is UP again once it recovers."""
     interval, threshold, timeout = 0.3, 2, 0.2
 
-    def build(upstreams: dict[str, Any]) -> StackConfig:
-        return StackConfig(
-            pools={"pool": [upstreams["a"].url, upstreams["b"].url]},
-            routes=[{"path_prefix": "/", "upstream": "pool"}],
-            pool_options={
-                "pool": {
-                    "health_interval": interval,
-                    "health_timeout": timeout,
-                    "unhealthy_threshold": threshold,
-                    "healthy_threshold": 1,
-                }
-            },
-            cache={"enabled": False},
-        )
+    build = one_pool(
+        pool={
+            "health_interval": interval,
+            "health_timeout": timeout,
+            "unhealthy_threshold": threshold,
+            "healthy_threshold": 1,
+        },
+        cache={"enabled": False},
+    )
 
     with stack(tmp_path, ["a", "b"], build) as s:
         b = s.upstreams["b"]
@@ -338,16 +334,11 @@ def test_short_upstream_keepalive_never_causes_a_spurious_502(tmp_path: Path) ->
     for 4 s: 10,000 sequential requests, with pauses straddling 0.5 s, all succeed."""
     keep_alive = 0.5
 
-    def build(upstreams: dict[str, Any]) -> StackConfig:
-        return StackConfig(
-            pools={"solo": [upstreams["a"].url]},
-            routes=[{"path_prefix": "/", "upstream": "solo"}],
-            pool_options={
-                "solo": {"keepalive_timeout": 4.0, "health_interval": 5.0, "health_timeout": 1.0}
-            },
-            gateway={"access_log": False},
-            cache={"enabled": False},
-        )
+    build = one_pool(
+        pool={"keepalive_timeout": 4.0, "health_interval": 5.0, "health_timeout": 1.0},
+        gateway={"access_log": False},
+        cache={"enabled": False},
+    )
 
     pauses = [keep_alive + delta for delta in (-0.02, -0.01, -0.005, 0.0, 0.005, 0.01, 0.02)]
     with stack(tmp_path, ["a"], build, keep_alive=keep_alive) as s, s.gateway.client() as client:

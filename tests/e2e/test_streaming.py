@@ -13,11 +13,10 @@ import pytest
 
 from e2e.harness import (
     SHARED_MAX_BODY,
-    EchoUpstream,
     RssSampler,
     Stack,
-    StackConfig,
     is_closed,
+    one_pool,
     read_response,
     stack,
 )
@@ -86,12 +85,7 @@ def test_client_leaving_stops_the_upstream_response(tmp_path: Path) -> None:
     """A client that closes the connection mid-response makes the gateway drop the upstream
     exchange too, instead of reading a live feed forever for nobody."""
 
-    def build(upstreams: dict[str, EchoUpstream]) -> StackConfig:
-        return StackConfig(
-            pools={"feed": [upstreams["feed"].url]},
-            routes=[{"path_prefix": "/", "upstream": "feed"}],
-            gateway={"graceful_timeout": 1.0},
-        )
+    build = one_pool(gateway={"graceful_timeout": 1.0})
 
     with stack(tmp_path, ["feed"], build) as s, s.gateway.client() as client:
         upstream = s.upstreams["feed"]
@@ -112,12 +106,7 @@ def test_client_leaving_stops_the_upstream_response(tmp_path: Path) -> None:
 def large(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """One upstream behind a gateway that accepts 512 MiB bodies."""
 
-    def build(upstreams: dict[str, EchoUpstream]) -> StackConfig:
-        return StackConfig(
-            pools={"big": [upstreams["big"].url]},
-            routes=[{"path_prefix": "/", "upstream": "big"}],
-            gateway={"max_body_bytes": 512 * MiB, "access_log": False},
-        )
+    build = one_pool(gateway={"max_body_bytes": 512 * MiB, "access_log": False})
 
     with stack(tmp_path_factory.mktemp("large"), ["big"], build) as s:
         yield s

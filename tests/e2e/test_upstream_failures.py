@@ -19,6 +19,7 @@ from e2e.harness import (
     StackConfig,
     TomlValue,
     gateway,
+    one_pool,
     stack,
 )
 
@@ -120,13 +121,7 @@ def test_no_spurious_502_when_the_upstream_closes_idle_connections(tmp_path: Pat
     keep them 4 s: pauses of about 1 s (some just at the upstream's deadline) between
     requests must never surface as an error."""
 
-    def build(upstreams: dict[str, EchoUpstream]) -> StackConfig:
-        return StackConfig(
-            pools={"short": [upstreams["short"].url]},
-            pool_options={"short": {"keepalive_timeout": 4.0}},
-            routes=[{"path_prefix": "/", "upstream": "short"}],
-            gateway={"access_log": False},
-        )
+    build = one_pool(pool={"keepalive_timeout": 4.0}, gateway={"access_log": False})
 
     pauses = iter([0.97, 0.99, 1.0, 1.0, 1.01, 1.02, 1.04, 1.08])
     statuses = []

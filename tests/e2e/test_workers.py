@@ -7,11 +7,10 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from e2e.harness import StackConfig, stack
+from e2e.harness import one_pool, stack
 
 pytestmark = pytest.mark.e2e
 
@@ -33,12 +32,7 @@ def children(pid: int) -> list[int]:
     return found
 
 
-def build(upstreams: dict[str, Any]) -> StackConfig:
-    return StackConfig(
-        pools={"main": [upstreams["a"].url]},
-        routes=[{"path_prefix": "/", "upstream": "main"}],
-        gateway={"workers": 2, "graceful_timeout": 3.0},
-    )
+build = one_pool(gateway={"workers": 2, "graceful_timeout": 3.0})
 
 
 def test_two_workers_serve_survive_a_crash_and_stop_together(tmp_path: Path) -> None:

@@ -3,6 +3,8 @@
 GET  /echo            -> JSON: server name, method, target, request headers, body size
 POST /echo            -> same, after reading the whole body
 GET  /bytes?n=N       -> N bytes of body, streamed in 64 KiB chunks (no Content-Length)
+GET  /blob64k         -> 64 KiB, ``Cache-Control: public, max-age=3600`` and an ETag (304 to
+                         a matching If-None-Match): the benchmark's cache-hit body
 POST /upload          -> {"received": N}, counting a streamed request body
 GET  /sse             -> text/event-stream: one event, then waits for POST /sse/release
 GET  /slow?s=S        -> answers after S seconds (for read timeouts and graceful shutdown)
@@ -22,6 +24,8 @@ GET  /cache-count     -> {"count": N, "paths": {path: N}}: /cache/... requests a
                          (Cache-Control: no-store, so it is never cached itself)
 POST /cache-fail/on   -> every /cache/... answers 503 until POST /cache-fail/off
 
+The benchmark (``bench/run.py``) runs this same program as its extra origin.
+
 Started with ``--fd N`` it serves a listening socket inherited from the test harness, so the
 port is known before the process starts and can never be taken by someone else meanwhile.
 """
@@ -39,6 +43,8 @@ from urllib.parse import parse_qs
 import uvicorn
 
 NAME = os.environ.get("ECHO_NAME", "echo")
+BLOB = bytes(range(256)) * 256  # 64 KiB, not all one byte, so nothing compresses it by accident
+BLOB_ETAG = b'"blob64k-v1"'
 state: dict[str, Any] = {
     "healthy": True,
     "release": None,
@@ -153,13 +159,30 @@ async def respond(scope: dict[str, Any], receive: Any, send: Any) -> None:
                 "body_bytes": size,
             },
         )
+    elif path == "/blob64k":
+        headers = [
+            (b"content-type", b"application/octet-stream"),
+            (b"cache-control", b"public, max-age=3600"),
+            (b"etag", BLOB_ETAG),
+        ]
+        if dict(scope["headers"]).get(b"if-none-match") == BLOB_ETAG:
+            status, body = 304, b""
+        else:
+            status, body = 200, b"" if method == "HEAD" else BLOB
+            headers.append((b"content-length", b"%d" % len(BLOB)))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
     elif path == "/bytes":
         n = int(query.get("n", ["0"])[0])
         await send(
             {
                 "type": "http.response.start",
                 "status": 200,
-                "headers": [(b"content-type", b"application/octet-stream")],
+                # No Content-Length: a proxy must pass the stream through without buffering.
+                "headers": [
+                    (b"content-type", b"application/octet-stream"),
+                    (b"cache-control", b"no-store"),
+                ],
             }
         )
         chunk = b"x" * 65536

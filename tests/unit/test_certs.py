@@ -6,6 +6,7 @@ import ipaddress
 import logging
 import os
 import stat
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -301,36 +302,33 @@ def test_ca_without_its_key_is_an_error_and_nothing_is_overwritten(tls: TLSSetti
     assert snapshot(tls.dir) == before
 
 
-def test_ca_key_without_its_certificate_is_an_error(tls: TLSSettings) -> None:
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        pytest.param(lambda d: (d / CA_CERT_NAME).unlink(), "ca.pem is missing", id="no-cert"),
+        pytest.param(
+            lambda d: (d / CA_KEY_NAME).write_bytes(CertificateAuthority.create().key_pem()),
+            "is not the private key of",
+            id="foreign-key",
+        ),
+        pytest.param(
+            lambda d: (d / CA_CERT_NAME).write_bytes(b"garbage"),
+            "does not contain a PEM certificate",
+            id="unparsable-cert",
+        ),
+    ],
+)
+def test_a_damaged_ca_is_an_error_and_nothing_is_overwritten(
+    tls: TLSSettings, damage: Callable[[Path], object], message: str
+) -> None:
     ensure_certificates(tls, ("localhost",))
-    (tls.dir / CA_CERT_NAME).unlink()
+    damage(tls.dir)
     before = snapshot(tls.dir)
 
-    with pytest.raises(CertificateError, match="ca.pem is missing"):
+    with pytest.raises(CertificateError, match=message):
         ensure_certificates(tls, ("localhost",))
 
     assert snapshot(tls.dir) == before
-
-
-def test_ca_with_a_foreign_key_is_an_error(tls: TLSSettings) -> None:
-    ensure_certificates(tls, ("localhost",))
-    (tls.dir / CA_KEY_NAME).write_bytes(CertificateAuthority.create().key_pem())
-    before = snapshot(tls.dir)
-
-    with pytest.raises(CertificateError, match="is not the private key of"):
-        ensure_certificates(tls, ("localhost",))
-
-    assert snapshot(tls.dir) == before
-
-
-def test_unparsable_ca_is_an_error(tls: TLSSettings) -> None:
-    ensure_certificates(tls, ("localhost",))
-    (tls.dir / CA_CERT_NAME).write_bytes(b"garbage")
-
-    with pytest.raises(CertificateError, match="does not contain a PEM certificate"):
-        ensure_certificates(tls, ("localhost",))
-
-    assert (tls.dir / CA_CERT_NAME).read_bytes() == b"garbage"
 
 
 def test_expired_ca_is_an_error(tls: TLSSettings) -> None:

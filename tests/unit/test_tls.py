@@ -182,6 +182,18 @@ def test_h2_only_client_still_connects_without_alpn(
 # --- handshakes that must fail --------------------------------------------------------------
 
 
+def assert_server_refuses(
+    server_context: ssl.SSLContext, client_context: ssl.SSLContext, reason: str
+) -> None:
+    """The handshake fails on both sides, and the server's own error names ``reason``."""
+    with one_handshake_server(server_context) as (address, server):
+        with pytest.raises(ssl.SSLError):
+            handshake(address, client_context)
+
+    assert isinstance(server.error, ssl.SSLError)
+    assert server.error.reason == reason
+
+
 def test_tls11_client_is_refused(
     server_context: ssl.SSLContext, client_context: ssl.SSLContext
 ) -> None:
@@ -191,12 +203,7 @@ def test_tls11_client_is_refused(
         client_context.minimum_version = ssl.TLSVersion.TLSv1_1
         client_context.maximum_version = ssl.TLSVersion.TLSv1_1
 
-    with one_handshake_server(server_context) as (address, server):
-        with pytest.raises(ssl.SSLError):
-            handshake(address, client_context)
-
-    assert isinstance(server.error, ssl.SSLError)
-    assert server.error.reason == "UNSUPPORTED_PROTOCOL"
+    assert_server_refuses(server_context, client_context, "UNSUPPORTED_PROTOCOL")
 
 
 def test_tls12_client_with_only_cbc_ciphers_is_refused(
@@ -205,12 +212,7 @@ def test_tls12_client_with_only_cbc_ciphers_is_refused(
     client_context.maximum_version = ssl.TLSVersion.TLSv1_2
     client_context.set_ciphers("ECDHE-ECDSA-AES128-SHA:ECDHE-ECDSA-AES256-SHA")
 
-    with one_handshake_server(server_context) as (address, server):
-        with pytest.raises(ssl.SSLError):
-            handshake(address, client_context)
-
-    assert isinstance(server.error, ssl.SSLError)
-    assert server.error.reason == "NO_SHARED_CIPHER"
+    assert_server_refuses(server_context, client_context, "NO_SHARED_CIPHER")
 
 
 def test_client_rejects_a_name_the_certificate_does_not_cover(

@@ -14,6 +14,7 @@ from gateway.cache.layer import CacheLayer
 from gateway.config import CacheSettings
 from gateway.errors import GatewayError, UpstreamConnectError
 from gateway.headers import Headers
+from gateway.request import ProxyRequest
 from gateway.routing import Route
 from gateway.validation import RequestFacts
 
@@ -77,15 +78,9 @@ class Origin:
         return len(self.seen)
 
     async def forward(
-        self,
-        scope: dict[str, Any],
-        receive: Any,
-        send: Any,
-        facts: RequestFacts,
-        route: Route,
-        exchange: Exchange,
-        request_headers: Headers | None = None,
+        self, request: ProxyRequest, send: Any, request_headers: Headers | None = None
     ) -> None:
+        scope, exchange = request.scope, request.exchange
         seen = Seen(
             scope["method"],
             scope["raw_path"],
@@ -163,7 +158,7 @@ async def request(
         if on_message is not None:
             on_message(message)
 
-    await layer.handle(scope, receive, send, facts, ROUTE, exchange, origin.forward)
+    await layer.handle(ProxyRequest(scope, receive, send, facts, ROUTE, exchange), origin.forward)
     start = messages[0]
     assert start["type"] == "http.response.start"
     body = b"".join(m.get("body", b"") for m in messages[1:])
@@ -624,8 +619,8 @@ def test_a_storable_body_reaches_the_client_while_it_streams() -> None:
 
 def test_a_body_cut_short_is_not_stored() -> None:
     class Truncating(Origin):
-        async def forward(self, scope: Any, receive: Any, send: Any, *args: Any) -> None:
-            self.seen.append(Seen(scope["method"], scope["raw_path"], []))
+        async def forward(self, request: ProxyRequest, send: Any, *args: Any) -> None:
+            self.seen.append(Seen(request.method, request.scope["raw_path"], []))
             headers = [(b"cache-control", b"max-age=60"), *EXTRA]
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             await send({"type": "http.response.body", "body": b"part", "more_body": True})
