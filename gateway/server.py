@@ -23,6 +23,7 @@ import uvicorn
 from gateway.certs import ensure_certificates
 from gateway.config import Settings
 from gateway.listener import http_protocol_class
+from gateway.listeners import bind_listeners
 from gateway.proxy import ProxyApp
 from gateway.redirect import RedirectApp
 from gateway.tls import server_ssl_context
@@ -168,5 +169,7 @@ def run(
         loop_factory = None
     else:
         loop_factory = uvloop.new_event_loop
+    if sockets is None:
+        sockets = bind_listeners(settings.gateway)  # a busy port: one ListenError line
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         runner.run(Gateway(settings, on_ready).serve(sockets, worker))

@@ -22,14 +22,10 @@ from types import FrameType
 
 from gateway.certs import ensure_certificates
 from gateway.config import Settings
+from gateway.listeners import bind_listeners
 
 log = logging.getLogger("gateway")
 RESTART_DELAY = 1.0
-
-
-def bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    return socket.create_server((host, port), family=family, backlog=2048)
 
 
 def _worker_main(
@@ -50,7 +46,7 @@ def _worker_main(
 def run_workers(settings: Settings) -> None:
     g = settings.gateway
     ensure_certificates(settings.tls, g.hostnames)  # once, before any worker reads them
-    sockets = (bind(g.host, g.https_port), bind(g.host, g.http_port))
+    sockets = bind_listeners(g)
     context = multiprocessing.get_context("spawn")
     processes: dict[int, BaseProcess] = {}
     # A pipe per worker says "ready"; unlike an Event it needs no semaphore, hence no

@@ -1,0 +1,34 @@
+"""``pygateway check``: problems beyond the config file itself, found without starting anything.
+
+The config loader already checked every key; here the files and ports the config names are
+tried the way start-up would use them: the ``[tls]`` certificate and key are loaded (a garbage
+``cert_file`` must fail here, not at the first handshake), an existing local CA is read, and
+each listen port is bound and released.
+"""
+
+from __future__ import annotations
+
+from gateway.certs import CA_CERT_NAME, CertificateAuthority, CertificateError, ensure_certificates
+from gateway.config import Settings
+from gateway.listeners import port_problems
+from gateway.tls import server_ssl_context
+
+
+def certificate_problems(settings: Settings) -> list[str]:
+    tls = settings.tls
+    try:
+        if tls.cert_file is not None or tls.key_file is not None:
+            paths = ensure_certificates(tls, settings.gateway.hostnames)  # reads, never writes
+            server_ssl_context(paths.cert_file, paths.key_file)
+        elif (tls.dir / CA_CERT_NAME).exists():
+            CertificateAuthority.load(tls.dir)
+    except CertificateError as exc:
+        return [f"{settings.path}: [tls]: {exc}"]
+    return []
+
+
+def check_environment(settings: Settings) -> list[str]:
+    """Every problem start-up would hit, one line each (empty: ready to run)."""
+    return certificate_problems(settings) + [
+        f"{settings.path}: {line}" for line in port_problems(settings.gateway)
+    ]
