@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from gateway.tls import INTERMEDIATE_CIPHERS
+from gateway.tls.context import INTERMEDIATE_CIPHERS
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = Path(__file__).resolve().parent

@@ -8,10 +8,15 @@ each listen port is bound and released.
 
 from __future__ import annotations
 
-from gateway.certs import CA_CERT_NAME, CertificateAuthority, CertificateError, ensure_certificates
 from gateway.config import Settings
 from gateway.listeners import port_problems
-from gateway.tls import server_ssl_context
+from gateway.tls.certs import (
+    CA_CERT_NAME,
+    CertificateAuthority,
+    CertificateError,
+    ensure_certificates,
+)
+from gateway.tls.context import server_ssl_context
 
 
 def certificate_problems(settings: Settings) -> list[str]:

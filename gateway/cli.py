@@ -72,9 +72,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def serve(settings: Settings) -> int:
     """Run the gateway until a signal stops it; start-up failures become one line, exit 1."""
-    from gateway.certs import CertificateError
     from gateway.listeners import ListenError
     from gateway.server import run
+    from gateway.tls.certs import CertificateError
 
     configure_logging()
     try:

@@ -20,13 +20,13 @@ from typing import Any
 
 import uvicorn
 
-from gateway.certs import ensure_certificates
 from gateway.config import Settings
 from gateway.listener import http_protocol_class
 from gateway.listeners import bind_listeners
 from gateway.proxy import ProxyApp
 from gateway.redirect import RedirectApp
-from gateway.tls import server_ssl_context
+from gateway.tls.certs import ensure_certificates
+from gateway.tls.context import server_ssl_context
 from gateway.upstream.group import Upstream
 
 log = logging.getLogger("gateway")

@@ -20,9 +20,9 @@ import time
 from multiprocessing.process import BaseProcess
 from types import FrameType
 
-from gateway.certs import ensure_certificates
 from gateway.config import Settings
 from gateway.listeners import bind_listeners
+from gateway.tls.certs import ensure_certificates
 
 log = logging.getLogger("gateway")
 RESTART_DELAY = 1.0

@@ -16,7 +16,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
-from gateway.certs import (
+from gateway.config import TLSSettings
+from gateway.tls.certs import (
     CA_CERT_NAME,
     CA_KEY_NAME,
     LEAF_CERT_NAME,
@@ -29,7 +30,6 @@ from gateway.certs import (
     ensure_certificates,
     leaf_names,
 )
-from gateway.config import TLSSettings
 
 ALL_FILES = {CA_CERT_NAME, CA_KEY_NAME, LEAF_CERT_NAME, LEAF_KEY_NAME}
 

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.certs import CertificateAuthority, CertificateError, CertificatePaths
-from gateway.certs import ensure_certificates as ensure
 from gateway.config import TLSSettings
-from gateway.tls import INTERMEDIATE_CIPHERS, client_ssl_context, server_ssl_context
+from gateway.tls.certs import CertificateAuthority, CertificateError, CertificatePaths
+from gateway.tls.certs import ensure_certificates as ensure
+from gateway.tls.context import INTERMEDIATE_CIPHERS, client_ssl_context, server_ssl_context
 
 TIMEOUT = 5.0
 GREETING = b"hello"

@@ -1,6 +1,6 @@
 """PEM files of certificates and keys: read with clear errors, written atomically and privately.
 
-Everything here is file handling for ``gateway.certs``: a temp file in the same directory,
+Everything here is file handling for ``gateway.tls.certs``: a temp file in the same directory,
 fsync, rename (readers see the old file or the new one, never a mix), private keys with mode
 0600 from their first byte, and a directory lock so two gateways starting at once do not both
 create a CA.

@@ -13,7 +13,7 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
-from gateway.certs import CertificateError
+from gateway.tls.certs import CertificateError
 
 # Mozilla intermediate, TLS 1.2 part, ECDSA and RSA variants so a bring-your-own RSA
 # certificate works as well as the local CA's ECDSA one.

@@ -45,9 +45,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from gateway import pemfiles
 from gateway.config import TLSSettings
-from gateway.pemfiles import CertificateError
+from gateway.tls import pemfiles
+from gateway.tls.pemfiles import CertificateError
 
 logger = logging.getLogger("gateway.certs")
 
