@@ -20,6 +20,7 @@ run: install
 	$(BIN)/python -m gateway.stack --config $(CONFIG)
 
 test: install lint
+	.ci/install-postgresql
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install
