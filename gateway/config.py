@@ -22,6 +22,11 @@ REDIRECT_STATUSES = (301, 302, 303, 307, 308)
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
 
+def is_loopback_name(name: str) -> bool:
+    """``localhost``, every ``*.localhost`` name (RFC 6761 §6.3) and the loopback IPs."""
+    return name in LOOPBACK_NAMES or name.endswith(".localhost")
+
+
 class ConfigError(Exception):
     """The config file is unusable; ``errors`` holds one readable line per problem."""
 
@@ -49,6 +54,11 @@ class GatewaySettings:
     graceful_timeout: float = 10.0
     # Processes sharing the listeners (Nginx's worker_processes); each has its own cache.
     workers: int = 1
+    # A WebSocket tunnel with no byte in either direction for this long is closed (Nginx
+    # closes after proxy_read_timeout, 60 s, which surprises every dev server; 5 minutes here).
+    websocket_idle_timeout: float = 300.0
+    # Open tunnels per gateway process; beyond it an upgrade gets 503.
+    max_websocket_tunnels: int = 4096
 
     @property
     def hsts_header(self) -> str | None:
@@ -60,7 +70,7 @@ class GatewaySettings:
         """
         max_age = self.hsts_max_age
         if max_age is None:
-            if all(name in LOOPBACK_NAMES for name in self.hostnames):
+            if all(is_loopback_name(name) for name in self.hostnames):
                 return None
             max_age = 31536000
         if max_age == 0:
@@ -73,6 +83,17 @@ class TLSSettings:
     dir: Path = Path("certs")
     cert_file: Path | None = None
     key_file: Path | None = None
+    # [tls.acme]: certificates from an ACME CA for the non-local hostnames (gateway/tls/acme.py)
+    acme: ACMESettings | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ACMESettings:
+    email: str | None = None
+    directory: str = "https://acme-v02.api.letsencrypt.org/directory"
+    challenge: str = "http-01"
+    # An extra root to trust for the directory's own HTTPS (a test CA such as Pebble's).
+    ca_file: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +101,8 @@ class BackendSettings:
     host: str = "127.0.0.1"
     base_port: int = 8001
     workers: int = 2
-    database: Path = Path("var/backend.db")
+    # A SQLite file, or a "postgresql://user:password@host:port/dbname" URL (a str).
+    database: Path | str = Path("var/backend.db")
     outbox: Path = Path("var/outbox")
     # Base of the links in confirmation e-mails; None: https://<first hostname>:<https_port>.
     public_url: str | None = None
@@ -94,13 +116,48 @@ class BackendSettings:
     def worker_ports(self) -> range:
         return range(self.base_port, self.base_port + self.workers)
 
+    @property
+    def state_dir(self) -> Path:
+        """Where the generated JWT secret lives: next to the SQLite file, or (PostgreSQL) the
+        outbox's parent directory (``var/`` by default)."""
+        if isinstance(self.database, Path):
+            return self.database.parent
+        return self.outbox.parent
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceSettings:
+    """A ``[services.NAME]`` process the stack starts ``workers`` times, worker i with
+    ``{port}`` = ``base_port + i``, and supervises (``gateway/runtime/supervisor.py``)."""
+
+    name: str
+    command: tuple[str, ...]
+    base_port: int
+    workers: int = 1
+    cwd: Path = Path(".")
+    env: dict[str, str] = field(default_factory=dict)
+    # KEY=value lines; values are secrets as far as we know: never printed or logged.
+    env_file: Path | None = None
+    health_path: str = "/health"
+    # A worker that does not answer health_path within this is reported with its output.
+    start_timeout: float = 30.0
+    graceful_timeout: float = 10.0
+
+    def worker_ports(self) -> range:
+        return range(self.base_port, self.base_port + self.workers)
+
 
 @dataclass(frozen=True, slots=True)
 class UpstreamServer:
-    """One server of a pool, from a ``http://host:port`` URL."""
+    """One server of a pool, from a ``http://host:port`` or ``https://host:port`` URL."""
 
     host: str
     port: int
+    scheme: str = "http"
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://{self.address}"
 
     @property
     def address(self) -> str:
@@ -134,6 +191,12 @@ class UpstreamSettings:
     # connection the server is closing.
     keepalive: int = 64
     keepalive_timeout: float = 4.0
+    # https:// servers: verified against the system trust store, or this CA file instead.
+    tls_ca_file: Path | None = None
+    # SNI and certificate name to expect; None: each server URL's host.
+    tls_server_name: str | None = None
+    # Loudly named on purpose: no certificate check at all (logged as a warning at start).
+    tls_insecure_skip_verify: bool = False
 
     @property
     def retries(self) -> int:
@@ -145,9 +208,20 @@ class UpstreamSettings:
 @dataclass(frozen=True, slots=True)
 class RouteSettings:
     path_prefix: str
-    upstream: str
+    # Exactly one of these three is set: what the route does.
+    upstream: str | None = None
+    static: Path | None = None
+    redirect: str | None = None
+    # Host names (``*.example.test`` wildcards) the route is for; empty: any served name.
+    hosts: tuple[str, ...] = ()
     strip_prefix: bool = False
     cache: bool = True
+    # Cache-Control of static files: revalidate each time by default (ETag makes it cheap).
+    static_cache_control: str = "no-cache"
+
+    @property
+    def handler(self) -> str:
+        return "static" if self.static else "redirect" if self.redirect else "proxy"
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +229,12 @@ class CacheSettings:
     enabled: bool = True
     max_bytes: int = 64 * 1024 * 1024
     max_entry_bytes: int = 8 * 1024 * 1024
+    # RFC 9213 target list, most specific first: these fields override Cache-Control for
+    # this cache and are not sent on downstream.
+    targeted_fields: tuple[str, ...] = ("CDN-Cache-Control",)
+    # RFC 9111 §4.2.2 heuristic freshness: this share of the Last-Modified age, capped.
+    heuristic_fraction: float = 0.1
+    heuristic_max_seconds: float = 86400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +246,7 @@ class Settings:
     upstreams: dict[str, UpstreamSettings] = field(default_factory=dict)
     routes: tuple[RouteSettings, ...] = ()
     cache: CacheSettings = field(default_factory=CacheSettings)
+    services: dict[str, ServiceSettings] = field(default_factory=dict)
 
     def summary(self) -> str:
         g = self.gateway
@@ -289,7 +370,7 @@ def _http_path(value: Any) -> tuple[Any, str | None]:
 
 
 def _upstream_url(value: Any) -> tuple[Any, str | None]:
-    allowed = 'must be an http:// URL with host and port, e.g. "http://127.0.0.1:8001"'
+    allowed = 'must be an http:// or https:// URL with a host, e.g. "http://127.0.0.1:8001"'
     if not isinstance(value, str):
         return None, allowed
     try:
@@ -297,11 +378,34 @@ def _upstream_url(value: Any) -> tuple[Any, str | None]:
         port = parts.port
     except ValueError:
         return None, allowed
-    if parts.scheme != "http" or not parts.hostname or parts.path not in ("", "/"):
+    if parts.scheme not in ("http", "https") or not parts.hostname:
         return None, allowed
-    if parts.query or parts.fragment or parts.username:
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
         return None, allowed
-    return UpstreamServer(parts.hostname, port or 80), None
+    default_port = 443 if parts.scheme == "https" else 80
+    return UpstreamServer(parts.hostname, port or default_port, parts.scheme), None
+
+
+def _redirect_url(value: Any) -> tuple[Any, str | None]:
+    allowed = 'must be an absolute http:// or https:// URL, e.g. "https://example.org"'
+    if not isinstance(value, str):
+        return None, allowed
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        return None, allowed
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None, allowed
+    if parts.query or parts.fragment or any(c in value for c in " \r\n\t"):
+        return None, allowed + " without query or fragment (the request's are appended)"
+    return value.rstrip("/"), None
+
+
+def _header_value(value: Any) -> tuple[Any, str | None]:
+    if isinstance(value, str) and value and value.isprintable() and value.isascii():
+        return value, None
+    return None, "must be a non-empty header value of printable ASCII characters"
 
 
 def _cidr(value: Any) -> tuple[Any, str | None]:
@@ -317,6 +421,18 @@ def _status(value: Any) -> tuple[Any, str | None]:
     return _int(100, 599)(value)
 
 
+def _email(value: Any) -> tuple[Any, str | None]:
+    if isinstance(value, str) and "@" in value.strip("@") and " " not in value:
+        return value, None
+    return None, "must be an e-mail address such as you@example.org"
+
+
+def _https_url(value: Any) -> tuple[Any, str | None]:
+    if isinstance(value, str) and urlsplit(value).scheme == "https" and urlsplit(value).netloc:
+        return value, None
+    return None, "must be an https:// URL, e.g. https://acme-v02.api.letsencrypt.org/directory"
+
+
 def _name(value: Any) -> tuple[Any, str | None]:
     if isinstance(value, str) and value and all(c.isalnum() or c in "_-" for c in value):
         return value, None
@@ -326,6 +442,8 @@ def _name(value: Any) -> tuple[Any, str | None]:
 # --- table schemas --------------------------------------------------------------------------
 
 _PATH = "path"  # marker: a non-empty string resolved against the config file's directory
+_DATABASE = "database"  # marker: a postgresql:// URL kept as it is, else a _PATH
+DATABASE_SCHEMES = ("postgresql", "postgres")
 
 GATEWAY_KEYS: dict[str, Check | str] = {
     "host": _host,
@@ -341,13 +459,21 @@ GATEWAY_KEYS: dict[str, Check | str] = {
     "keepalive_timeout": _number(0),
     "graceful_timeout": _number(0, lo_exclusive=False),
     "workers": _int(1, 64),
+    "websocket_idle_timeout": _number(0),
+    "max_websocket_tunnels": _int(1, 1_000_000),
 }
 TLS_KEYS: dict[str, Check | str] = {"dir": _PATH, "cert_file": _PATH, "key_file": _PATH}
+ACME_KEYS: dict[str, Check | str] = {
+    "email": _email,
+    "directory": _https_url,
+    "challenge": _one_of("http-01", "tls-alpn-01"),
+    "ca_file": _PATH,
+}
 BACKEND_KEYS: dict[str, Check | str] = {
     "host": _host,
     "base_port": _int(1, 65535),
     "workers": _int(1, 64),
-    "database": _PATH,
+    "database": _DATABASE,
     "outbox": _PATH,
     "public_url": _str,
     "smtp_host": _str,
@@ -373,19 +499,101 @@ UPSTREAM_KEYS: dict[str, Check | str] = {
     "max_retries": _int(0, 100),
     "keepalive": _int(0, 10000),
     "keepalive_timeout": _number(0),
+    "tls_ca_file": _PATH,
+    "tls_server_name": _hostname,
+    "tls_insecure_skip_verify": _bool,
 }
 ROUTE_KEYS: dict[str, Check | str] = {
     "path_prefix": _path_prefix,
+    "hosts": _list_of(_hostname),
     "upstream": _name,
+    "static": _PATH,
+    "redirect": _redirect_url,
     "strip_prefix": _bool,
     "cache": _bool,
+    "static_cache_control": _header_value,
 }
+ROUTE_HANDLERS = ("upstream", "static", "redirect")
+
+
+def _field_name(value: Any) -> tuple[Any, str | None]:
+    tchar = "!#$%&'*+-.^_`|~"
+    if isinstance(value, str) and value and all(c.isalnum() or c in tchar for c in value):
+        if value.isascii():
+            return value, None
+    return None, 'must be an HTTP field name, e.g. "CDN-Cache-Control"'
+
+
+def _fraction(value: Any) -> tuple[Any, str | None]:
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 1:
+        return float(value), None
+    return None, "must be a number from 0 to 1 (0 turns heuristic freshness off)"
+
+
 CACHE_KEYS: dict[str, Check | str] = {
     "enabled": _bool,
     "max_bytes": _int(0),
     "max_entry_bytes": _int(0),
+    "targeted_fields": _list_of(_field_name, non_empty=False),
+    "heuristic_fraction": _fraction,
+    "heuristic_max_seconds": _number(0, lo_exclusive=False),
 }
-ROUTE_REQUIRED = ("path_prefix", "upstream")
+ROUTE_REQUIRED = ("path_prefix",)
+
+
+def is_database_url(value: str) -> bool:
+    return value.partition("://")[0].lower() in DATABASE_SCHEMES and "://" in value
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``: fit for messages and logs."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable URL>"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rpartition("@")
+    user = netloc[0].partition(":")[0]
+    return parts._replace(netloc=f"{user}:***@{netloc[2]}").geturl()
+
+
+def _database_url(value: str) -> tuple[Any, str | None]:
+    allowed = 'must be "postgresql://user:password@host:port/dbname" (or a SQLite file path)'
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        return None, allowed
+    if not parts.hostname or parts.path.strip("/") == "" or parts.fragment:
+        return None, allowed
+    return value, None
+
+
+def _env_names(value: Any) -> tuple[Any, str | None]:
+    from gateway.runtime.envfile import ENV_NAME
+
+    allowed = 'must be a table of NAME = "string" (e.g. env = {LOG_LEVEL = "info"})'
+    if not isinstance(value, dict):
+        return None, allowed
+    for key, item in value.items():
+        if not ENV_NAME.fullmatch(key) or not isinstance(item, str):
+            return None, f"{allowed}; {key!r} is not"
+    return dict(value), None
+
+
+SERVICE_KEYS: dict[str, Check | str] = {
+    "command": _list_of(_str),
+    "workers": _int(1, 64),
+    "base_port": _int(1, 65535),
+    "cwd": _PATH,
+    "env": _env_names,
+    "env_file": _PATH,
+    "health_path": _http_path,
+    "start_timeout": _number(0),
+    "graceful_timeout": _number(0, lo_exclusive=False),
+}
+SERVICE_REQUIRED = ("command", "base_port")
 
 
 class _Reader:
@@ -412,7 +620,14 @@ class _Reader:
                 known = ", ".join(schema)
                 self.error(f"{where} {key}", f"unknown key (allowed keys: {known})")
                 continue
-            if check == _PATH:
+            if check == _DATABASE and isinstance(raw, str) and is_database_url(raw):
+                url, problem = _database_url(raw)
+                if problem:
+                    self.error(f"{where} {key} = {redact_url(raw)!r}", problem)
+                else:
+                    values[key] = url
+                continue
+            if check in (_PATH, _DATABASE):
                 if isinstance(raw, str) and raw:
                     values[key] = (self.base / raw).resolve()
                 else:
@@ -453,14 +668,20 @@ def load_settings(path: str | Path) -> Settings:
 
 def parse_settings(data: dict[str, Any], path: Path) -> Settings:
     r = _Reader(path)
-    top = {"gateway", "tls", "backend", "upstreams", "routes", "cache"}
+    top = {"gateway", "tls", "backend", "upstreams", "routes", "cache", "services"}
     for key in data:
         if key not in top:
             r.error(f"[{key}]", f"unknown table (allowed: {', '.join(sorted(top))})")
 
     gateway = GatewaySettings(**r.table(data.get("gateway", {}), "[gateway]", GATEWAY_KEYS))
-    tls_values = r.table(data.get("tls", {}), "[tls]", TLS_KEYS)
+    tls_data = data.get("tls", {})
+    acme_data = tls_data.get("acme") if isinstance(tls_data, dict) else None
+    if acme_data is not None:
+        tls_data = {key: value for key, value in tls_data.items() if key != "acme"}
+    tls_values = r.table(tls_data, "[tls]", TLS_KEYS)
     tls_values.setdefault("dir", (r.base / "certs").resolve())
+    if acme_data is not None:
+        tls_values["acme"] = ACMESettings(**r.table(acme_data, "[tls.acme]", ACME_KEYS))
     tls = TLSSettings(**tls_values)
     backend_values = r.table(data.get("backend", {}), "[backend]", BACKEND_KEYS)
     backend_values.setdefault("database", (r.base / "var/backend.db").resolve())
@@ -483,6 +704,15 @@ def parse_settings(data: dict[str, Any], path: Path) -> Settings:
         if "servers" in values:
             upstreams[name] = UpstreamSettings(name=name, **values)
 
+    services = _read_services(r, data.get("services", {}))
+    for service in services.values():
+        if service.name not in declared:  # its own pool: its workers
+            declared.add(service.name)
+            servers = tuple(UpstreamServer("127.0.0.1", p) for p in service.worker_ports())
+            upstreams[service.name] = UpstreamSettings(
+                name=service.name, servers=servers, health_path=service.health_path
+            )
+
     routes: list[RouteSettings] = []
     raw_routes = data.get("routes", [])
     if not isinstance(raw_routes, list):
@@ -491,13 +721,83 @@ def parse_settings(data: dict[str, Any], path: Path) -> Settings:
     for i, raw in enumerate(raw_routes):
         where = f"[[routes]] #{i + 1}"
         values = r.table(raw, where, ROUTE_KEYS, required=ROUTE_REQUIRED)
-        if "path_prefix" in values and "upstream" in values:
+        given = [key for key in ROUTE_HANDLERS if isinstance(raw, dict) and key in raw]
+        if len(given) != 1:
+            r.error(
+                where,
+                "give exactly one of upstream, static or redirect"
+                + (f" (got {', '.join(given)})" if given else ""),
+            )
+        elif "path_prefix" in values and given[0] in values:
             routes.append(RouteSettings(**values))
 
     _check_relations(r, gateway, tls, backend, upstreams, declared, routes, cache)
+    _check_ports(r, gateway, backend, services)
     if r.errors:
         raise ConfigError(r.errors)
-    return Settings(path, gateway, tls, backend, upstreams, tuple(routes), cache)
+    return Settings(path, gateway, tls, backend, upstreams, tuple(routes), cache, services)
+
+
+def _read_services(r: _Reader, raw_services: Any) -> dict[str, ServiceSettings]:
+    from gateway.runtime.envfile import EnvFileError, read_env_file
+
+    if not isinstance(raw_services, dict):
+        r.error("[services]", "must be a table of [services.NAME] tables")
+        return {}
+    services: dict[str, ServiceSettings] = {}
+    for name, raw in raw_services.items():
+        where = f"[services.{name}]"
+        if _name(name)[1]:
+            r.error(where, "the service name must be letters, digits, '_' or '-'")
+            continue
+        env: Any = {}
+        if isinstance(raw, dict):
+            raw = dict(raw)  # not the caller's
+            env = raw.pop("env", {})
+        values = r.table(raw, where, SERVICE_KEYS, required=SERVICE_REQUIRED)
+        values["env"], problem = _env_names(env)
+        if problem:  # the values are not shown: they may be secrets
+            r.error(f"{where} env", problem)
+        if "command" not in values or "base_port" not in values or problem:
+            continue
+        values.setdefault("cwd", r.base)
+        if not values["cwd"].is_dir():
+            r.error(f"{where} cwd = {str(values['cwd'])!r}", "no such directory")
+        if "env_file" in values:
+            try:
+                read_env_file(values["env_file"])  # checked now; read again at each start
+            except EnvFileError as exc:
+                r.error(f"{where} env_file", str(exc))
+        services[name] = ServiceSettings(name=name, **values)
+    return services
+
+
+def _check_ports(
+    r: _Reader,
+    gateway: GatewaySettings,
+    backend: BackendSettings,
+    services: dict[str, ServiceSettings],
+) -> None:
+    """Every service port must be free of the gateway's, the backend's and other services'."""
+    owners: dict[int, str] = {}
+    if _same_host(gateway.host, "127.0.0.1"):
+        for key in ("http_port", "https_port"):
+            owners.setdefault(getattr(gateway, key), f"[gateway] {key}")
+    for port in backend.worker_ports() if _same_host(backend.host, "127.0.0.1") else ():
+        owners.setdefault(port, "the [backend] workers (base_port + workers)")
+    for service in services.values():
+        ports = service.worker_ports()
+        where = f"[services.{service.name}] base_port = {service.base_port}"
+        if ports.stop - 1 > 65535:
+            r.error(where, f"with workers = {service.workers} the last port would exceed 65535")
+            continue
+        for port in ports:
+            owner = owners.get(port)
+            if owner is not None:
+                r.error(where, f"port {port} clashes with {owner}; give each its own ports")
+                break
+        for port in ports:
+            owners.setdefault(port, f"[services.{service.name}] (base_port + workers)")
 
 
 def _check_relations(
@@ -511,18 +811,35 @@ def _check_relations(
     cache: CacheSettings,
 ) -> None:
     """Rules that span keys: references, clashes and pairs that go together."""
-    seen_prefixes: set[str] = set()
+    seen: set[tuple[frozenset[str], str]] = set()
+    served = _served_names(gateway.hostnames)
     for i, route in enumerate(routes):
         where = f"[[routes]] #{i + 1}"
-        if route.upstream not in declared:
+        if route.upstream is not None and route.upstream not in declared:
             known = ", ".join(sorted(upstreams)) or "none defined"
             r.error(
                 f"{where} upstream = {route.upstream!r}",
                 f"no such upstream (defined: {known}); add an [upstreams.{route.upstream}] table",
             )
-        if route.path_prefix in seen_prefixes:
-            r.error(f"{where} path_prefix = {route.path_prefix!r}", "is used by an earlier route")
-        seen_prefixes.add(route.path_prefix)
+        if route.static is not None and not route.static.is_dir():
+            r.error(f"{where} static = {str(route.static)!r}", "no such directory")
+        if route.static is None and "static_cache_control" in _given(route):
+            r.error(f"{where} static_cache_control", "only applies to a route with static")
+        identity = (frozenset(route.hosts), route.path_prefix)
+        if identity in seen:
+            hosts = f"hosts {list(route.hosts)}" if route.hosts else "no hosts"
+            r.error(
+                f"{where} path_prefix = {route.path_prefix!r}",
+                f"is used by an earlier route with {hosts} too; one of them could never match",
+            )
+        seen.add(identity)
+        for host in route.hosts:
+            if not served(host):
+                r.error(
+                    f"{where} hosts = {list(route.hosts)!r}",
+                    f"{host!r} is not a served name: add it (or a wildcard covering it) to "
+                    "[gateway] hostnames, which the certificate covers",
+                )
 
     if gateway.http_port and gateway.http_port == gateway.https_port:
         r.error(
@@ -546,6 +863,11 @@ def _check_relations(
         )
     if (tls.cert_file is None) != (tls.key_file is None):
         r.error("[tls] cert_file/key_file", "give both cert_file and key_file, or neither")
+    if tls.acme is not None and gateway.workers > 1:
+        r.error(
+            f"[tls.acme] with [gateway] workers = {gateway.workers}",
+            "ACME challenges are answered in one process: set workers = 1 to use [tls.acme]",
+        )
     for upstream in upstreams.values():
         where = f"[upstreams.{upstream.name}]"
         if upstream.health_timeout > upstream.health_interval:
@@ -553,6 +875,12 @@ def _check_relations(
                 f"{where} health_timeout = {upstream.health_timeout}",
                 f"must not exceed health_interval ({upstream.health_interval})",
             )
+        uses_tls = any(server.scheme == "https" for server in upstream.servers)
+        for key in ("tls_ca_file", "tls_server_name", "tls_insecure_skip_verify"):
+            if not uses_tls and getattr(upstream, key) not in (None, False):
+                r.error(f"{where} {key}", "only applies to https:// servers")
+        if upstream.tls_ca_file is not None and not upstream.tls_ca_file.is_file():
+            r.error(f"{where} tls_ca_file = {str(upstream.tls_ca_file)!r}", "no such file")
         for server in upstream.servers:
             if _same_host(gateway.host, server.host) and server.port in (
                 gateway.http_port,
@@ -567,6 +895,28 @@ def _check_relations(
             f"[cache] max_entry_bytes = {cache.max_entry_bytes}",
             f"must not exceed max_bytes ({cache.max_bytes})",
         )
+
+
+def _given(route: RouteSettings) -> set[str]:
+    """The keys of a route that differ from their defaults (i.e. that the user wrote)."""
+    defaults = RouteSettings(path_prefix=route.path_prefix)
+    return {key for key in ROUTE_KEYS if getattr(route, key) != getattr(defaults, key)}
+
+
+def _served_names(hostnames: tuple[str, ...]) -> Callable[[str], bool]:
+    """Whether a route's host is covered by ``hostnames`` (a wildcard covers one label, and
+    a route may name the wildcard itself)."""
+    exact = set(hostnames)
+    suffixes = [name[1:] for name in hostnames if name.startswith("*.")]
+
+    def served(host: str) -> bool:
+        if host in exact:
+            return True
+        return any(
+            host.endswith(s) and len(host) > len(s) and "." not in host[: -len(s)] for s in suffixes
+        )
+
+    return served
 
 
 def _same_host(a: str, b: str) -> bool:

@@ -2,16 +2,26 @@
 
     GatewayError                      status  body says
     ├── RequestRejected                 400    the request is malformed or ambiguous (closes)
+    │   ├── MalformedRequest            400    the HTTP parser refused the bytes (closes)
+    │   ├── RequestHeadTooLarge         431    request head over max_header_bytes (closes)
     │   ├── MisdirectedRequest          421    Host is not a name this gateway serves
     │   └── ContentTooLarge             413    body over max_body_bytes (closes)
-    ├── NoRouteMatched                  404    no [[routes]] path_prefix matches
+    ├── ClientDisconnected              499    the client left (only ever in the access log)
+    ├── NotFound                        404    no route matches, or a static file is missing
+    ├── MethodNotAllowed                405    e.g. POST to a static route
+    ├── RangeNotSatisfiable             416    a Range outside a static file
+    ├── TooManyTunnels                  503    the per-process WebSocket tunnel limit is reached
     └── UpstreamError                   502    the upstream failed us
         ├── UpstreamConnectError        502    connect refused / unreachable
+        ├── UpstreamTLSError            502    the upstream's certificate is not trusted
         ├── UpstreamConnectTimeout      504    connect took longer than connect_timeout
         ├── UpstreamClosed              502    connection reset or closed mid-exchange
         ├── UpstreamProtocolError       502    the upstream's response is not valid HTTP
         ├── UpstreamTimeout             504    no bytes from upstream within read_timeout
         └── NoUpstreamAvailable         503    every server of the pool is DOWN
+
+Every response the gateway makes itself is one of these, rendered by ``error_response``:
+the listener's parser errors (400/431), the app's refusals and the handlers' failures alike.
 
 Upstream errors also record how far the exchange got (``request_sent``): the retry policy
 reads that to decide whether another server may safely be tried (see ``gateway.retry``).
@@ -45,6 +55,23 @@ class RequestRejected(GatewayError):
     close_connection = True
 
 
+class MalformedRequest(RequestRejected):
+    """The listener's HTTP parser refused the request bytes (answered before any ASGI app)."""
+
+
+class RequestHeadTooLarge(RequestRejected):
+    status = 431  # RFC 6585 §5
+
+
+def parse_error(head_too_large: bool, max_header_bytes: int) -> RequestRejected:
+    """The answer to a request the listener's parser could not take."""
+    if head_too_large:
+        return RequestHeadTooLarge(
+            f"request head larger than {max_header_bytes} bytes (max_header_bytes)"
+        )
+    return MalformedRequest("malformed HTTP request")
+
+
 class MisdirectedRequest(RequestRejected):
     status = 421
     close_connection = False
@@ -54,8 +81,47 @@ class ContentTooLarge(RequestRejected):
     status = 413
 
 
-class NoRouteMatched(GatewayError):
+class ClientDisconnected(GatewayError):
+    """The client went away; nothing more can be sent to it."""
+
+    status = 499  # Nginx's code for it, only ever seen in the access log
+
+
+class NotFound(GatewayError):
     status = 404
+
+
+class NoRouteMatched(NotFound):
+    pass
+
+
+class MethodNotAllowed(GatewayError):
+    status = 405
+
+    def __init__(self, message: str, allow: str) -> None:
+        super().__init__(message)
+        self.allow = allow
+
+    def response_headers(self) -> list[tuple[bytes, bytes]]:
+        return [(b"allow", self.allow.encode())]
+
+
+class RangeNotSatisfiable(GatewayError):
+    status = 416
+
+    def __init__(self, message: str, size: int) -> None:
+        super().__init__(message)
+        self.size = size
+
+    def response_headers(self) -> list[tuple[bytes, bytes]]:
+        return [(b"content-range", b"bytes */%d" % self.size)]
+
+
+class TooManyTunnels(GatewayError):
+    status = 503
+
+    def response_headers(self) -> list[tuple[bytes, bytes]]:
+        return [(b"retry-after", b"1")]
 
 
 class UpstreamError(GatewayError):
@@ -70,6 +136,10 @@ class UpstreamError(GatewayError):
 
 class UpstreamConnectError(UpstreamError):
     pass
+
+
+class UpstreamTLSError(UpstreamConnectError):
+    """The TLS handshake with an https:// upstream failed (untrusted certificate, wrong name)."""
 
 
 class UpstreamConnectTimeout(UpstreamError):
@@ -102,8 +172,11 @@ class NoUpstreamAvailable(UpstreamError):
 REASONS = {
     400: "Bad Request",
     404: "Not Found",
+    405: "Method Not Allowed",
     413: "Content Too Large",
+    416: "Range Not Satisfiable",
     421: "Misdirected Request",
+    431: "Request Header Fields Too Large",
     500: "Internal Server Error",
     502: "Bad Gateway",
     503: "Service Unavailable",
@@ -125,3 +198,13 @@ def error_response(
     if extra_headers:
         headers.extend(extra_headers)
     return headers, body
+
+
+def raw_error_response(exc: GatewayError) -> bytes:
+    """A whole HTTP/1.1 error response as bytes, for answers written before any ASGI app runs
+    (the listener's parser errors); the connection is closed after it."""
+    headers, body = error_response(exc.status, exc.message, exc.response_headers())
+    headers.append((b"connection", b"close"))
+    reason = REASONS.get(exc.status, "Error").encode()
+    head = b"".join(b"%s: %s\r\n" % pair for pair in headers)
+    return b"HTTP/1.1 %d %s\r\n%s\r\n%s" % (exc.status, reason, head, body)

@@ -24,17 +24,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from gateway.errors import error_response
+from gateway.errors import parse_error, raw_error_response
 
 try:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 except ImportError:  # pragma: no cover - httptools not installed
     HttpToolsProtocol = None  # type: ignore[assignment,misc]
-
-STATUS_LINES = {
-    400: b"HTTP/1.1 400 Bad Request\r\n",
-    431: b"HTTP/1.1 431 Request Header Fields Too Large\r\n",
-}
 
 
 def http_protocol_class(max_header_bytes: int = 64 * 1024) -> type[asyncio.Protocol] | str:
@@ -141,14 +136,6 @@ if HttpToolsProtocol is not None:
                 self.corked.expect_head = cycle is not None
 
         def send_400_response(self, msg: str) -> None:
-            if self._head_too_large:
-                status = 431
-                message = (
-                    f"request head larger than {self.max_header_bytes} bytes (max_header_bytes)"
-                )
-            else:
-                status, message = 400, "malformed HTTP request"
-            headers, body = error_response(status, message, [(b"connection", b"close")])
-            head = b"".join(b"%s: %s\r\n" % pair for pair in headers)
-            self.transport.write(STATUS_LINES[status] + head + b"\r\n" + body)
+            error = parse_error(self._head_too_large, self.max_header_bytes)
+            self.transport.write(raw_error_response(error))
             self.transport.close()

@@ -1,8 +1,10 @@
-"""``ProxyRequest``: one client request as it travels through the gateway.
+"""``Request``: one client request as it travels through the gateway, and the handler contract.
 
-The ASGI triple plus what validation and routing established about it.  ``ProxyApp`` builds
-one per request and hands it to the cache layer and the forwarding code, instead of the same
-six values travelling through every signature.
+The ASGI triple plus what validation and routing established about it.  ``GatewayApp`` builds
+one per request and hands it to the route's handler; a wrapper (the cache, a middleware) may
+pass on a copy with its own ``send`` (``dataclasses.replace(request, send=...)``).  ``send`` is
+already the app's outer wrapper, which adds the gateway's own response headers and records
+status and bytes for the access log: handlers only say what the response is.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from gateway.validation import RequestFacts
 
 
 @dataclasses.dataclass(slots=True)
-class ProxyRequest:
+class Request:
     scope: Scope
     receive: Receive
     send: Send
@@ -37,6 +39,11 @@ class ProxyRequest:
         return headers
 
 
-# ``ProxyApp._forward``: forward ``request`` upstream and stream the response to ``send`` (the
-# cache passes its own wrapper); ``request_headers``, if given, replace the client's headers.
-Forward = Callable[[ProxyRequest, Send, Headers | None], Awaitable[None]]
+# A route's handler (proxy, static, redirect, WebSocket, or one wrapped by the cache or a
+# middleware): answers the request through ``request.send``; GatewayError for a failure that
+# the app turns into an error response.
+Handler = Callable[[Request], Awaitable[None]]
+
+# ``ProxyHandler.forward``: forward ``request`` upstream and stream the response to ``send``
+# (the cache passes its own wrapper); ``request_headers``, if given, replace the client's.
+Forward = Callable[[Request, Send, Headers | None], Awaitable[None]]

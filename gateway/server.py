@@ -23,8 +23,8 @@ import uvicorn
 from gateway.config import Settings
 from gateway.listener import http_protocol_class
 from gateway.listeners import bind_listeners
-from gateway.proxy import ProxyApp
-from gateway.redirect import RedirectApp
+from gateway.app import GatewayApp
+from gateway.handlers.redirect import HTTPSRedirectApp
 from gateway.tls.certs import ensure_certificates
 from gateway.tls.context import server_ssl_context
 from gateway.upstream.group import Upstream
@@ -43,9 +43,9 @@ class Gateway:
         self.settings = settings
         self.on_ready = on_ready
         self.upstreams = {name: Upstream(u) for name, u in settings.upstreams.items()}
-        self.proxy = ProxyApp(settings, self.upstreams)
+        self.app = GatewayApp(settings, self.upstreams)
         g = settings.gateway
-        self.redirect = RedirectApp(g.hostnames, g.https_port, g.redirect_status, g.access_log)
+        self.redirect = HTTPSRedirectApp(g.hostnames, g.https_port, g.redirect_status, g.access_log)
         self.servers: list[_Server] = []
         self.ready = asyncio.Event()
 
@@ -86,7 +86,7 @@ class Gateway:
         ssl_context = server_ssl_context(paths.cert_file, paths.key_file)
         self.worker = worker
 
-        https = _Server(self._config(self.proxy, g.https_port, ssl_context))
+        https = _Server(self._config(self.app, g.https_port, ssl_context))
         http = _Server(self._config(self.redirect, g.http_port, None))
         self.servers = [https, http]
         https_sockets = [sockets[0]] if sockets else None
@@ -107,7 +107,7 @@ class Gateway:
             for upstream in self.upstreams.values():
                 await upstream.checker.stop()
                 upstream.close()
-            self.proxy.access_log.flush()
+            self.app.access_log.flush()
             self.redirect.access_log.flush()
         log.info("gateway stopped")
 

@@ -1,9 +1,12 @@
 """``CacheLayer``: the response cache wired around the proxy's forwarding, in asyncio.
 
-Theory of operation.  ``ProxyApp`` hands every request on a caching route to ``handle`` as a
-``ProxyRequest``, together with its own ``forward(request, send, request_headers)`` coroutine,
-which streams the upstream's response to ``send`` as raw ASGI messages and raises
-``UpstreamError`` when it fails before the response started.  The layer decides with the
+Theory of operation.  The cache wraps the proxy handler of every caching route
+(``CacheLayer.wrap``): ``handle`` gets each ``Request`` together with the proxy's
+``forward(request, send, request_headers)`` coroutine, which streams the upstream's response
+to ``send`` as raw ASGI messages and raises ``UpstreamError`` when it fails before the
+response started.  Everything the layer sends goes to ``request.send``, the app's outer
+wrapper, which adds the gateway's own headers and records status and bytes: what the layer
+sees and stores is only ever the upstream's response.  The layer decides with the
 pure rules (``ResponseCache.lookup``) and then either
 
 - answers itself: a fresh hit, a 304 to the client's conditional, a stale answer while one
@@ -53,7 +56,7 @@ from gateway.cache.store import ResponseCache
 from gateway.config import CacheSettings
 from gateway.errors import GatewayError, UpstreamError
 from gateway.headers import Headers
-from gateway.request import Forward, ProxyRequest
+from gateway.request import Forward, Handler, Request
 
 log = logging.getLogger("gateway.cache")
 
@@ -74,30 +77,34 @@ HIT_FOR_PASS_SECONDS = 60.0
 
 
 class CacheLayer:
-    """The shared cache in front of ``ProxyApp``'s forwarding (see the module docstring).
+    """The shared cache in front of the proxy's forwarding (see the module docstring).
 
-    ``extra_headers`` (Via, HSTS) are appended to every answer made from the cache, as the
-    proxy appends them to forwarded responses; ``clock`` is the ``time.time`` the RFC 9111
-    age arithmetic runs on (tests pass their own).
+    ``clock`` is the ``time.time`` the RFC 9111 age arithmetic runs on (tests pass their own).
     """
 
     def __init__(
         self,
         settings: CacheSettings,
-        extra_headers: Headers,
         *,
         clock: Callable[[], float] = time.time,
         lock_timeout: float = LOCK_TIMEOUT,
     ) -> None:
         self.store = ResponseCache.from_settings(settings)
         self.coalescer = Coalescer(lock_timeout)
-        self.extra_headers = list(extra_headers)
         self.clock = clock
         self.passes = HitForPass(clock, HIT_FOR_PASS_SECONDS)
         # Background refreshes (stale-while-revalidate); a reference keeps each task alive.
         self._refreshes: set[asyncio.Task[None]] = set()
 
-    async def handle(self, request: ProxyRequest, forward: Forward) -> None:
+    def wrap(self, forward: Forward) -> Handler:
+        """The handler of a caching route: this cache in front of ``forward``."""
+
+        async def cached(request: Request) -> None:
+            await self.handle(request, forward)
+
+        return cached
+
+    async def handle(self, request: Request, forward: Forward) -> None:
         method = request.method
         if method != "GET" and method != "HEAD":
             await self._forward_unsafe(request, forward)
@@ -142,7 +149,7 @@ class CacheLayer:
     # --- answering from the cache -------------------------------------------------------------
 
     async def _serve(
-        self, request: ProxyRequest, forward: Forward, key: str, decision: Decision
+        self, request: Request, forward: Forward, key: str, decision: Decision
     ) -> None:
         """Send the answer the lookup made (the hot path: two ASGI messages, no task), and
         start the background refresh a stale-while-revalidate answer calls for."""
@@ -152,24 +159,17 @@ class CacheLayer:
             self._start_refresh(request, forward, key, decision)
         log.debug("%s %s: %s", request.method, key, decision.action.value)
 
-    async def _send_answer(self, request: ProxyRequest, answer: CachedAnswer, label: str) -> None:
-        send, exchange = request.send, request.exchange
-        exchange.cache = label
-        exchange.status = answer.status
-        exchange.response_started = True
+    async def _send_answer(self, request: Request, answer: CachedAnswer, label: str) -> None:
+        send = request.send
+        request.exchange.cache = label
         await send(
-            {
-                "type": "http.response.start",
-                "status": answer.status,
-                "headers": answer.headers + self.extra_headers,
-            }
+            {"type": "http.response.start", "status": answer.status, "headers": answer.headers}
         )
         await send({"type": "http.response.body", "body": answer.body})
-        exchange.bytes_sent = len(answer.body)
 
     # --- forwarding ---------------------------------------------------------------------------
 
-    async def _pass(self, request: ProxyRequest, forward: Forward, decision: Decision) -> None:
+    async def _pass(self, request: Request, forward: Forward, decision: Decision) -> None:
         """Forward with nothing to store, revalidate or stand in for (HEAD, BYPASS, or a key
         whose response was not storable a moment ago: Varnish's hit-for-pass), so only the
         cache headers are added.  Most API traffic takes this path: it must stay cheap."""
@@ -185,7 +185,7 @@ class CacheLayer:
 
     async def _fetch(
         self,
-        request: ProxyRequest,
+        request: Request,
         forward: Forward,
         key: str,
         decision: Decision,
@@ -224,9 +224,8 @@ class CacheLayer:
         except UpstreamError as exc:
             if recorder.client_started:
                 raise
-            # Whatever the forward recorded, nothing reached the client: ProxyApp may still
-            # send its error page if no stale answer stands in.
-            exchange.response_started = False
+            # Nothing reached the client: the app may still send its error page if no stale
+            # answer stands in.
             answer = (
                 answer_stale_on_error(decision, method, request_headers, self.clock())
                 if stale_candidate
@@ -252,8 +251,6 @@ class CacheLayer:
                 return
             # The 304 is not about what we store (RFC 9111 §4.3.4): fetch it anew, unconditionally.
             log.debug("%s %s: 304 does not match the stored response; refetching", method, key)
-            exchange.response_started = False
-            exchange.bytes_sent = 0
             refetch = Decision(Action.MISS, entry=None, fwd=decision.fwd)
             await self._fetch(request, forward, key, refetch, flight)
             return
@@ -273,7 +270,7 @@ class CacheLayer:
             else:
                 await recorder.release_held()
 
-    async def _forward_unsafe(self, request: ProxyRequest, forward: Forward) -> None:
+    async def _forward_unsafe(self, request: Request, forward: Forward) -> None:
         """Any method but GET/HEAD: never cached; a 2xx/3xx to an unsafe one invalidates the
         target and same-origin Location/Content-Location (RFC 9111 §4.4)."""
         key = _key(request)
@@ -294,7 +291,7 @@ class CacheLayer:
     # --- stale-while-revalidate ---------------------------------------------------------------
 
     def _start_refresh(
-        self, request: ProxyRequest, forward: Forward, key: str, decision: Decision
+        self, request: Request, forward: Forward, key: str, decision: Decision
     ) -> None:
         flight = self.coalescer.try_lead(key)
         if flight is None:
@@ -305,7 +302,7 @@ class CacheLayer:
 
     async def _refresh(
         self,
-        request: ProxyRequest,
+        request: Request,
         forward: Forward,
         key: str,
         decision: Decision,
@@ -356,7 +353,7 @@ class CacheLayer:
                 if fresh is not None:
                     self.store.put(key, fresh)
                     self.passes.discard(key)
-            log.debug("GET %s: background refresh done (%d)", key, exchange.status)
+            log.debug("GET %s: background refresh done (%d)", key, recorder.status)
         except GatewayError as exc:
             log.info("GET %s: background refresh failed: %s", key, exc.message)
         except Exception:  # noqa: BLE001 - a refresh nobody awaits must not die unreported
@@ -365,7 +362,7 @@ class CacheLayer:
             flight.release()
 
 
-def _key(request: ProxyRequest) -> str:
+def _key(request: Request) -> str:
     """The primary cache key: the target URI in the form routing used (RFC 9111 §2)."""
     scope = request.scope
     return primary_key("https", request.facts.host, scope["raw_path"], scope["query_string"])

@@ -122,12 +122,8 @@ class ResponseRecorder:
         headers: Headers = message["headers"]
         self.status = status
         self.response_time = layer.clock()
-        # The forward appended the gateway's own headers (Via, HSTS); they are not the
-        # upstream's and are added again to every answer from the cache.
-        extra = layer.extra_headers
-        upstream_headers = (
-            headers[: -len(extra)] if extra and headers[-len(extra) :] == extra else headers
-        )
+        # Only the upstream's headers: the gateway's own (Via, HSTS) are added after us.
+        upstream_headers = headers
         if status == 304 and self.intercept_304:
             self.not_modified_headers = upstream_headers
             return
@@ -146,7 +142,7 @@ class ResponseRecorder:
             if reason is None and declared_length(upstream_headers) > layer.store.max_entry_bytes:
                 reason = "too-large"
             if reason is None:
-                self.stored_headers = upstream_headers
+                self.stored_headers = list(upstream_headers)  # Cache-Status is added below
                 self.chunks = []
                 stored = True
             else:

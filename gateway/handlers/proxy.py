@@ -1,11 +1,10 @@
-"""The forwarding path: a lean ASGI app that streams each request to an upstream server.
+"""The proxy handler: streams each request to a server of the route's upstream pool.
 
-Per request: ``validation.check_request`` refuses what a proxy must refuse, the ``Router``
-picks the route, the route's ``Upstream`` picks a server (round robin over healthy ones), and
-one exchange runs over a pooled keep-alive connection.  Bodies are streamed both ways with
+Per request the route's ``Upstream`` picks a server (round robin over healthy ones) and one
+exchange runs over a pooled keep-alive connection.  Bodies are streamed both ways with
 back-pressure (never buffered whole); a failed attempt is retried on another server only
-when ``retry.may_retry`` says the upstream cannot have acted on it.  Every response the
-gateway makes itself goes through ``_send_error`` (status mapping lives in ``errors``).
+when ``retry.may_retry`` says the upstream cannot have acted on it.  Failures are raised as
+``gateway.errors`` types; ``GatewayApp`` turns them into the client's answer.
 
 This is the hot path, so it works on raw ASGI messages (no Starlette request objects) and
 avoids per-request tasks unless a body actually has to flow in both directions at once.
@@ -15,47 +14,43 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
 
-from gateway.access_log import AccessLog, Exchange
-from gateway.asgi import Receive, Scope, Send
+from gateway.asgi import Receive, Send
 from gateway.config import Settings, UpstreamServer
 from gateway.errors import (
+    ClientDisconnected,
     ContentTooLarge,
     GatewayError,
-    NoRouteMatched,
     UpstreamClosed,
     UpstreamConnectError,
     UpstreamConnectTimeout,
     UpstreamError,
     UpstreamTimeout,
-    error_response,
 )
 from gateway.headers import (
-    VIA,
     Headers,
     TrustedProxies,
     client_response_headers,
     upstream_request_headers,
 )
 from gateway.health import FailureKind
-from gateway.request import ProxyRequest
+from gateway.request import Request
 from gateway.retry import IDEMPOTENT_RETRYABLE, may_retry
-from gateway.routing import Route, Router
 from gateway.upstream.connection import UpstreamConnection
 from gateway.upstream.group import Upstream
-from gateway.validation import HostPolicy, check_request
-
-if TYPE_CHECKING:
-    from gateway.cache.layer import CacheLayer
 
 log = logging.getLogger("gateway.proxy")
 
 
-class ClientDisconnected(GatewayError):
-    """The client went away; nothing more can be sent to it."""
+class Relay:
+    """Where one forward sends the response, and whether it has started sending it: the
+    retry policy's "has the client seen anything" (a cache wrapper may hold what it got)."""
 
-    status = 499  # Nginx's code for it, only ever seen in the access log
+    __slots__ = ("send", "started")
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.started = False
 
 
 class RequestBody:
@@ -123,73 +118,31 @@ class RequestBody:
             conn.abort(UpstreamClosed(f"request body failed: {exc}", request_sent=True))
 
 
-class ProxyApp:
+class ProxyHandler:
+    """Forwards requests to the route's upstream pool (see the module docstring)."""
+
     def __init__(self, settings: Settings, upstreams: dict[str, Upstream]) -> None:
-        gateway = settings.gateway
-        self.settings = settings
         self.upstreams = upstreams
-        self.router = Router(Route.from_settings(r) for r in settings.routes)
-        self.hosts = HostPolicy.from_hostnames(gateway.hostnames)
-        self.trusted = TrustedProxies(gateway.trusted_proxies)
-        self.max_body = gateway.max_body_bytes
-        extra: Headers = [(b"via", VIA)]
-        if gateway.hsts_header:
-            extra.append((b"strict-transport-security", gateway.hsts_header.encode()))
-        self.extra_headers = extra
-        self.access_log = AccessLog(enabled=gateway.access_log)
-        self.cache: CacheLayer | None = None
-        if settings.cache.enabled:
-            from gateway.cache.layer import CacheLayer
+        self.trusted = TrustedProxies(settings.gateway.trusted_proxies)
+        self.max_body = settings.gateway.max_body_bytes
 
-            self.cache = CacheLayer(settings.cache, self.extra_headers)
+    async def __call__(self, request: Request) -> None:
+        await self.forward(request, request.send, None)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return
-        exchange = Exchange(scope)
-        try:
-            facts = check_request(scope, self.hosts)
-            route = self.router.match(scope["path"])
-            if route is None:
-                raise NoRouteMatched(f"no route matches {scope['path']!r}")
-            if facts.content_length is not None and facts.content_length > self.max_body:
-                raise ContentTooLarge(
-                    f"request body of {facts.content_length} bytes is larger than the "
-                    f"{self.max_body}-byte limit (max_body_bytes)"
-                )
-            request = ProxyRequest(scope, receive, send, facts, route, exchange)
-            if self.cache is not None and route.cache:
-                await self.cache.handle(request, self._forward)
-            else:
-                await self._forward(request, send)
-        except ClientDisconnected:
-            exchange.status = ClientDisconnected.status
-        except GatewayError as exc:
-            if exchange.response_started:
-                # Too late for an error page: end the connection so the client sees a
-                # truncated response rather than a complete-looking one.
-                log.warning("%s %s: %s after the response started", *exchange.line, exc.message)
-                exchange.aborted = True
-            else:
-                await self._send_error(send, exc, exchange)
-        finally:
-            self.access_log.write(exchange)
+    def upstream_headers(self, request: Request, replacement: Headers | None = None) -> Headers:
+        """The request headers as the upstream sees them (hop-by-hop removed, X-Forwarded-*
+        set); ``replacement`` stands in for the client's (the cache's revalidation)."""
+        scope = request.scope
+        client = scope.get("client")
+        return upstream_request_headers(
+            scope["headers"] if replacement is None else replacement,
+            client=client[0] if client else "unknown",
+            host=request.facts.host.encode(),
+            trusted=self.trusted,
+        )
 
-    async def _send_error(self, send: Send, exc: GatewayError, exchange: Exchange) -> None:
-        if exc.status >= 500:
-            log.warning("%s %s -> %d: %s", *exchange.line, exc.status, exc.message)
-        headers, body = error_response(exc.status, exc.message, exc.response_headers())
-        headers.extend(self.extra_headers)
-        if exc.close_connection:
-            headers.append((b"connection", b"close"))
-        exchange.status = exc.status
-        exchange.response_started = True
-        await send({"type": "http.response.start", "status": exc.status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
-        exchange.bytes_sent = len(body)
-
-    async def _forward(
-        self, request: ProxyRequest, send: Send, request_headers: Headers | None = None
+    async def forward(
+        self, request: Request, send: Send, request_headers: Headers | None = None
     ) -> None:
         """Forward the request and stream the response to ``send``.
 
@@ -199,15 +152,8 @@ class ProxyApp:
         """
         scope, facts, route = request.scope, request.facts, request.route
         method, exchange = request.method, request.exchange
-        upstream = self.upstreams[route.upstream]
-        client = scope.get("client")
-        client_ip = client[0] if client else "unknown"
-        headers = upstream_request_headers(
-            scope["headers"] if request_headers is None else request_headers,
-            client=client_ip,
-            host=facts.host.encode(),
-            trusted=self.trusted,
-        )
+        upstream = self.upstreams[route.upstream]  # type: ignore[index]
+        headers = self.upstream_headers(request, request_headers)
         target = route.upstream_target(scope["raw_path"], scope["query_string"])
         has_body = facts.chunked or bool(facts.content_length)
         if facts.chunked:
@@ -223,12 +169,13 @@ class ProxyApp:
 
         tried: list[UpstreamServer] = []
         attempts_left = upstream.retries
+        relay = Relay(send)
         while True:
             server = upstream.choose(tried)
             tried.append(server)
             exchange.upstream = server.address
             try:
-                await self._exchange(upstream, server, head, body, request, send)
+                await self._exchange(upstream, server, head, body, request, relay)
                 if exchange.upstream_5xx:
                     upstream.report_failure(
                         server, FailureKind.STATUS_5XX, f"responded {exchange.status}"
@@ -241,7 +188,7 @@ class ProxyApp:
                 if not may_retry(
                     exc,
                     method=method,
-                    response_started=exchange.response_started,
+                    response_started=relay.started,
                     body_sent=body is not None and body.sent,
                     attempts_left=attempts_left,
                 ):
@@ -255,8 +202,8 @@ class ProxyApp:
         server: UpstreamServer,
         head: bytes,
         body: RequestBody | None,
-        request: ProxyRequest,
-        send: Send,
+        request: Request,
+        relay: Relay,
     ) -> None:
         """One attempt on ``server``.  A pooled connection that turns out to be closed by the
         server (its keep-alive timer raced our request) is replaced by a fresh connection
@@ -268,13 +215,13 @@ class ProxyApp:
         while True:
             reused = conn.requests > 0
             try:
-                await self._exchange_on(conn, head, body, request, send)
+                await self._exchange_on(conn, head, body, request, relay)
             except UpstreamClosed as exc:
                 conn.close()
                 stale = (
                     reused
                     and not conn.response_received
-                    and not exchange.response_started
+                    and not relay.started
                     and not (body is not None and body.sent)
                     and (not exc.request_sent or method in IDEMPOTENT_RETRYABLE)
                 )
@@ -298,10 +245,11 @@ class ProxyApp:
         conn: UpstreamConnection,
         head: bytes,
         body: RequestBody | None,
-        request: ProxyRequest,
-        send: Send,
+        request: Request,
+        relay: Relay,
     ) -> None:
         method, exchange = request.method, request.exchange
+        send = relay.send
         pump: asyncio.Task[None] | None = None
         watcher: asyncio.Task[None] | None = None
         try:
@@ -316,15 +264,14 @@ class ProxyApp:
             response = await conn.receive_head()
             if response.status >= 500:
                 exchange.upstream_5xx = True
-            headers = client_response_headers(response.headers, extra=self.extra_headers)
+            headers = client_response_headers(response.headers)
             data, more = b"", False
             if conn.response_complete or _small_body(response.headers):
                 # A small body is read whole before the head goes out: if the upstream dies
                 # mid-body, nothing has reached the client yet and an idempotent request can
                 # still be retried on another server instead of ending truncated.
                 data = await conn.receive_all()
-            exchange.status = response.status
-            exchange.response_started = True
+            relay.started = True
             await send(
                 {"type": "http.response.start", "status": response.status, "headers": headers}
             )
@@ -334,7 +281,6 @@ class ProxyApp:
                     # A long response: notice a client that leaves, so we stop reading.
                     watcher = asyncio.create_task(_watch_disconnect(conn, request.receive))
             while True:
-                exchange.bytes_sent += len(data)
                 await send({"type": "http.response.body", "body": data, "more_body": more})
                 if not more:
                     break

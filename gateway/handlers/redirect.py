@@ -1,7 +1,8 @@
-"""The plain-HTTP listener: every request is redirected to the same URL over HTTPS.
+"""Redirects: the plain-HTTP listener (every request to the same URL over HTTPS) and the
+``redirect = "URL"`` route handler (every request to that URL plus its path and query).
 
-The Host is validated first (``validation.check_request``): a Location built from an
-unchecked Host would let anyone make us redirect to a host of their choosing.
+On the listener the Host is validated first (``validation.check_request``): a Location built
+from an unchecked Host would let anyone make us redirect to a host of their choosing.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from typing import Any
 
 from gateway.access_log import AccessLog, Exchange
 from gateway.errors import GatewayError, error_response
+from gateway.headers import Headers
+from gateway.request import Request
 from gateway.validation import HostPolicy, check_request
 
 REDIRECT_BODY = b"Redirecting to HTTPS\n"
@@ -23,7 +26,37 @@ def https_location(hostname: str, https_port: int, raw_path: bytes, query: bytes
     return b"https://" + authority.encode("ascii") + target
 
 
-class RedirectApp:
+def redirect_response(status: int, location: bytes) -> tuple[Headers, bytes]:
+    return [
+        (b"location", location),
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"content-length", b"%d" % len(REDIRECT_BODY)),
+    ], REDIRECT_BODY
+
+
+class RedirectHandler:
+    """A ``redirect = "URL"`` route: ``status`` to URL + the request's path (minus the prefix
+    with ``strip_prefix``) and query, like Caddy's ``redir`` or Nginx's ``return 308``."""
+
+    def __init__(self, url: str, status: int) -> None:
+        self.base = url.encode("ascii")
+        self.status = status
+
+    async def __call__(self, request: Request) -> None:
+        scope = request.scope
+        location = self.base + request.route.upstream_target(
+            scope["raw_path"], scope["query_string"]
+        )
+        headers, body = redirect_response(self.status, location)
+        await request.send(
+            {"type": "http.response.start", "status": self.status, "headers": headers}
+        )
+        await request.send({"type": "http.response.body", "body": body})
+
+
+class HTTPSRedirectApp:
+    """The ASGI app of the plain-HTTP listener."""
+
     def __init__(
         self, hostnames: tuple[str, ...], https_port: int, status: int, access_log: bool
     ) -> None:
@@ -49,12 +82,7 @@ class RedirectApp:
             location = https_location(
                 facts.hostname, self.https_port, scope["raw_path"], scope["query_string"]
             )
-            body = REDIRECT_BODY
-            headers = [
-                (b"location", location),
-                (b"content-type", b"text/plain; charset=utf-8"),
-                (b"content-length", b"%d" % len(body)),
-            ]
+            headers, body = redirect_response(status, location)
             exchange.status = status
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})

@@ -116,7 +116,7 @@ BAD = {
     ),
     "unknown-table": (
         {"proxy": {}},
-        ["[proxy]", "unknown table", "allowed: backend, cache, gateway, routes, tls, upstreams"],
+        ["[proxy]", "unknown table", "allowed: backend, cache, gateway, routes"],
     ),
     "table-not-a-table": ({"gateway": 5}, ["[gateway]", "must be a table, got 5"]),
     "tls-empty-path": ({"tls__dir": ""}, ["[tls] dir", "''", "non-empty path string"]),
@@ -130,16 +130,16 @@ BAD = {
         ["[backend] base_port", "65535", "with workers = 2 the last port would exceed 65535"],
     ),
     "server-url-scheme": (
-        {"upstreams__app__servers": ["https://127.0.0.1:9001"]},
-        ["[upstreams.app] servers", "'https://127.0.0.1:9001'", "an http:// URL with host"],
+        {"upstreams__app__servers": ["ftp://127.0.0.1:9001"]},
+        ["[upstreams.app] servers", "'ftp://127.0.0.1:9001'", "an http:// or https:// URL"],
     ),
     "server-url-path": (
         {"upstreams__app__servers": ["http://127.0.0.1:9001/api"]},
-        ["[upstreams.app] servers", "'http://127.0.0.1:9001/api'", "an http:// URL"],
+        ["[upstreams.app] servers", "'http://127.0.0.1:9001/api'", "an http:// or https:// URL"],
     ),
     "server-url-port": (
         {"upstreams__app__servers": ["http://127.0.0.1:99999"]},
-        ["[upstreams.app] servers", "'http://127.0.0.1:99999'", "an http:// URL"],
+        ["[upstreams.app] servers", "'http://127.0.0.1:99999'", "an http:// or https:// URL"],
     ),
     "servers-missing": (
         {"upstreams__app__servers": DELETE, "upstreams__app__health_path": "/h"},
@@ -171,7 +171,7 @@ BAD = {
     ),
     "route-upstream-required": (
         {"routes": [{"path_prefix": "/"}]},
-        ["[[routes]] #1 upstream", "is required"],
+        ["[[routes]] #1", "give exactly one of upstream, static or redirect"],
     ),
     "route-upstream-missing": (
         {"routes": [{"path_prefix": "/", "upstream": "nowhere"}]},
@@ -222,7 +222,7 @@ def test_error_names_file_key_value_and_what_is_allowed(
 def test_invalid_upstream_table_is_not_reported_as_missing() -> None:
     """A mistake inside [upstreams.app] is reported once, where it is: the route that names
     app is not told to add a table that is already there."""
-    lines = errors_of(config(upstreams__app__servers=["https://127.0.0.1:9001"]))
+    lines = errors_of(config(upstreams__app__servers=["ftp://127.0.0.1:9001"]))
     assert len(lines) == 1, lines
     assert "[upstreams.app] servers" in lines[0]
 

@@ -1,6 +1,10 @@
-"""Route matching (longest prefix on segment boundaries) and the target sent upstream."""
+"""Route matching (host rules, then the longest prefix on segment boundaries) and the target
+sent upstream."""
 
 from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -33,9 +37,13 @@ def test_prefix_matches_on_segment_boundaries(prefix: str, path: str, matches: b
     assert Route(prefix, "u").matches(path) is matches
 
 
-def upstream_of(router: Router, path: str) -> str | None:
-    route = router.match(path)
-    return route.upstream if route else None
+def router_of(routes: Iterable[Route]) -> Router[str | None]:
+    return Router((route, route.upstream) for route in routes)
+
+
+def upstream_of(router: Router[str | None], path: str, host: str = "localhost") -> str | None:
+    found = router.match(host, path)
+    return found[1] if found else None
 
 
 def test_longest_prefix_wins_whatever_the_order() -> None:
@@ -46,7 +54,7 @@ def test_longest_prefix_wins_whatever_the_order() -> None:
         Route("/static/", "s"),
     ]
     for ordering in (routes, routes[::-1]):
-        router = Router(ordering)
+        router = router_of(ordering)
         assert upstream_of(router, "/api/v2/x") == "v2"
         assert upstream_of(router, "/api/v2") == "v2"
         assert upstream_of(router, "/api/v20") == "api"
@@ -56,8 +64,8 @@ def test_longest_prefix_wins_whatever_the_order() -> None:
 
 
 def test_no_route_matches() -> None:
-    assert Router([Route("/api", "api")]).match("/other") is None
-    assert Router([]).match("/") is None
+    assert router_of([Route("/api", "api")]).match("localhost", "/other") is None
+    assert router_of([]).match("localhost", "/") is None
 
 
 @pytest.mark.parametrize(
@@ -92,8 +100,15 @@ def test_strip_prefix_applies_to_an_encoded_prefix() -> None:
 
 
 def test_route_from_settings() -> None:
-    settings = RouteSettings("/api", "backend", strip_prefix=True, cache=False)
-    assert Route.from_settings(settings) == Route("/api", "backend", True, False)
+    settings = RouteSettings(
+        "/api", "backend", hosts=("app.localhost",), strip_prefix=True, cache=False
+    )
+    assert Route.from_settings(settings) == Route(
+        "/api", "backend", ("app.localhost",), "proxy", True, False
+    )
+    static = RouteSettings("/s", static=Path("/srv"))
+    assert Route.from_settings(static).handler == "static"
+    assert Route.from_settings(RouteSettings("/r", redirect="https://x.test")).handler == "redirect"
 
 
 segments = st.sampled_from(["a", "b", "ab", "api", "v1"])
@@ -115,5 +130,55 @@ def reference_match(prefixes: list[str], path: str) -> str | None:
 
 @given(st.lists(prefixes, unique=True, max_size=5), paths)
 def test_router_agrees_with_a_reference(route_prefixes: list[str], path: str) -> None:
-    router = Router(Route(p, p) for p in route_prefixes)
+    router = router_of(Route(p, p) for p in route_prefixes)
     assert upstream_of(router, path) == reference_match(route_prefixes, path)
+
+
+# --- host rules -------------------------------------------------------------------------------
+
+HOST_ROUTES = [
+    Route("/", "default"),
+    Route("/api", "default-api"),
+    Route("/", "app", hosts=("app.localhost",)),
+    Route("/admin", "app-admin", hosts=("app.localhost",)),
+    Route("/", "wild", hosts=("*.localhost",)),
+    Route("/ws", "wild-ws", hosts=("*.localhost",)),
+    Route("/only", "exact-only", hosts=("api.localhost", "API2.localhost".lower())),
+]
+
+
+@pytest.mark.parametrize(
+    ("host", "path", "upstream"),
+    [
+        # Exact host first, longest prefix within it.
+        ("app.localhost", "/", "app"),
+        ("app.localhost", "/admin/x", "app-admin"),
+        ("app.localhost", "/api", "app"),  # the exact group's "/" beats the default "/api"
+        # A wildcard covers one label; its routes come before the host-less ones.
+        ("other.localhost", "/", "wild"),
+        ("other.localhost", "/ws/x", "wild-ws"),
+        ("a.b.localhost", "/", "default"),  # two labels: not covered by *.localhost
+        ("localhost", "/", "default"),
+        ("localhost", "/api/v1", "default-api"),
+        # An exact group whose prefixes do not match hands on to the wildcard, then default.
+        ("api.localhost", "/only/x", "exact-only"),
+        ("api.localhost", "/ws", "wild-ws"),
+        ("api2.localhost", "/other", "wild"),
+        ("example.test", "/api", "default-api"),
+    ],
+)
+def test_host_precedence(host: str, path: str, upstream: str) -> None:
+    for ordering in (HOST_ROUTES, HOST_ROUTES[::-1]):
+        assert upstream_of(router_of(ordering), path, host) == upstream
+
+
+def test_no_host_less_route_means_no_match_for_other_hosts() -> None:
+    router = router_of([Route("/", "app", hosts=("app.localhost",))])
+    assert upstream_of(router, "/", "app.localhost") == "app"
+    assert router.match("localhost", "/") is None
+    assert router.match("x.app.localhost", "/") is None
+
+
+def test_relative_path_for_static_and_redirect_routes() -> None:
+    assert Route("/static", strip_prefix=True).relative_path(b"/static/a/b.css") == b"/a/b.css"
+    assert Route("/static").relative_path(b"/static/a.css") == b"/static/a.css"

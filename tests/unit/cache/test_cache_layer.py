@@ -10,11 +10,12 @@ from typing import Any
 import pytest
 
 from gateway.access_log import Exchange
+from gateway.app import ClientSend
 from gateway.cache.layer import CacheLayer
 from gateway.config import CacheSettings
 from gateway.errors import GatewayError, UpstreamConnectError
 from gateway.headers import Headers
-from gateway.request import ProxyRequest
+from gateway.request import Request
 from gateway.routing import Route
 from gateway.validation import RequestFacts
 
@@ -78,9 +79,9 @@ class Origin:
         return len(self.seen)
 
     async def forward(
-        self, request: ProxyRequest, send: Any, request_headers: Headers | None = None
+        self, request: Request, send: Any, request_headers: Headers | None = None
     ) -> None:
-        scope, exchange = request.scope, request.exchange
+        scope = request.scope
         seen = Seen(
             scope["method"],
             scope["raw_path"],
@@ -94,15 +95,11 @@ class Origin:
             raise reply
         if callable(reply):
             reply = reply(seen)
-        # As ProxyApp._exchange_on does: the gateway's headers come last, then the start.
-        exchange.status = reply.status
-        exchange.response_started = True
-        headers = [*reply.headers, *EXTRA]
+        headers = list(reply.headers)
         await send({"type": "http.response.start", "status": reply.status, "headers": headers})
         chunks = list(reply.chunks) or [b""]
         for index, chunk in enumerate(chunks):
             more = index < len(chunks) - 1
-            exchange.bytes_sent += len(chunk)
             await send({"type": "http.response.body", "body": chunk, "more_body": more})
             if more and self.between_chunks is not None:
                 await self.between_chunks.wait()
@@ -124,7 +121,7 @@ class Response:
 
 
 def make_layer(clock: Clock | None = None, **settings: Any) -> CacheLayer:
-    return CacheLayer(CacheSettings(**settings), EXTRA, clock=clock or Clock(), lock_timeout=2)
+    return CacheLayer(CacheSettings(**settings), clock=clock or Clock(), lock_timeout=2)
 
 
 async def request(
@@ -158,7 +155,9 @@ async def request(
         if on_message is not None:
             on_message(message)
 
-    await layer.handle(ProxyRequest(scope, receive, send, facts, ROUTE, exchange), origin.forward)
+    # The app's outer wrapper, as in production: it adds the gateway's own headers (EXTRA).
+    client_send = ClientSend(send, exchange, EXTRA)
+    await layer.handle(Request(scope, receive, client_send, facts, ROUTE, exchange), origin.forward)
     start = messages[0]
     assert start["type"] == "http.response.start"
     body = b"".join(m.get("body", b"") for m in messages[1:])
@@ -619,9 +618,9 @@ def test_a_storable_body_reaches_the_client_while_it_streams() -> None:
 
 def test_a_body_cut_short_is_not_stored() -> None:
     class Truncating(Origin):
-        async def forward(self, request: ProxyRequest, send: Any, *args: Any) -> None:
+        async def forward(self, request: Request, send: Any, *args: Any) -> None:
             self.seen.append(Seen(request.method, request.scope["raw_path"], []))
-            headers = [(b"cache-control", b"max-age=60"), *EXTRA]
+            headers = [(b"cache-control", b"max-age=60")]
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             await send({"type": "http.response.body", "body": b"part", "more_body": True})
             raise UpstreamConnectError("reset mid-body")
