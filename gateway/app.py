@@ -24,8 +24,8 @@ import logging
 from dataclasses import dataclass
 
 from gateway.access_log import AccessLog, Exchange
-from gateway.cache.layer import CacheLayer
 from gateway.asgi import Message, Receive, Scope, Send
+from gateway.cache.layer import CacheLayer
 from gateway.config import RouteSettings, Settings
 from gateway.errors import (
     ClientDisconnected,

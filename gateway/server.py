@@ -20,11 +20,11 @@ from typing import Any
 
 import uvicorn
 
+from gateway.app import GatewayApp
 from gateway.config import Settings
+from gateway.handlers.redirect import HTTPSRedirectApp
 from gateway.listener import http_protocol_class
 from gateway.listeners import bind_listeners
-from gateway.app import GatewayApp
-from gateway.handlers.redirect import HTTPSRedirectApp
 from gateway.tls.certs import ensure_certificates
 from gateway.tls.context import server_ssl_context
 from gateway.upstream.group import Upstream
