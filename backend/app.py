@@ -20,8 +20,8 @@ from starlette.routing import Route
 
 from gateway.config import Settings
 
+from . import db as database
 from . import passwords
-from .db import Database
 from .endpoints import auth, random_array, service, users
 from .errors import APIError, error_response, http_exception_response
 from .mail import Mailer, public_base_url
@@ -80,10 +80,10 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        key = await asyncio.to_thread(load_signing_key, backend.database, environ)
+        key = await asyncio.to_thread(load_signing_key, backend.state_dir, environ)
         # Computed now, so that even the first login for an unknown user costs one hash.
         await asyncio.to_thread(passwords.dummy_hash)
-        db = Database(backend.database)
+        db = database.connect(backend.database)
         await db.open()
         try:
             app.state.services = Services(

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import aiosqlite
 from starlette.requests import Request
 
 from . import sessions, users
+from .db import Connection
 from .errors import Forbidden, Unauthorized
 from .state import Services
 from .tokens import Claims, InvalidToken, TokenType
@@ -46,7 +46,7 @@ async def authenticate(request: Request, services: Services) -> Principal:
     """The caller of an endpoint that needs an access token, or 401."""
     claims = verified_claims(services, bearer_token(request), TokenType.ACCESS)
 
-    async def load(conn: aiosqlite.Connection) -> User | None:
+    async def load(conn: Connection) -> User | None:
         if not await sessions.is_active(conn, claims):
             return None
         return await users.get(conn, claims.user_id)

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from gateway.config import ConfigError, Settings, load_settings
 
+from . import db as database
 from . import users
-from .db import Database
 from .errors import ValidationFailed
 from .migrations import SchemaTooNew
 from .passwords import hash_password
@@ -65,7 +65,7 @@ async def create_admin(settings: Settings, *, username: str, email: str, passwor
     """Create or promote the admin; return a line saying which."""
     request = parse(RegisterRequest, {"username": username, "email": email, "password": password})
     password_hash = await hash_password(request.password)
-    db = Database(settings.backend.database, pool_size=1)
+    db = database.connect(settings.backend.database, pool_size=1)
     await db.open()
     try:
         user, created = await db.write(

@@ -1,17 +1,23 @@
 """The database schema as an ordered list of migrations, and the code that applies them.
 
 ``schema_version`` records every migration applied.  ``migrate`` runs the missing ones inside one
-``BEGIN IMMEDIATE`` transaction, so when several workers start at once the first takes the write
-lock and migrates while the others wait (busy timeout) and then find nothing left to do.  The
-supervisor also migrates once before it spawns any worker.  Never edit a released migration:
-append a new one.
+transaction that holds the write lock (SQLite: ``BEGIN IMMEDIATE``; PostgreSQL: an advisory
+lock), so when several workers start at once the first migrates while the others wait and then
+find nothing left to do.  The supervisor also migrates once before it spawns any worker.  The
+statements are templates for both databases (``dialects.py``).  Never edit a released
+migration: append a new one.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 from pathlib import Path
+
+import asyncpg
+
+from .dialects import MIGRATION_LOCK, POSTGRESQL, SQLITE, Dialect
 
 BUSY_TIMEOUT_SECONDS = 5.0
 
@@ -24,8 +30,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # the lower-cased e-mail: addresses are unique case-insensitively.
         """
         CREATE TABLE users (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            username TEXT UNIQUE COLLATE NOCASE,
+            id {id},
+            username TEXT UNIQUE {nocase},
             name TEXT,
             email TEXT NOT NULL,
             email_key TEXT NOT NULL UNIQUE,
@@ -33,7 +39,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             activated INTEGER NOT NULL DEFAULT 0 CHECK (activated IN (0, 1)),
             role TEXT NOT NULL DEFAULT 'user' CHECK (role IN ('user', 'admin')),
             confirmation_jti TEXT,
-            created_at REAL NOT NULL
+            created_at {real} NOT NULL
         )
         """,
         # One row per login: every access and refresh token carries its family id.
@@ -44,9 +50,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             id TEXT PRIMARY KEY,
             user_id INTEGER NOT NULL REFERENCES users (id) ON DELETE CASCADE,
             refresh_jti TEXT NOT NULL,
-            created_at REAL NOT NULL,
-            expires_at REAL NOT NULL,
-            revoked_at REAL
+            created_at {real} NOT NULL,
+            expires_at {real} NOT NULL,
+            revoked_at {real}
         )
         """,
         "CREATE INDEX token_families_user ON token_families (user_id)",
@@ -54,7 +60,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """
         CREATE TABLE login_failures (
             key TEXT NOT NULL,
-            at REAL NOT NULL
+            at {real} NOT NULL
         )
         """,
         "CREATE INDEX login_failures_key_at ON login_failures (key, at)",
@@ -67,6 +73,18 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 class SchemaTooNew(Exception):
     """The database was migrated by a newer version of this code."""
+
+
+def statements(dialect: Dialect, version: int) -> list[str]:
+    """Migration ``version`` (1-based) rendered for ``dialect``."""
+    return [dialect.render(template) for template in MIGRATIONS[version - 1]]
+
+
+def _too_new(where: str, current: int) -> SchemaTooNew:
+    return SchemaTooNew(
+        f"{where}: schema version {current} is newer than this code knows "
+        f"({SCHEMA_VERSION}); upgrade the backend or use another database"
+    )
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -83,8 +101,12 @@ def connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def migrate(path: Path) -> int:
-    """Bring the database at ``path`` to ``SCHEMA_VERSION``; return the version it was at."""
+def migrate(target: Path | str) -> int:
+    """Bring the database at ``target`` (a SQLite file or a postgresql:// URL) to
+    ``SCHEMA_VERSION``; return the version it was at."""
+    if isinstance(target, str):
+        return asyncio.run(migrate_postgresql(target))
+    path = target
     path.parent.mkdir(parents=True, exist_ok=True)
     # The file holds password hashes: owner-only from the first byte.  SQLite gives the -wal
     # and -shm files the database's mode.  (O_CREAT without O_EXCL: racing creators are fine,
@@ -101,12 +123,9 @@ def migrate(path: Path) -> int:
             row = conn.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()
             current = int(row[0])
             if current > SCHEMA_VERSION:
-                raise SchemaTooNew(
-                    f"{path}: schema version {current} is newer than this code knows "
-                    f"({SCHEMA_VERSION}); upgrade the backend or use another database file"
-                )
+                raise _too_new(str(path), current)
             for version in range(current + 1, SCHEMA_VERSION + 1):
-                for statement in MIGRATIONS[version - 1]:
+                for statement in statements(SQLITE, version):
                     conn.execute(statement)
                 conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
             conn.execute("COMMIT")
@@ -116,3 +135,30 @@ def migrate(path: Path) -> int:
         return current
     finally:
         conn.close()
+
+
+async def migrate_postgresql(url: str) -> int:
+    from gateway.config import redact_url
+
+    conn = await asyncpg.connect(url, timeout=BUSY_TIMEOUT_SECONDS)
+    try:
+        async with conn.transaction():
+            # Held to the end of the transaction: concurrent migrators run one after another.
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+            for statement in POSTGRESQL.setup:
+                await conn.execute(statement)
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
+            )
+            current = int(
+                await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_version")
+            )
+            if current > SCHEMA_VERSION:
+                raise _too_new(redact_url(url), current)
+            for version in range(current + 1, SCHEMA_VERSION + 1):
+                for statement in statements(POSTGRESQL, version):
+                    await conn.execute(statement)
+                await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
+        return current
+    finally:
+        await conn.close()

@@ -13,7 +13,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-import aiosqlite
+from .db import Connection
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,36 +48,34 @@ class LoginThrottle:
         return [(self.user_limit, f"user:{login.lower()}"), (self.client_limit, f"ip:{client}")]
 
     async def retry_after(
-        self, conn: aiosqlite.Connection, login: str, client: str, now: float
+        self, conn: Connection, login: str, client: str, now: float
     ) -> int | None:
         waits = []
         for limit, key in self._keys(login, client):
-            async with conn.execute(
+            rows = await conn.fetchall(
                 "SELECT at FROM login_failures WHERE key = ? AND at > ? ORDER BY at",
                 (key, now - limit.window),
-            ) as cursor:
-                times = [row[0] for row in await cursor.fetchall()]
+            )
+            times = [row[0] for row in rows]
             wait = retry_after(times, limit, now)
             if wait is not None:
                 waits.append(wait)
         return max(waits, default=None)
 
-    async def record_failure(
-        self, conn: aiosqlite.Connection, login: str, client: str, now: float
-    ) -> None:
+    async def record_failure(self, conn: Connection, login: str, client: str, now: float) -> None:
         await conn.executemany(
             "INSERT INTO login_failures (key, at) VALUES (?, ?)",
             [(key, now) for _, key in self._keys(login, client)],
         )
         await self.prune(conn, now)
 
-    async def clear(self, conn: aiosqlite.Connection, logins: Iterable[str]) -> None:
+    async def clear(self, conn: Connection, logins: Iterable[str]) -> None:
         """Forget the failures of an account after it logged in (by username or e-mail)."""
         await conn.executemany(
             "DELETE FROM login_failures WHERE key = ?",
             [(self._keys(login, "")[0][1],) for login in set(logins)],
         )
 
-    async def prune(self, conn: aiosqlite.Connection, now: float) -> None:
+    async def prune(self, conn: Connection, now: float) -> None:
         window = max(self.user_limit.window, self.client_limit.window)
         await conn.execute("DELETE FROM login_failures WHERE at <= ?", (now - window,))

@@ -18,8 +18,7 @@ import logging
 import secrets
 from dataclasses import dataclass
 
-import aiosqlite
-
+from .db import Connection
 from .tokens import Claims, IssuedToken, TokenCodec, TokenType
 
 log = logging.getLogger("backend.sessions")
@@ -38,12 +37,10 @@ def _pair(codec: TokenCodec, user_id: int, family: str, now: float) -> TokenPair
     )
 
 
-async def start(
-    conn: aiosqlite.Connection, codec: TokenCodec, user_id: int, now: float
-) -> TokenPair | None:
+async def start(conn: Connection, codec: TokenCodec, user_id: int, now: float) -> TokenPair | None:
     """Open a family for ``user_id``; None if the user was deleted meanwhile."""
     pair = _pair(codec, user_id, secrets.token_urlsafe(16), now)
-    cursor = await conn.execute(
+    inserted = await conn.execute(
         "INSERT INTO token_families (id, user_id, refresh_jti, created_at, expires_at)"
         " SELECT ?, id, ?, ?, ? FROM users WHERE id = ?",
         (
@@ -54,22 +51,21 @@ async def start(
             user_id,
         ),
     )
-    return pair if cursor.rowcount == 1 else None
+    return pair if inserted == 1 else None
 
 
 async def rotate(
-    conn: aiosqlite.Connection, codec: TokenCodec, refresh: Claims, now: float
+    conn: Connection, codec: TokenCodec, refresh: Claims, now: float
 ) -> TokenPair | None:
     """Exchange a verified refresh token for a new pair; None if it is no longer valid.
 
     Must run in a write transaction: the check and the rotation are one step, so of two
     concurrent refreshes with the same token exactly one succeeds.
     """
-    async with conn.execute(
+    row = await conn.fetchone(
         "SELECT refresh_jti, revoked_at FROM token_families WHERE id = ? AND user_id = ?",
         (refresh.family, refresh.user_id),
-    ) as cursor:
-        row = await cursor.fetchone()
+    )
     if row is None or row["revoked_at"] is not None:
         return None
     if row["refresh_jti"] != refresh.jti:
@@ -88,22 +84,22 @@ async def rotate(
     return pair
 
 
-async def revoke(conn: aiosqlite.Connection, family: str | None, now: float) -> None:
+async def revoke(conn: Connection, family: str | None, now: float) -> None:
     await conn.execute(
         "UPDATE token_families SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
         (now, family),
     )
 
 
-async def is_active(conn: aiosqlite.Connection, claims: Claims) -> bool:
+async def is_active(conn: Connection, claims: Claims) -> bool:
     """True if the token's family exists, belongs to its subject and is not revoked."""
-    async with conn.execute(
+    row = await conn.fetchone(
         "SELECT 1 FROM token_families WHERE id = ? AND user_id = ? AND revoked_at IS NULL",
         (claims.family, claims.user_id),
-    ) as cursor:
-        return await cursor.fetchone() is not None
+    )
+    return row is not None
 
 
-async def prune(conn: aiosqlite.Connection, now: float) -> None:
+async def prune(conn: Connection, now: float) -> None:
     """Forget families whose last refresh token has expired (their tokens all have)."""
     await conn.execute("DELETE FROM token_families WHERE expires_at < ?", (now,))

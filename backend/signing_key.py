@@ -1,7 +1,8 @@
 """The JWT signing secret: from ``BACKEND_JWT_SECRET``, or generated once and kept on disk.
 
 There is deliberately no built-in default.  Without the environment variable, a random secret
-is written to ``jwt-secret`` next to the database, readable by the owner only, and every worker
+is written to ``jwt-secret`` in ``[backend]``'s state directory (next to the SQLite file, or
+``var/`` with PostgreSQL), readable by the owner only, and every worker
 reads the same file.  Creation is atomic even when several processes race: each writes its own
 temporary file and hard-links it into place; ``link`` fails if the name exists, so exactly one
 secret wins and the losers read it back.  A reader therefore never sees a half-written file.
@@ -24,11 +25,11 @@ class SigningKeyError(Exception):
     """The secret is missing, too short or exposed; the message says how to fix it."""
 
 
-def key_file(database: Path) -> Path:
-    return database.parent / FILE_NAME
+def key_file(state_dir: Path) -> Path:
+    return state_dir / FILE_NAME
 
 
-def load_signing_key(database: Path, environ: Mapping[str, str] | None = None) -> bytes:
+def load_signing_key(state_dir: Path, environ: Mapping[str, str] | None = None) -> bytes:
     environ = os.environ if environ is None else environ
     value = environ.get(ENV_VAR)
     if value is not None:
@@ -39,7 +40,7 @@ def load_signing_key(database: Path, environ: Mapping[str, str] | None = None) -
                 'e.g. python3 -c "import secrets; print(secrets.token_urlsafe(48))"'
             )
         return key
-    return load_or_create(key_file(database))
+    return load_or_create(key_file(state_dir))
 
 
 def load_or_create(path: Path) -> bytes:

@@ -124,7 +124,7 @@ def prepare(settings: Settings) -> None:
     backend = settings.backend
     try:
         migrations.migrate(backend.database)
-        load_signing_key(backend.database)
+        load_signing_key(backend.state_dir)
         backend.outbox.mkdir(parents=True, exist_ok=True)
     except Exception as exc:
         raise SupervisorError(f"cannot prepare the backend: {exc}") from exc

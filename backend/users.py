@@ -16,15 +16,14 @@ Each function takes an open connection, so callers decide the transaction around
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-import aiosqlite
 from email_validator import EmailNotValidError, validate_email
 
+from .db import Connection, IntegrityError, Row
 from .errors import ValidationFailed
 
 DUPLICATE_USERNAME = "A user with that username already exists."
@@ -72,7 +71,7 @@ def email_key(email: str) -> str:
     return email.lower()
 
 
-def _user(row: sqlite3.Row) -> User:
+def _user(row: Row) -> User:
     return User(
         id=row["id"],
         username=row["username"],
@@ -88,17 +87,16 @@ def _user(row: sqlite3.Row) -> User:
 _COLUMNS = "id, username, name, email, activated, role, password_hash, confirmation_jti"
 
 
-async def _one(conn: aiosqlite.Connection, sql: str, params: tuple[Any, ...]) -> User | None:
-    async with conn.execute(sql, params) as cursor:
-        row = await cursor.fetchone()
+async def _one(conn: Connection, sql: str, params: tuple[Any, ...]) -> User | None:
+    row = await conn.fetchone(sql, params)
     return None if row is None else _user(row)
 
 
-async def get(conn: aiosqlite.Connection, user_id: int) -> User | None:
+async def get(conn: Connection, user_id: int) -> User | None:
     return await _one(conn, f"SELECT {_COLUMNS} FROM users WHERE id = ?", (user_id,))
 
 
-async def find_for_login(conn: aiosqlite.Connection, login: str) -> User | None:
+async def find_for_login(conn: Connection, login: str) -> User | None:
     """The account named by ``login``: an e-mail if it has an '@' (usernames cannot), else a
     username; both compared case-insensitively."""
     if "@" in login:
@@ -111,33 +109,29 @@ async def find_for_login(conn: aiosqlite.Connection, login: str) -> User | None:
     return await _one(conn, f"SELECT {_COLUMNS} FROM users WHERE username = ?", (login,))
 
 
-async def list_page(conn: aiosqlite.Connection, *, limit: int, offset: int) -> list[User]:
+async def list_page(conn: Connection, *, limit: int, offset: int) -> list[User]:
     sql = f"SELECT {_COLUMNS} FROM users ORDER BY id LIMIT ? OFFSET ?"
-    async with conn.execute(sql, (limit, offset)) as cursor:
-        return [_user(row) for row in await cursor.fetchall()]
+    return [_user(row) for row in await conn.fetchall(sql, (limit, offset))]
 
 
-async def _check_unique(conn: aiosqlite.Connection, username: str | None, email: str) -> None:
+async def _check_unique(conn: Connection, username: str | None, email: str) -> None:
     if username is not None:
-        async with conn.execute("SELECT 1 FROM users WHERE username = ?", (username,)) as cur:
-            if await cur.fetchone():
-                raise DuplicateUser("username", DUPLICATE_USERNAME)
-    async with conn.execute("SELECT 1 FROM users WHERE email_key = ?", (email_key(email),)) as cur:
-        if await cur.fetchone():
-            raise DuplicateUser("email", DUPLICATE_EMAIL)
+        if await conn.fetchone("SELECT 1 FROM users WHERE username = ?", (username,)):
+            raise DuplicateUser("username", DUPLICATE_USERNAME)
+    if await conn.fetchone("SELECT 1 FROM users WHERE email_key = ?", (email_key(email),)):
+        raise DuplicateUser("email", DUPLICATE_EMAIL)
 
 
-async def _insert(conn: aiosqlite.Connection, values: dict[str, Any]) -> User:
+async def _insert(conn: Connection, values: dict[str, Any]) -> User:
     values = {**values, "email_key": email_key(values["email"]), "created_at": time.time()}
     columns = ", ".join(values)
     placeholders = ", ".join("?" for _ in values)
     try:
-        async with conn.execute(
+        row = await conn.fetchone(
             f"INSERT INTO users ({columns}) VALUES ({placeholders}) RETURNING {_COLUMNS}",
             tuple(values.values()),
-        ) as cursor:
-            row = await cursor.fetchone()
-    except sqlite3.IntegrityError as exc:
+        )
+    except IntegrityError as exc:
         # Only reachable if the caller skipped _check_unique; keep the answer a 400 anyway.
         if "username" in str(exc):
             raise DuplicateUser("username", DUPLICATE_USERNAME) from exc
@@ -147,7 +141,7 @@ async def _insert(conn: aiosqlite.Connection, values: dict[str, Any]) -> User:
 
 
 async def create_account(
-    conn: aiosqlite.Connection,
+    conn: Connection,
     *,
     username: str,
     email: str,
@@ -169,38 +163,37 @@ async def create_account(
     )
 
 
-async def create_directory_entry(conn: aiosqlite.Connection, *, name: str, email: str) -> User:
+async def create_directory_entry(conn: Connection, *, name: str, email: str) -> User:
     """Insert a name-only user (see the module docstring)."""
     await _check_unique(conn, None, email)
     return await _insert(conn, {"name": name, "email": email})
 
 
-async def set_confirmation_jti(conn: aiosqlite.Connection, user_id: int, jti: str) -> None:
+async def set_confirmation_jti(conn: Connection, user_id: int, jti: str) -> None:
     await conn.execute("UPDATE users SET confirmation_jti = ? WHERE id = ?", (jti, user_id))
 
 
-async def confirm(conn: aiosqlite.Connection, user_id: int, jti: str) -> bool:
+async def confirm(conn: Connection, user_id: int, jti: str) -> bool:
     """Activate the account if ``jti`` is its outstanding confirmation token; single use."""
-    cursor = await conn.execute(
+    changed = await conn.execute(
         "UPDATE users SET activated = 1, confirmation_jti = NULL"
         " WHERE id = ? AND confirmation_jti = ?",
         (user_id, jti),
     )
-    return cursor.rowcount == 1
+    return changed == 1
 
 
-async def set_password_hash(conn: aiosqlite.Connection, user_id: int, password_hash: str) -> None:
+async def set_password_hash(conn: Connection, user_id: int, password_hash: str) -> None:
     await conn.execute("UPDATE users SET password_hash = ? WHERE id = ?", (password_hash, user_id))
 
 
-async def delete(conn: aiosqlite.Connection, user_id: int) -> bool:
+async def delete(conn: Connection, user_id: int) -> bool:
     """Delete the user; its login sessions go with it (ON DELETE CASCADE)."""
-    cursor = await conn.execute("DELETE FROM users WHERE id = ?", (user_id,))
-    return cursor.rowcount == 1
+    return await conn.execute("DELETE FROM users WHERE id = ?", (user_id,)) == 1
 
 
 async def make_admin(
-    conn: aiosqlite.Connection, *, username: str, email: str, password_hash: str
+    conn: Connection, *, username: str, email: str, password_hash: str
 ) -> tuple[User, bool]:
     """Create a confirmed admin, or promote the account with that username; (user, created)."""
     existing = await _one(conn, f"SELECT {_COLUMNS} FROM users WHERE username = ?", (username,))

@@ -5,12 +5,12 @@ from __future__ import annotations
 import time
 from email.message import EmailMessage
 
-import aiosqlite
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from .. import sessions, users
 from ..auth import authenticate, bearer_token, verified_claims
+from ..db import Connection
 from ..errors import BadRequest, Forbidden, NotFound, TooManyRequests, Unauthorized
 from ..inputs import path_user_id, read_json, request_client_address
 from ..mail import confirmation_link, confirmation_message
@@ -37,7 +37,7 @@ async def register(request: Request) -> JSONResponse:
     body = parse(RegisterRequest, await read_json(request))
     password_hash = await hash_password(body.password)
 
-    async def create(conn: aiosqlite.Connection) -> tuple[User, EmailMessage]:
+    async def create(conn: Connection) -> tuple[User, EmailMessage]:
         user = await users.create_account(
             conn, username=body.username, email=body.email, password_hash=password_hash
         )
@@ -88,7 +88,7 @@ async def login(request: Request) -> JSONResponse:
     body = parse(LoginRequest, await read_json(request))
     client = request_client_address(request)
 
-    async def look_up(conn: aiosqlite.Connection) -> tuple[int | None, User | None]:
+    async def look_up(conn: Connection) -> tuple[int | None, User | None]:
         wait = await s.throttle.retry_after(conn, body.username, client, time.time())
         if wait is not None:
             return wait, None
@@ -103,7 +103,7 @@ async def login(request: Request) -> JSONResponse:
     verification = await verify_password(user.password_hash if user else None, body.password)
     if user is None or not verification.ok:
 
-        async def record(conn: aiosqlite.Connection) -> None:
+        async def record(conn: Connection) -> None:
             await s.throttle.record_failure(conn, body.username, client, time.time())
 
         await s.db.write(record)
@@ -114,7 +114,7 @@ async def login(request: Request) -> JSONResponse:
             "open the link in the message we sent you."
         )
 
-    async def start(conn: aiosqlite.Connection) -> sessions.TokenPair | None:
+    async def start(conn: Connection) -> sessions.TokenPair | None:
         now = time.time()
         await s.throttle.clear(conn, [body.username, user.username or "", user.email])
         if verification.new_hash is not None:

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 from starlette.applications import Starlette
+from support.postgres import postgres  # noqa: F401 - the session's PostgreSQL server
 
 from backend.app import create_app
 from backend.cli import create_admin
@@ -30,12 +31,25 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+DATABASES = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(params=DATABASES)
+def database(request: pytest.FixtureRequest) -> str:
+    """What ``[backend] database`` says: a SQLite file, or a fresh PostgreSQL database (the
+    session's server is started by the first test that asks for one)."""
+    if request.param == "sqlite":
+        return "var/backend.db"
+    url: str = request.getfixturevalue("postgres").new_database()
+    return url
+
+
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def settings(tmp_path: Path, database: str) -> Settings:
     return parse_settings(
         {
             "gateway": {"hostnames": ["api.example.test"], "https_port": 8443},
-            "backend": {"database": "var/backend.db", "outbox": "var/outbox"},
+            "backend": {"database": database, "outbox": "var/outbox"},
         },
         tmp_path / "config.toml",
     )

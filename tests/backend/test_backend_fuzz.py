@@ -14,6 +14,7 @@ import itertools
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import schemathesis
@@ -43,11 +44,20 @@ def api_schema(settings: Settings) -> Iterator[schemathesis.BaseSchema]:
 
 
 @pytest.fixture
+def database() -> str:
+    """The API's input handling does not depend on the database: fuzz on SQLite only."""
+    return "var/backend.db"
+
+
+@pytest.fixture
 def mint(settings: Settings, api_schema: schemathesis.BaseSchema) -> TokenFactory:
     """A token of a brand-new admin with its own session (the app's start-up made the schema
     and the secret when the schema was loaded)."""
     database = settings.backend.database
-    codec = TokenCodec(key_file(database).read_bytes().strip(), access_ttl=900, refresh_ttl=3600)
+    assert isinstance(database, Path)
+    codec = TokenCodec(
+        key_file(settings.backend.state_dir).read_bytes().strip(), access_ttl=900, refresh_ttl=3600
+    )
     numbers = itertools.count()
 
     def mint_token(kind: TokenType) -> str:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import sqlite3
 from typing import TYPE_CHECKING
 
 import httpx
 import pytest
 from argon2 import PasswordHasher
 from starlette.applications import Starlette
+from support.databases import run_sql
 
 from backend import passwords
 from backend.app import create_app
@@ -164,15 +164,10 @@ async def test_weak_hash_is_upgraded_on_login(api: Api, settings: Settings) -> N
     account = await api.register()
     await api.confirm(account)
     weak = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1).hash(account.password)
-    with sqlite3.connect(settings.backend.database) as db:
-        db.execute("UPDATE users SET password_hash = ? WHERE id = ?", (weak, account.id))
-    db.close()
+    await run_sql(settings, "UPDATE users SET password_hash = ? WHERE id = ?", (weak, account.id))
     await api.login(account.username)
-    with sqlite3.connect(settings.backend.database) as db:
-        (stored,) = db.execute(
-            "SELECT password_hash FROM users WHERE id = ?", (account.id,)
-        ).fetchone()
-    db.close()
+    rows = await run_sql(settings, "SELECT password_hash FROM users WHERE id = ?", (account.id,))
+    stored = rows[0][0]
     assert stored != weak
     assert not passwords.HASHER.check_needs_rehash(stored)
     await api.login(account.username)

@@ -96,7 +96,7 @@ async def test_forged_tokens_are_refused_without_side_effects(
     api: Api, client: httpx.AsyncClient, settings: Settings, attack: str
 ) -> None:
     victim, session = await api.account()
-    key = key_file(settings.backend.database).read_bytes().strip()
+    key = key_file(settings.backend.state_dir).read_bytes().strip()
     token = ATTACKS[attack](victim, session, key, TokenCodec(key, access_ttl=900, refresh_ttl=3600))
     headers = {"Authorization": f"Bearer {token}"}
 

@@ -1,0 +1,1 @@
+"""The process runtime: supervision of worker processes and services, env files."""
