@@ -21,6 +21,7 @@ run: install
 
 test: install lint
 	.ci/install-postgresql
+	.ci/install-tls-tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install

@@ -25,8 +25,7 @@ from gateway.config import Settings
 from gateway.handlers.redirect import HTTPSRedirectApp
 from gateway.listener import http_protocol_class
 from gateway.listeners import bind_listeners
-from gateway.tls.certs import ensure_certificates
-from gateway.tls.context import server_ssl_context
+from gateway.tls.service import TLSService
 from gateway.upstream.group import Upstream
 
 log = logging.getLogger("gateway")
@@ -82,12 +81,13 @@ class Gateway:
         parent process when running as one of several workers (``gateway.workers``)."""
         settings = self.settings
         g = settings.gateway
-        paths = ensure_certificates(settings.tls, g.hostnames)
-        ssl_context = server_ssl_context(paths.cert_file, paths.key_file)
+        # Certificates per name (SNI), renewed while running; ACME answers on the HTTP port.
+        self.tls = TLSService(settings)
+        ssl_context = self.tls.start()
         self.worker = worker
 
         https = _Server(self._config(self.app, g.https_port, ssl_context))
-        http = _Server(self._config(self.redirect, g.http_port, None))
+        http = _Server(self._config(self.tls.http_app(self.redirect), g.http_port, None))
         self.servers = [https, http]
         https_sockets = [sockets[0]] if sockets else None
         http_sockets = [sockets[1]] if sockets else None
@@ -104,6 +104,7 @@ class Gateway:
             await asyncio.gather(https.serve(https_sockets), http.serve(http_sockets))
         finally:
             announce.cancel()
+            await self.tls.stop()
             for upstream in self.upstreams.values():
                 await upstream.checker.stop()
                 upstream.close()

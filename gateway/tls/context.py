@@ -1,19 +1,43 @@
-"""TLS termination: the ``ssl.SSLContext`` of the HTTPS listener (and one for clients of it).
+"""TLS termination: the ``ssl.SSLContext`` of the HTTPS listener and the choice of certificate.
 
 The server follows Mozilla's "intermediate" profile (https://ssl-config.mozilla.org/): TLS 1.2
-and 1.3 only, and for TLS 1.2 only ECDHE key exchange with AEAD ciphers (AES-GCM,
-ChaCha20-Poly1305), so every connection has forward secrecy and no CBC construction is ever
-negotiated.  TLS 1.3 suites are OpenSSL's defaults (AES-GCM and ChaCha20-Poly1305 again): the
-stdlib cannot change them, and Mozilla recommends exactly those.  The stdlib ``ssl`` module covers
-everything needed, so pyOpenSSL is not used.
+and 1.3 only, for TLS 1.2 only ECDHE key exchange with AEAD ciphers (AES-GCM, ChaCha20-Poly1305),
+and exactly the key-exchange groups X25519, P-256 and P-384 (OpenSSL would also offer X448,
+P-521 and the ffdhe groups, which the profile leaves out).  TLS 1.3 suites are OpenSSL's
+defaults, which are the ones Mozilla lists.
+
+Session tickets are off (``OP_NO_TICKET``), as Mozilla's guidance says for servers that do not
+rotate the ticket key: OpenSSL's key lives as long as the process, so one leaked key would
+decrypt every recorded session since start-up.  Resumption still works from the server-side
+session cache (OpenSSL then issues stateful TLS 1.3 tickets that are only cache ids).
+
+The stdlib ``ssl`` module does everything here except setting the group list, which it has no
+method for (pyOpenSSL cannot help: asyncio needs a stdlib context).  ``_set_groups`` makes the
+one OpenSSL call through ctypes, checking first that it really holds the context's ``SSL_CTX``.
+
+:class:`CertificateSelector` picks the certificate per handshake by SNI (ACME, bring-your-own or
+the local CA's leaf) and lets any of them be replaced while running: a handshake copies the
+certificate it gets, so new connections see the new one and open ones keep theirs.
 """
 
 from __future__ import annotations
 
+import ctypes
+import logging
+import os
 import ssl
+import tempfile
+import weakref
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
-from gateway.tls.certs import CertificateError
+from cryptography import x509
+
+from gateway.tls.certs import CertificateError, certificate_names
+
+logger = logging.getLogger("gateway.tls")
 
 # Mozilla intermediate, TLS 1.2 part, ECDSA and RSA variants so a bring-your-own RSA
 # certificate works as well as the local CA's ECDSA one.
@@ -27,23 +51,38 @@ INTERMEDIATE_CIPHERS = ":".join(
         "ECDHE-RSA-CHACHA20-POLY1305",
     ]
 )
-# The proxy speaks HTTP/1.1 only; announcing it lets clients skip guessing.
+INTERMEDIATE_GROUPS = "X25519:P-256:P-384"
+# The application protocols offered by the listener: the one list to extend (h2 goes first).
 ALPN_PROTOCOLS = ["http/1.1"]
+# RFC 8737: a TLS-ALPN-01 validation offers only this protocol.
+ACME_TLS_ALPN = "acme-tls/1"
 
 
 def server_ssl_context(cert_file: str | Path, key_file: str | Path) -> ssl.SSLContext:
     """The context for the HTTPS listener, serving ``cert_file`` (leaf first) and ``key_file``."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.maximum_version = ssl.TLSVersion.TLSv1_3
-    context.set_ciphers(INTERMEDIATE_CIPHERS)
-    # TLS compression leaks secrets (CRIME); client-initiated renegotiation is a DoS lever and
-    # HTTP/1.1 never needs it.
-    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
-    # Every offered cipher is strong, so let the client choose: a device without AES hardware
-    # prefers ChaCha20 (Mozilla: ssl_prefer_server_ciphers off).
-    context.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
+    context = _intermediate_context()
     context.set_alpn_protocols(ALPN_PROTOCOLS)
+    load_certificate(context, cert_file, key_file)
+    return context
+
+
+def challenge_ssl_context(cert_pem: bytes, key_pem: bytes) -> ssl.SSLContext:
+    """The context answering a TLS-ALPN-01 validation: its certificate, ``acme-tls/1`` only."""
+    context = _intermediate_context()
+    context.set_alpn_protocols([ACME_TLS_ALPN])
+    # ssl loads certificates from files only; a private temp file lives for the load alone.
+    fd, name = tempfile.mkstemp(prefix="acme-challenge-", suffix=".pem")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(key_pem + cert_pem)
+        context.load_cert_chain(name)
+    finally:
+        os.unlink(name)
+    return context
+
+
+def load_certificate(context: ssl.SSLContext, cert_file: str | Path, key_file: str | Path) -> None:
+    """Load (or replace) the certificate ``context`` serves; errors name the files."""
     try:
         context.load_cert_chain(certfile=cert_file, keyfile=key_file)
     except FileNotFoundError as exc:
@@ -58,7 +97,6 @@ def server_ssl_context(cert_file: str | Path, key_file: str | Path) -> ssl.SSLCo
             f"cannot load the certificate {cert_file} with the key {key_file}: {exc}; they "
             "must be PEM files, the key unencrypted and belonging to the first certificate"
         ) from exc
-    return context
 
 
 def client_ssl_context(ca_file: str | Path) -> ssl.SSLContext:
@@ -67,3 +105,199 @@ def client_ssl_context(ca_file: str | Path) -> ssl.SSLContext:
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_alpn_protocols(ALPN_PROTOCOLS)
     return context
+
+
+def _intermediate_context() -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.maximum_version = ssl.TLSVersion.TLSv1_3
+    context.set_ciphers(INTERMEDIATE_CIPHERS)
+    # TLS compression leaks secrets (CRIME); client-initiated renegotiation is a DoS lever and
+    # HTTP/1.1 never needs it; tickets: see the module docstring.
+    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_NO_TICKET
+    # Every offered cipher is strong, so let the client choose: a device without AES hardware
+    # prefers ChaCha20 (Mozilla: ssl_prefer_server_ciphers off).
+    context.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
+    _set_groups(context, INTERMEDIATE_GROUPS)
+    return context
+
+
+# --- the group list, through ctypes ---------------------------------------------------------
+
+_SSL_CTRL_SET_GROUPS_LIST = 92  # SSL_CTX_set1_groups_list is a macro over SSL_CTX_ctrl
+_libssl: Any = None
+
+
+def _set_groups(context: ssl.SSLContext, groups: str) -> None:
+    """``SSL_CTX_set1_groups_list(ctx, groups)``; a warning (not an error) where impossible."""
+    global _libssl
+    try:
+        if _libssl is None:
+            import _ssl
+
+            # The symbols of the very libssl the interpreter uses, via _ssl's dependencies.
+            lib = ctypes.CDLL(_ssl.__file__)
+            lib.SSL_CTX_get_options.restype = ctypes.c_uint64
+            lib.SSL_CTX_get_options.argtypes = [ctypes.c_void_p]
+            lib.SSL_CTX_ctrl.restype = ctypes.c_long
+            lib.SSL_CTX_ctrl.argtypes = [
+                ctypes.c_void_p,
+                ctypes.c_int,
+                ctypes.c_long,
+                ctypes.c_char_p,
+            ]
+            _libssl = lib
+        # CPython's SSLContext object is PyObject_HEAD followed by the SSL_CTX pointer.
+        pointer = ctypes.c_void_p.from_address(id(context) + object.__basicsize__).value
+        if not pointer or _libssl.SSL_CTX_get_options(pointer) != context.options:
+            raise OSError("unexpected SSLContext layout")
+        if _libssl.SSL_CTX_ctrl(pointer, _SSL_CTRL_SET_GROUPS_LIST, 0, groups.encode()) != 1:
+            raise OSError(f"OpenSSL refused the group list {groups}")
+    except (OSError, AttributeError, ImportError) as exc:
+        logger.warning("cannot restrict the TLS groups to %s (%s); using OpenSSL's", groups, exc)
+
+
+# --- which certificate a handshake gets -----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ServedCertificate:
+    """One certificate the listener serves, as ``/api/certificates`` lists it."""
+
+    names: tuple[str, ...]
+    not_after: datetime
+    issuer: str
+    source: str  # "local", "acme" or "file"
+
+    @classmethod
+    def from_file(cls, cert_file: str | Path, source: str) -> ServedCertificate:
+        certificate = x509.load_pem_x509_certificates(Path(cert_file).read_bytes())[0]
+        return cls(
+            names=certificate_names(certificate),
+            not_after=certificate.not_valid_after_utc,
+            issuer=certificate.issuer.rfc4514_string(),
+            source=source,
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "names": list(self.names),
+            "not_after": self.not_after.isoformat().replace("+00:00", "Z"),
+            "issuer": self.issuer,
+            "source": self.source,
+        }
+
+
+class CertificateSelector:
+    """Chooses the certificate of every handshake by SNI, and swaps certificates live.
+
+    The ``default`` context is the listener's own: it serves the local CA's leaf or the
+    ``[tls] cert_file`` pair, and any name without a certificate of its own.  ``set_name``
+    gives one name its own context (an ACME certificate); ``set_challenge`` answers a
+    TLS-ALPN-01 validation for a name while it runs.
+    """
+
+    def __init__(self, default: ssl.SSLContext, served: ServedCertificate) -> None:
+        self.default = default
+        self.default_served = served
+        self._by_name: dict[str, tuple[ssl.SSLContext, ServedCertificate]] = {}
+        self._challenges: dict[str, ssl.SSLContext] = {}
+        self._offers: weakref.WeakKeyDictionary[Any, tuple[str, ...]] = weakref.WeakKeyDictionary()
+        default.sni_callback = self._select
+
+    @classmethod
+    def from_files(cls, cert_file: Path, key_file: Path, source: str) -> CertificateSelector:
+        context = server_ssl_context(cert_file, key_file)
+        return cls(context, ServedCertificate.from_file(cert_file, source))
+
+    def replace_default(self, cert_file: Path, key_file: Path, source: str) -> None:
+        """Serve a renewed default certificate to every new handshake from now on."""
+        load_certificate(self.default, cert_file, key_file)
+        self.default_served = ServedCertificate.from_file(cert_file, source)
+
+    def set_name(self, name: str, cert_file: Path, key_file: Path, source: str) -> None:
+        """Serve ``cert_file`` to handshakes naming ``name`` (replacing any earlier one)."""
+        context = server_ssl_context(cert_file, key_file)
+        self._by_name[name.lower()] = (context, ServedCertificate.from_file(cert_file, source))
+
+    def set_challenge(self, name: str, context: ssl.SSLContext) -> None:
+        self._challenges[name.lower()] = context
+        self._watch_client_hellos(True)
+
+    def clear_challenge(self, name: str) -> None:
+        self._challenges.pop(name.lower(), None)
+        self._watch_client_hellos(bool(self._challenges))
+
+    def certificates(self) -> list[ServedCertificate]:
+        """Every certificate served: the default first, then one per name with its own."""
+        return [self.default_served, *(served for _, served in self._by_name.values())]
+
+    def context_for(
+        self, server_name: str | None, offered_alpn: tuple[str, ...] | None
+    ) -> ssl.SSLContext:
+        """The context a handshake with this SNI and ALPN offer gets (pure choice)."""
+        if server_name is None:
+            return self.default
+        name = server_name.lower().rstrip(".")
+        challenge = self._challenges.get(name)
+        # Without the ClientHello (see _watch_client_hellos) a validation cannot be told apart,
+        # so the challenge wins for its few seconds: the name has no trusted certificate yet.
+        if challenge is not None and (offered_alpn is None or ACME_TLS_ALPN in offered_alpn):
+            return challenge
+        entry = self._by_name.get(name)
+        return entry[0] if entry is not None else self.default
+
+    def _select(self, conn: Any, server_name: str | None, context: ssl.SSLContext) -> None:
+        try:
+            chosen = self.context_for(server_name, self._offers.pop(conn, None))
+            if chosen is not context:
+                conn.context = chosen
+        except Exception:  # an exception here would abort the handshake with no trace
+            logger.exception("choosing the certificate for %r failed", server_name)
+
+    # A TLS-ALPN-01 validation offers only acme-tls/1, but the SNI callback cannot see ALPN.
+    # While a challenge runs, the (private, stable since 3.8) message callback reads each
+    # ClientHello's ALPN offer so ordinary clients of that name keep their certificate.
+    def _watch_client_hellos(self, on: bool) -> None:
+        if not hasattr(self.default, "_msg_callback"):
+            return
+        self.default._msg_callback = self._on_message if on else None
+
+    def _on_message(
+        self, conn: Any, direction: str, version: Any, content_type: Any, msg_type: Any, data: bytes
+    ) -> None:
+        if direction == "read" and data[:1] == b"\x01":
+            offers = client_hello_alpn(data)
+            if offers is not None:
+                self._offers[conn] = offers
+
+
+def client_hello_alpn(message: bytes) -> tuple[str, ...] | None:
+    """The protocols a ClientHello handshake message offers by ALPN (RFC 7301): () when it
+    offers none, None when it cannot be parsed."""
+    try:
+        if message[0] != 1:
+            return None
+        pos = 4 + 2 + 32  # handshake header, legacy_version, random
+        pos += 1 + message[pos]  # legacy_session_id
+        pos += 2 + int.from_bytes(message[pos : pos + 2])  # cipher_suites
+        pos += 1 + message[pos]  # legacy_compression_methods
+        end = pos + 2 + int.from_bytes(message[pos : pos + 2])
+        pos += 2
+        while pos + 4 <= end:
+            kind = int.from_bytes(message[pos : pos + 2])
+            length = int.from_bytes(message[pos + 2 : pos + 4])
+            body = message[pos + 4 : pos + 4 + length]
+            pos += 4 + length
+            if kind != 16:  # application_layer_protocol_negotiation
+                continue
+            offers: list[str] = []
+            item = 2
+            while item < len(body):
+                size = body[item]
+                offers.append(body[item + 1 : item + 1 + size].decode("ascii", "replace"))
+                item += 1 + size
+            return tuple(offers)
+    except IndexError:
+        return None
+    return ()
