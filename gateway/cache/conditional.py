@@ -14,7 +14,14 @@ from gateway.cache.fields import (
     lowered,
     parse_http_date,
 )
-from gateway.cache.storing import NOT_STORED, StoredResponse, derive_entry, stored_fields
+from gateway.cache.storing import (
+    NOT_STORED,
+    StoredResponse,
+    derive_entry,
+    split_targeted,
+    stored_fields,
+)
+from gateway.cache.targeted import effective_cache_control
 from gateway.headers import Headers
 
 # A 304 must not change how the stored body is framed or encoded (RFC 9111 §3.2).
@@ -101,6 +108,27 @@ def revalidation_request_headers(request_headers: HeaderPairs, entry: StoredResp
     return kept + conditional_request_headers(entry)
 
 
+def updates_entry(entry: StoredResponse, not_modified_headers: HeaderPairs) -> bool:
+    """Whether a 304 is about ``entry`` (RFC 9111 §4.3.4): a strong ETag in it must be the
+    entry's own strong ETag, a weak one must match the entry's weakly (RFC 9110 §8.8.3.2);
+    without an ETag, a Last-Modified in it must equal the entry's.  A 304 with no validator
+    at all answers the conditional request made from this entry's validators, so it is taken
+    as confirming it (§4.3.4's "no validator" case, narrowed to the one entry asked about).
+    """
+    new_etag = first_value(not_modified_headers, b"etag")
+    if new_etag is not None:
+        new_etag = new_etag.strip()
+        if entry.etag is None:
+            return False
+        if new_etag.startswith(b"W/"):
+            return weak_match(new_etag, entry.etag)
+        return new_etag == entry.etag
+    new_last_modified = first_value(not_modified_headers, b"last-modified")
+    if new_last_modified is not None and entry.last_modified is not None:
+        return parse_http_date(new_last_modified) == entry.last_modified
+    return True
+
+
 def freshen(
     entry: StoredResponse,
     not_modified_headers: HeaderPairs,
@@ -109,29 +137,39 @@ def freshen(
 ) -> StoredResponse | None:
     """The entry updated by a 304 to our conditional request (RFC 9111 §4.3.3, §4.3.4, §3.2).
 
-    Every field of the 304 replaces the stored ones of that name, except framing and
-    encoding; age and freshness restart from this exchange.  None when the 304 is not about
-    this entry (a different validator, §4.3.4) or now forbids storing (no-store, private):
-    drop the entry and fetch the resource anew.
+    Every field of the 304 replaces all stored lines of that name (§3.2), except framing,
+    Content-Encoding and Content-Range (what the stored body is), hop-by-hop fields and
+    those a ``no-cache="..."``/``private="..."`` in force excludes; a targeted field of ours
+    (RFC 9213) replaces the one kept aside.  Age and freshness restart from this exchange.
+    None when the 304 is not about this entry (``updates_entry``) or now forbids storing
+    (no-store, private): drop the entry and fetch the resource anew.
     """
     not_modified_headers = lowered(not_modified_headers)
-    new_etag = first_value(not_modified_headers, b"etag")
-    new_last_modified = first_value(not_modified_headers, b"last-modified")
-    if new_etag is not None:
-        if entry.etag is None or new_etag.strip() != entry.etag:
-            return None
-    elif new_last_modified is not None and entry.last_modified is not None:
-        if parse_http_date(new_last_modified) != entry.last_modified:
-            return None
-    updates = stored_fields(not_modified_headers, _NOT_UPDATED)
+    if not updates_entry(entry, not_modified_headers):
+        return None
+    policy = entry.policy
+    updates, new_targeted = split_targeted(
+        stored_fields(not_modified_headers, _NOT_UPDATED), policy
+    )
+    targeted = new_targeted or list(entry.targeted or [])
     updated_names = {name for name, _ in updates}
     # Without a Date in the 304 the old one would make the entry look old at once.
     updated_names.add(b"date")
     headers = [(n, v) for n, v in entry.headers if n not in updated_names] + updates
-    age_only = [(b"age", age) for age in header_lines(not_modified_headers, b"age")[:1]]
-    fresh = derive_entry(
-        entry.status, headers, entry.body, entry.vary, age_only, request_time, response_time
-    )
-    if fresh.cache_control.no_store or fresh.cache_control.private:
+    cc, _ = effective_cache_control([*targeted, *headers], policy.targeted_fields)
+    if (cc.no_store and not cc.must_understand) or cc.private:
         return None
-    return fresh
+    if cc.unshared_fields:
+        headers = [(n, v) for n, v in headers if n not in cc.unshared_fields]
+    age_only = [(b"age", age) for age in header_lines(not_modified_headers, b"age")[:1]]
+    return derive_entry(
+        entry.status,
+        headers,
+        entry.body,
+        entry.vary,
+        age_only,
+        request_time,
+        response_time,
+        targeted=targeted,
+        policy=policy,
+    )

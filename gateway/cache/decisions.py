@@ -14,8 +14,9 @@ import math
 from dataclasses import dataclass
 
 from gateway.cache.conditional import not_modified
-from gateway.cache.fields import MAX_DELTA, HeaderPairs, request_cache_control
+from gateway.cache.fields import MAX_DELTA, HeaderPairs, has_header, request_cache_control
 from gateway.cache.freshness import current_age
+from gateway.cache.ranges import answer_range
 from gateway.cache.storing import StoredResponse
 from gateway.headers import Headers
 
@@ -36,14 +37,16 @@ _NOT_MODIFIED_FIELDS = frozenset(
         b"cache-status",
     }
 )
-# Request fields that keep the cache out (see ``bypass_reason``).
+# Request fields that keep the cache out (see ``bypass_reason``): preconditions only the
+# origin evaluates (RFC 9111 §4.3.2).
 _BYPASS_FIELDS = {
-    b"range": "range",
-    b"if-range": "range",
-    # Preconditions only the origin evaluates (RFC 9111 §4.3.2).
     b"if-match": "precondition",
     b"if-unmodified-since": "precondition",
 }
+# What a Range request may get from the cache: a stored response used as it is.  Anything
+# that would go upstream with the Range (miss, revalidation, background refresh) bypasses
+# the cache instead, so a 206 from the upstream is never mistaken for the whole response.
+_RANGE_SERVED = frozenset({"hit", "not-modified", "only-if-cached"})
 
 
 class Action(enum.Enum):
@@ -131,6 +134,12 @@ def answer_from_entry(
     if not_modified(entry, request_headers):
         kept = [(n, v) for n, v in entry.headers if n in _NOT_MODIFIED_FIELDS]
         return CachedAnswer(304, kept + ours, b"")
+    if method == "GET" and has_header(request_headers, b"range"):
+        # Preconditions first, then Range (RFC 9110 §13.2.2); HEAD ignores Range (§14.2).
+        partial = answer_range(entry, request_headers)
+        if partial is not None:
+            status, headers, body = partial
+            return CachedAnswer(status, headers + ours, body)
     return CachedAnswer(entry.status, entry.headers + ours, b"" if method == "HEAD" else entry.body)
 
 
@@ -138,8 +147,8 @@ def bypass_reason(method: str, request_headers: HeaderPairs) -> str | None:
     """Why the cache stays out of this request entirely (neither serves nor stores), or None.
 
     Non-GET/HEAD methods; ``Cache-Control: no-store`` (RFC 9111 §5.2.1.5, stricter than
-    required); Range/If-Range (we keep no partial content); If-Match/If-Unmodified-Since,
-    which only the origin can evaluate (RFC 9111 §4.3.2).
+    required); If-Match/If-Unmodified-Since, which only the origin can evaluate (RFC 9111
+    §4.3.2).  A Range is served from a usable stored response (see ``lookup_decision``).
     """
     if method not in CACHEABLE_METHODS:
         return "method"
@@ -187,6 +196,23 @@ def lookup_decision(
         return Decision(
             Action.BYPASS, fwd="method" if reason == "method" else "bypass", detail=reason
         )
+    decision = _decide(entry, method, request_headers, now, miss)
+    if (
+        method == "GET"
+        and decision.action.value not in _RANGE_SERVED
+        and has_header(request_headers, b"range")
+    ):
+        return Decision(Action.BYPASS, fwd="bypass", detail="range")
+    return decision
+
+
+def _decide(
+    entry: StoredResponse | None,
+    method: str,
+    request_headers: HeaderPairs,
+    now: float,
+    miss: str,
+) -> Decision:
     request = request_cache_control(request_headers)
     if entry is None:
         if request.only_if_cached:
@@ -209,7 +235,9 @@ def lookup_decision(
                 method,
                 request_headers,
                 age,
-                cache_status=format_cache_status(hit=True, ttl=lifetime - age),
+                cache_status=format_cache_status(
+                    hit=True, ttl=lifetime - age, detail="heuristic" if entry.heuristic else None
+                ),
                 x_cache=b"HIT",
             )
             action = Action.NOT_MODIFIED if answer.status == 304 else Action.HIT
@@ -285,12 +313,13 @@ def can_serve_stale_on_error(
     entry: StoredResponse, request_headers: HeaderPairs, now: float
 ) -> bool:
     """RFC 5861 §4 stale-if-error: the stored response may stand in for an upstream failure
-    or a 500/502/503/504 while its staleness is within the response's or the request's
-    stale-if-error window, unless must-revalidate, proxy-revalidate or no-cache forbid
-    stale use (RFC 9111 §4.2.4).  As with stale-while-revalidate, an explicit grant
-    outweighs the proxy-revalidate that s-maxage implies (see ``lookup_decision``)."""
+    (refused, reset, closed before answering, timed out) or a 500/502/503/504 while its
+    staleness is within the response's or the request's stale-if-error window, unless
+    must-revalidate, proxy-revalidate, no-cache or s-maxage forbid stale use: RFC 9111
+    §4.2.4 says a cache MUST NOT generate a stale response then, and s-maxage implies
+    proxy-revalidate for a shared cache (§5.2.2.10)."""
     response = entry.cache_control
-    if response.forbids_stale:
+    if response.forbids_stale or response.s_maxage is not None:
         return False
     windows = [
         window

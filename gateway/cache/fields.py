@@ -10,6 +10,7 @@ Headers are ASGI-style ``[(lowercase name, value)]`` byte pairs.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 from collections.abc import Iterable, Sequence
@@ -56,13 +57,18 @@ class CacheControl:
 
     Delta-seconds are ints; an invalid or conflicting max-age/s-maxage is recorded as 0 (already
     stale, §4.2.1) and its name kept in ``invalid``; other invalid arguments count as absent.
-    A bare ``max-stale`` is MAX_DELTA.  The qualified forms ``no-cache="f"`` and ``private="f"``
-    are treated as unqualified (§5.2.2.4, §5.2.2.7 allow it, and it is the conservative choice).
+    A bare ``max-stale`` is MAX_DELTA.  ``no_cache`` and ``private`` are the unqualified forms;
+    the qualified ``no-cache="f"`` / ``private="f"`` (§5.2.2.4, §5.2.2.7) only list the fields a
+    shared cache must not reuse, in ``no_cache_fields`` / ``private_fields`` (lowercase).  Both
+    forms present, or an empty list, count as unqualified: the conservative reading.
     """
 
     no_store: bool = False
     no_cache: bool = False
     private: bool = False
+    no_cache_fields: frozenset[bytes] = frozenset()
+    private_fields: frozenset[bytes] = frozenset()
+    must_understand: bool = False
     public: bool = False
     must_revalidate: bool = False
     proxy_revalidate: bool = False
@@ -79,6 +85,11 @@ class CacheControl:
     def forbids_stale(self) -> bool:
         """Response directives that forbid serving it stale (RFC 9111 §4.2.4, §5.2.2)."""
         return self.must_revalidate or self.proxy_revalidate or self.no_cache
+
+    @property
+    def unshared_fields(self) -> frozenset[bytes]:
+        """Fields the cache stores the response without (§5.2.2.4, §5.2.2.7)."""
+        return self.no_cache_fields | self.private_fields
 
 
 NO_DIRECTIVES = CacheControl()
@@ -157,14 +168,45 @@ def _parse_line(line: bytes) -> CacheControl:
 
 
 def _parse(values: Iterable[bytes | str]) -> CacheControl:
+    def directives() -> Iterable[tuple[str, str | None]]:
+        for value in values:
+            text = value.decode("latin-1") if isinstance(value, bytes) else value
+            yield from _split_directives(text)
+
+    return directives_to_cache_control(directives())
+
+
+# The directives whose argument is a list of field names (§5.2.2.4, §5.2.2.7).
+_QUALIFIABLE = ("no-cache", "private")
+
+
+def _field_names(arguments: list[str | None]) -> frozenset[bytes] | None:
+    """The union of the field-name lists of a qualifiable directive; None for unqualified
+    (any bare occurrence, or a list with no names in it)."""
+    names: set[bytes] = set()
+    for argument in arguments:
+        if argument is None:
+            return None
+        listed = {n.strip().lower().encode("latin-1") for n in argument.split(",")}
+        listed.discard(b"")
+        if not listed:
+            return None
+        names |= listed
+    return frozenset(names)
+
+
+def directives_to_cache_control(directives: Iterable[tuple[str, str | None]]) -> CacheControl:
+    """``CacheControl`` from (lowercase name, argument) pairs, the shared step of parsing
+    Cache-Control and a targeted field (RFC 9213 §2.1: the same semantics and precedence)."""
     seen: dict[str, str | None] = {}
     conflicting: set[str] = set()
-    for value in values:
-        text = value.decode("latin-1") if isinstance(value, bytes) else value
-        for name, argument in _split_directives(text):
-            if name in seen and seen[name] != argument:
-                conflicting.add(name)
-            seen.setdefault(name, argument)
+    qualifiable: dict[str, list[str | None]] = {}
+    for name, argument in directives:
+        if name in _QUALIFIABLE:
+            qualifiable.setdefault(name, []).append(argument)
+        if name in seen and seen[name] != argument:
+            conflicting.add(name)
+        seen.setdefault(name, argument)
     if not seen:
         return NO_DIRECTIVES
 
@@ -187,10 +229,21 @@ def _parse(values: Iterable[bytes | str]) -> CacheControl:
         max_stale = MAX_DELTA  # RFC 9111 §5.2.1.2: no argument means any staleness
     max_age = freshness("max-age")
     s_maxage = freshness("s-maxage")
+    no_cache_fields = private_fields = frozenset[bytes]()
+    no_cache = private = False
+    if "no-cache" in qualifiable:
+        listed = _field_names(qualifiable["no-cache"])
+        no_cache, no_cache_fields = listed is None, listed or frozenset()
+    if "private" in qualifiable:
+        listed = _field_names(qualifiable["private"])
+        private, private_fields = listed is None, listed or frozenset()
     return CacheControl(
         no_store="no-store" in seen,
-        no_cache="no-cache" in seen,
-        private="private" in seen,
+        no_cache=no_cache,
+        private=private,
+        no_cache_fields=no_cache_fields,
+        private_fields=private_fields,
+        must_understand="must-understand" in seen,
         public="public" in seen,
         must_revalidate="must-revalidate" in seen,
         proxy_revalidate="proxy-revalidate" in seen,
@@ -216,7 +269,11 @@ def request_cache_control(request_headers: HeaderPairs) -> CacheControl:
         elif name == b"pragma" and not pragma_no_cache:
             pragma_no_cache = any(t.strip().lower() == b"no-cache" for t in value.split(b","))
     if lines:
-        return parse_cache_control(lines)
+        parsed = parse_cache_control(lines)
+        if parsed.no_cache_fields:
+            # A field list means nothing on a request (§5.2.1.4): take it as plain no-cache.
+            return dataclasses.replace(parsed, no_cache=True, no_cache_fields=frozenset())
+        return parsed
     return CacheControl(no_cache=True) if pragma_no_cache else NO_DIRECTIVES
 
 

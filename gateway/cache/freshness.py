@@ -1,7 +1,8 @@
-"""How old a response is and how long it stays fresh (RFC 9111 §4.2.1, §4.2.3).
+"""How old a response is and how long it stays fresh (RFC 9111 §4.2.1, §4.2.2, §4.2.3).
 
-Explicit freshness only (s-maxage, max-age, Expires): this cache never uses heuristic
-freshness (§4.2.2).  Times are ``time.time()`` floats passed in, never read here.
+Explicit freshness (s-maxage, max-age, Expires) first; without it, a heuristic share of the
+time since Last-Modified (§4.2.2), which ``storing`` allows only where §3 does.  Times are
+``time.time()`` floats passed in, never read here.
 """
 
 from __future__ import annotations
@@ -26,12 +27,15 @@ def freshness_lifetime(
     response_headers: HeaderPairs,
     response_time: float,
     cache_control: CacheControl | None = None,
+    *,
+    use_expires: bool = True,
 ) -> float | None:
     """RFC 9111 §4.2.1 for a shared cache: s-maxage, else max-age, else Expires minus Date.
 
-    None when the response has no explicit freshness (we never use heuristics, §4.2.2).
+    None when the response has no explicit freshness (see ``heuristic_lifetime``).
     An invalid Expires ("0", garbage) means already expired (§5.3); so do several different
     Expires lines (§4.2.1).  Without Date, the time the response arrived stands in.
+    ``use_expires`` is False when a targeted field decides (RFC 9213 §2.1 ignores Expires).
     """
     if cache_control is None:
         cache_control = parse_cache_control(header_lines(response_headers, b"cache-control"))
@@ -39,7 +43,7 @@ def freshness_lifetime(
         return float(cache_control.s_maxage)
     if cache_control.max_age is not None:
         return float(cache_control.max_age)
-    expires_lines = header_lines(response_headers, b"expires")
+    expires_lines = header_lines(response_headers, b"expires") if use_expires else []
     if not expires_lines:
         return None
     if len(set(expires_lines)) > 1:
@@ -48,6 +52,29 @@ def freshness_lifetime(
     if expires is None:
         return 0.0
     return max(0.0, expires - date_value(response_headers, response_time))
+
+
+def heuristic_lifetime(
+    response_headers: HeaderPairs,
+    response_time: float,
+    fraction: float,
+    max_seconds: float,
+) -> float | None:
+    """RFC 9111 §4.2.2: ``fraction`` of the time between Last-Modified and Date, at most
+    ``max_seconds``; None without a usable Last-Modified (or with ``fraction`` 0).
+
+    Only for a response without explicit freshness that §3 lets a cache store that way (a
+    heuristically cacheable status, or ``public``): the caller checks that.  A Last-Modified
+    after Date says nothing about how stable the resource is: 0, not a negative lifetime.
+    """
+    if fraction <= 0:
+        return None
+    last_modified = first_value(response_headers, b"last-modified")
+    modified = parse_http_date(last_modified) if last_modified is not None else None
+    if modified is None:
+        return None
+    interval = max(0.0, date_value(response_headers, response_time) - modified)
+    return min(interval * fraction, max_seconds)
 
 
 def date_value(headers: HeaderPairs, response_time: float) -> float:

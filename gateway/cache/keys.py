@@ -67,12 +67,67 @@ def _normalized_field(lines: list[bytes]) -> bytes | None:
     return b", ".join(part for line in lines for p in line.split(b",") if (part := p.strip()))
 
 
+# Preference lists whose members mean the same in any order, case and spelling of their
+# weights (RFC 9110 §12.4.2, §12.5.3, §12.5.4): normalised so equivalent requests share one
+# variant (§4.1 allows normalising "in a way that is known to have identical semantics").
+PREFERENCE_FIELDS = frozenset({b"accept-encoding", b"accept-language", b"accept-charset"})
+
+
+def _qvalue(text: bytes) -> float | None:
+    """RFC 9110 §12.4.2 qvalue: ``0[.ddd]`` or ``1[.000]``; None when it is not one."""
+    whole, dot, decimals = text.partition(b".")
+    if whole not in (b"0", b"1") or len(decimals) > 3 or not decimals.isdigit() and decimals:
+        return None
+    if dot and not decimals:
+        return float(whole)  # "1." is lenient but unambiguous
+    value = float(text)
+    return value if value <= 1 else None
+
+
+def normalized_preferences(lines: list[bytes]) -> bytes:
+    """A preference list in a canonical form: members lowercased, weights written the short
+    way (``q=1`` dropped), sorted by weight then name, duplicates removed.  A member whose
+    weight does not parse is kept verbatim (lowercased), so it never matches a valid one."""
+    members: set[tuple[float, bytes]] = set()
+    for line in lines:
+        for element in line.split(b","):
+            element = element.strip().lower()
+            if not element:
+                continue
+            name, *parameters = (part.strip() for part in element.split(b";"))
+            weight: float | None = 1.0
+            others: list[bytes] = []
+            for parameter in parameters:
+                key, _, value = parameter.partition(b"=")
+                if key.strip() == b"q":
+                    weight = _qvalue(value.strip())
+                else:
+                    others.append(parameter)
+            if weight is None:
+                members.add((1.0, element))
+                continue
+            text = b";".join([name, *others])
+            if weight != 1.0:
+                text += b";q=" + f"{weight:.3f}".rstrip("0").rstrip(".").encode("ascii")
+            members.add((weight, text))
+    return b", ".join(text for _, text in sorted(members, key=lambda m: (-m[0], m[1])))
+
+
 def vary_key(request_headers: HeaderPairs, names: Iterable[bytes]) -> VaryKey:
     """The selecting header values of a request for the given Vary names (RFC 9111 §4.1).
 
     An absent header (None) only matches an absent one; an empty header is b"".
+    Accept-Encoding, Accept-Language and Accept-Charset are compared normalised
+    (``normalized_preferences``): ``gzip, br`` selects what ``BR;q=1.0, gzip`` stored.
     """
-    return tuple((name, _normalized_field(header_lines(request_headers, name))) for name in names)
+    key: list[tuple[bytes, bytes | None]] = []
+    for name in names:
+        lines = header_lines(request_headers, name)
+        if lines and name in PREFERENCE_FIELDS:
+            key.append((name, normalized_preferences(lines)))
+        else:
+            key.append((name, _normalized_field(lines)))
+    return tuple(key)
 
 
 def vary_matches(entry: StoredResponse, request_headers: HeaderPairs) -> bool:

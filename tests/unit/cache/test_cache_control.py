@@ -40,12 +40,49 @@ def test_rfc9111_5_2_quoted_arguments_are_accepted() -> None:
 
 def test_rfc9111_5_2_commas_inside_quoted_strings_do_not_split() -> None:
     parsed = cc('no-cache="set-cookie, x-foo", max-age=10')
-    assert parsed.no_cache and parsed.max_age == 10
+    assert parsed.no_cache_fields == {b"set-cookie", b"x-foo"} and parsed.max_age == 10
 
 
-def test_rfc9111_5_2_2_4_qualified_no_cache_and_private_count_as_unqualified() -> None:
-    assert cc('no-cache="set-cookie"').no_cache
-    assert cc('private="x-user"').private
+def test_rfc9111_5_2_2_4_and_5_2_2_7_qualified_forms_list_fields() -> None:
+    # The qualified forms limit only the listed fields, not the response (§5.2.2.4, §5.2.2.7).
+    no_cache = cc('no-cache="Set-Cookie"')
+    assert not no_cache.no_cache and no_cache.no_cache_fields == {b"set-cookie"}
+    private = cc('private="X-User, X-Token"')
+    assert not private.private and private.private_fields == {b"x-user", b"x-token"}
+    assert private.unshared_fields == {b"x-user", b"x-token"}
+    assert not no_cache.forbids_stale  # only the unqualified no-cache forbids stale use
+    # An unquoted single name is the token form, accepted too.
+    assert cc("private=x-user").private_fields == {b"x-user"}
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        'no-cache="set-cookie", no-cache',  # both forms: the unqualified one wins
+        "no-cache, no-cache=set-cookie",
+        'no-cache=""',  # an empty list names nothing: unqualified
+        'no-cache=" , "',
+    ],
+)
+def test_rfc9111_5_2_2_4_unqualified_no_cache_wins(value: str) -> None:
+    parsed = cc(value)
+    assert parsed.no_cache and not parsed.no_cache_fields
+
+
+def test_rfc9111_5_2_2_7_repeated_qualified_private_unites_the_lists() -> None:
+    parsed = cc('private="a", private="b"')
+    assert not parsed.private and parsed.private_fields == {b"a", b"b"}
+    assert cc('private, private="a"').private
+
+
+def test_rfc9111_5_2_1_4_a_qualified_request_no_cache_is_plain_no_cache() -> None:
+    parsed = request_cache_control([(b"cache-control", b'no-cache="x"')])
+    assert parsed.no_cache and not parsed.no_cache_fields
+
+
+def test_rfc9111_5_2_2_3_must_understand_is_parsed() -> None:
+    assert cc("must-understand, no-store").must_understand
+    assert not cc("no-store").must_understand
 
 
 def test_rfc9111_5_2_several_field_lines_combine() -> None:

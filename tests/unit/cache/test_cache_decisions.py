@@ -172,8 +172,11 @@ def test_bypass_decisions_name_the_reason() -> None:
         "method",
         None,
     )
-    ranged = lookup_decision(stored(b"max-age=60"), "GET", [(b"range", b"bytes=0-1")], T0)
+    # A Range that the stored response cannot answer as it is goes upstream untouched.
+    ranged = lookup_decision(stored(b"max-age=1", ETAG), "GET", [(b"range", b"bytes=0-1")], T0 + 5)
     assert (ranged.action, ranged.fwd, ranged.detail) == (Action.BYPASS, "bypass", "range")
+    missed = lookup_decision(None, "GET", [(b"range", b"bytes=0-1")], T0)
+    assert (missed.action, missed.detail) == (Action.BYPASS, "range")
 
 
 # --- the answers (RFC 9111 §4, §5.1 Age; RFC 9211 Cache-Status) ---------------------------
@@ -257,7 +260,8 @@ def test_rfc5861_3_stale_while_revalidate_still_answers_client_conditionals() ->
         (b"max-age=60, stale-if-error=30, must-revalidate", b"", 80, False),
         (b"max-age=60, stale-if-error=30, proxy-revalidate", b"", 80, False),
         (b"no-cache, stale-if-error=30", b"stale-if-error=30", 10, False),
-        (b"s-maxage=60, stale-if-error=30", b"", 80, True),  # granted explicitly
+        # RFC 9111 §4.2.4, §5.2.2.10: s-maxage implies proxy-revalidate for a shared cache.
+        (b"s-maxage=60, stale-if-error=30", b"", 80, False),
     ],
 )
 def test_rfc5861_4_stale_if_error_window(

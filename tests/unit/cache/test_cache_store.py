@@ -60,8 +60,11 @@ def test_rfc9111_4_1_vary_names_are_normalized() -> None:
 
 
 def test_rfc9111_4_1_selecting_values_are_combined_and_trimmed() -> None:
+    request = [(b"x-flavour", b" vanilla,mint "), (b"x-flavour", b"lemon")]
+    assert vary_key(request, [b"x-flavour"]) == ((b"x-flavour", b"vanilla, mint, lemon"),)
+    # Accept-Encoding is a preference list: normalised further (sorted), see test_cache_vary.
     request = [(b"accept-encoding", b" gzip,deflate "), (b"accept-encoding", b"br")]
-    assert vary_key(request, [b"accept-encoding"]) == ((b"accept-encoding", b"gzip, deflate, br"),)
+    assert vary_key(request, [b"accept-encoding"]) == ((b"accept-encoding", b"br, deflate, gzip"),)
     assert vary_key([(b"accept-encoding", b"")], [b"accept-encoding"]) == (
         (b"accept-encoding", b""),
     )
