@@ -1,0 +1,248 @@
+"""The HTTP rules of serving a file, as pure functions: content type, validators (ETag,
+Last-Modified), conditional requests (RFC 9110 §13), byte ranges (§14) and the choice of a
+precompressed variant by Accept-Encoding (§12.5.3).  No I/O: ``handlers.static`` calls them.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from email.utils import formatdate, parsedate_to_datetime
+
+from gateway.errors import RangeNotSatisfiable
+
+# Python's built-in table (not /etc/mime.types, so every machine answers alike) plus the
+# types it lacks or gets wrong (RFC 9239: JavaScript is text/javascript).
+MIME_TYPES = mimetypes.MimeTypes()
+EXTRA_TYPES = {
+    ".js": "text/javascript",
+    ".mjs": "text/javascript",
+    ".map": "application/json",
+    ".md": "text/markdown",
+    ".woff": "font/woff",
+    ".woff2": "font/woff2",
+    ".ttf": "font/ttf",
+    ".otf": "font/otf",
+}
+# A file that is itself compressed (``logs.tar.gz``) is served as the compressed file.
+COMPRESSED_TYPES = {
+    "gzip": "application/gzip",
+    "br": "application/x-brotli",
+    "bzip2": "application/x-bzip2",
+    "xz": "application/x-xz",
+    "compress": "application/x-compress",
+}
+UTF8_TYPES = frozenset({"application/javascript", "application/xml", "image/svg+xml"})
+OCTET_STREAM = "application/octet-stream"
+
+
+def content_type(name: str) -> str:
+    """Content-Type by file extension; text types get ``charset=utf-8``."""
+    suffix = os.path.splitext(name)[1].lower()
+    kind = EXTRA_TYPES.get(suffix)
+    if kind is None:
+        kind, coding = MIME_TYPES.guess_type(name, strict=False)
+        if coding is not None:
+            kind = COMPRESSED_TYPES.get(coding, OCTET_STREAM)
+    if kind is None:
+        return OCTET_STREAM
+    if kind.startswith("text/") or kind in UTF8_TYPES:
+        return kind + "; charset=utf-8"
+    return kind
+
+
+def entity_tag(size: int, mtime_ns: int, coding: str | None) -> bytes:
+    """A strong ETag from modification time and size (as Nginx makes it), one per variant:
+    the br and gzip sidecars are other representations with other bytes."""
+    tag = b'"%x-%x' % (mtime_ns, size)
+    return tag + (b"-" + coding.encode() if coding else b"") + b'"'
+
+
+def http_date(seconds: float) -> bytes:
+    return formatdate(seconds, usegmt=True).encode()
+
+
+def parse_http_date(value: bytes) -> int | None:
+    """Seconds since the epoch of an HTTP date, None when it is not one."""
+    try:
+        parsed = parsedate_to_datetime(value.decode("latin-1"))
+    except (TypeError, ValueError, IndexError):
+        return None
+    if parsed.tzinfo is None:
+        return None
+    return int(parsed.timestamp())
+
+
+ETAG = re.compile(rb'(?:W/)?"[^"]*"')
+
+
+def _opaque(tag: bytes) -> bytes:
+    return tag[2:] if tag.startswith(b"W/") else tag
+
+
+def none_match(if_none_match: bytes, etag: bytes) -> bool:
+    """Whether If-None-Match names the current representation (weak comparison, §13.1.2)."""
+    if if_none_match.strip() == b"*":
+        return True
+    return any(_opaque(tag) == etag for tag in ETAG.findall(if_none_match))
+
+
+@dataclass(frozen=True, slots=True)
+class Conditions:
+    """The request fields a static answer depends on (joined when repeated)."""
+
+    if_none_match: bytes | None = None
+    if_modified_since: bytes | None = None
+    range: bytes | None = None
+    if_range: bytes | None = None
+    accept_encoding: bytes | None = None
+
+    @classmethod
+    def from_headers(cls, headers: Iterable[tuple[bytes, bytes]]) -> Conditions:
+        found: dict[bytes, list[bytes]] = {}
+        for name, value in headers:
+            if name in _CONDITION_FIELDS:
+                found.setdefault(name, []).append(value)
+        if not found:
+            return _NO_CONDITIONS
+
+        def joined(name: bytes) -> bytes | None:
+            values = found.get(name)
+            return b", ".join(values) if values else None
+
+        def first(name: bytes) -> bytes | None:
+            values = found.get(name)
+            return values[0] if values else None
+
+        ranges = found.get(b"range", [])
+        return cls(
+            joined(b"if-none-match"),
+            first(b"if-modified-since"),
+            # Two Range fields make the range ambiguous: ignored, the whole file is sent.
+            ranges[0] if len(ranges) == 1 else None,
+            first(b"if-range"),
+            joined(b"accept-encoding"),
+        )
+
+
+_CONDITION_FIELDS = frozenset(
+    {b"if-none-match", b"if-modified-since", b"range", b"if-range", b"accept-encoding"}
+)
+_NO_CONDITIONS = Conditions()
+
+
+def not_modified(conditions: Conditions, etag: bytes, mtime: int) -> bool:
+    """RFC 9110 §13.2.2 steps 3 and 4 for GET/HEAD: a 304 instead of the file?"""
+    if conditions.if_none_match is not None:
+        return none_match(conditions.if_none_match, etag)
+    if conditions.if_modified_since is not None:
+        since = parse_http_date(conditions.if_modified_since)
+        return since is not None and mtime <= since
+    return False
+
+
+def if_range_holds(if_range: bytes, etag: bytes, mtime: int) -> bool:
+    """§13.1.5: the range applies only if the validator still names this representation:
+    an entity tag by strong comparison, or a date equal to Last-Modified."""
+    value = if_range.strip()
+    if value.startswith((b'"', b"W/")):
+        return value == etag  # a weak tag never matches strongly
+    return parse_http_date(value) == mtime
+
+
+@dataclass(frozen=True, slots=True)
+class ByteRange:
+    start: int
+    end: int  # inclusive, as in Content-Range
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start + 1
+
+    def content_range(self, size: int) -> bytes:
+        return b"bytes %d-%d/%d" % (self.start, self.end, size)
+
+
+_BYTE_RANGE = re.compile(rb"[ \t]*(\d*)[ \t]*-[ \t]*(\d*)[ \t]*")
+
+
+def parse_range(value: bytes, size: int) -> ByteRange | None:
+    """The one byte range of a ``Range`` field for a ``size``-byte file (RFC 9110 §14.1.2).
+
+    None when the field is to be ignored (the whole file is sent, 200): another unit, bad
+    syntax, or several ranges.  RangeNotSatisfiable (416) when the one range lies outside
+    the file.
+    """
+    unit, eq, spec = value.partition(b"=")
+    if not eq or unit.strip().lower() != b"bytes" or b"," in spec:
+        return None
+    match = _BYTE_RANGE.fullmatch(spec)
+    if match is None:
+        return None
+    first, last = match.groups()
+    try:
+        if first:
+            start = int(first)
+            end = int(last) if last else size - 1
+            if last and end < start:
+                return None  # invalid, not unsatisfiable (§14.1.1)
+            if start >= size:
+                raise RangeNotSatisfiable(
+                    f"range starts at {start}, the file has {size} bytes", size
+                )
+            return ByteRange(start, min(end, size - 1))
+        if not last:
+            return None  # "bytes=-"
+        suffix = int(last)
+    except ValueError:  # more digits than int() takes: no file is that large
+        return None
+    if suffix == 0 or size == 0:
+        raise RangeNotSatisfiable(f"a {suffix}-byte suffix of a {size}-byte file", size)
+    return ByteRange(max(0, size - suffix), size - 1)
+
+
+def parse_accept_encoding(value: bytes) -> dict[str, float]:
+    """Coding -> q-value (``x-gzip`` is ``gzip``); a malformed q counts as 0."""
+    weights: dict[str, float] = {}
+    for item in value.decode("latin-1").split(","):
+        coding, _, params = item.partition(";")
+        coding = coding.strip().lower()
+        if not coding:
+            continue
+        q = 1.0
+        for param in params.split(";"):
+            key, _, number = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    q = min(max(float(number.strip()), 0.0), 1.0)
+                except ValueError:
+                    q = 0.0
+                if q != q:  # NaN
+                    q = 0.0
+        weights["gzip" if coding == "x-gzip" else coding] = q
+    return weights
+
+
+def choose_coding(accept_encoding: bytes | None, available: Sequence[str]) -> str | None:
+    """The content coding to serve among ``available`` sidecars (in server preference order),
+    or None for the file itself.
+
+    The highest q wins, ties go to the server's order, q=0 excludes; a coding not named takes
+    the ``*`` weight.  The file itself (identity) is served when nothing is acceptable, when
+    there is no Accept-Encoding, or when identity is named with a higher q than any coding.
+    """
+    if not accept_encoding or not available:
+        return None
+    weights = parse_accept_encoding(accept_encoding)
+    default = weights.get("*", 0.0)
+    best, best_q = None, 0.0
+    for coding in available:
+        q = weights.get(coding, default)
+        if q > best_q:
+            best, best_q = coding, q
+    if best is not None and weights.get("identity", 0.0) > best_q:
+        return None
+    return best
