@@ -28,7 +28,7 @@ import httpx
 import pytest
 from support.postgres import PostgresServer
 
-from backend.supervisor import restart_delay
+from gateway.runtime.supervisor import restart_delay
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKERS = 4
