@@ -37,7 +37,7 @@ from gateway.errors import (
 from gateway.handlers.proxy import ProxyHandler
 from gateway.handlers.redirect import RedirectHandler
 from gateway.handlers.static import StaticHandler
-from gateway.handlers.websocket import WebSocketHandler, is_websocket_upgrade
+from gateway.handlers.websocket import WebSocketHandler
 from gateway.headers import VIA, Headers
 from gateway.request import Handler, Request
 from gateway.routing import Route, Router
@@ -89,7 +89,7 @@ class GatewayApp:
         self.extra_headers = extra
         self.access_log = AccessLog(enabled=gateway.access_log)
         self.proxy = ProxyHandler(settings, upstreams)
-        self.websocket = WebSocketHandler(settings, upstreams, self.proxy)
+        self.websocket = WebSocketHandler(settings, self.proxy)
         self.cache = CacheLayer(settings.cache) if settings.cache.enabled else None
         self.router: Router[RouteHandlers] = Router(
             (Route.from_settings(r), self._handlers(r)) for r in settings.routes
@@ -124,12 +124,7 @@ class GatewayApp:
                     f"{self.max_body}-byte limit (max_body_bytes)"
                 )
             request = Request(scope, receive, client_send, facts, route, exchange)
-            upgrade = scope.get("gateway.upgrade")
-            if (
-                upgrade is not None
-                and handlers.websocket is not None
-                and is_websocket_upgrade(scope)
-            ):
+            if handlers.websocket is not None and "gateway.upgrade" in scope:
                 await handlers.websocket(request)
             else:
                 await handlers.http(request)

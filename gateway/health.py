@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import ssl
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from typing import Any
 import httpx
 
 from gateway.config import UpstreamServer, UpstreamSettings
+from gateway.upstream.pool import upstream_ssl_context
 
 log = logging.getLogger("gateway.health")
 
@@ -152,7 +154,10 @@ class HealthChecker:
         timeout = httpx.Timeout(self.settings.health_timeout)
         # No keep-alive: a check must prove the server still accepts new connections.
         limits = httpx.Limits(max_keepalive_connections=0)
-        self._client = httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=False)
+        verify: ssl.SSLContext | bool = upstream_ssl_context(self.settings) or True
+        self._client = httpx.AsyncClient(
+            timeout=timeout, limits=limits, trust_env=False, verify=verify
+        )
         self._task = asyncio.create_task(self._run(), name=f"health:{self.settings.name}")
 
     async def stop(self) -> None:
@@ -192,9 +197,12 @@ class HealthChecker:
 
     async def check(self, server: UpstreamServer) -> None:
         assert self._client is not None
-        url = f"http://{server.address}{self.settings.health_path}"
+        url = f"{server.url}{self.settings.health_path}"
+        extensions = {}
+        if self.settings.tls_server_name is not None:
+            extensions["sni_hostname"] = self.settings.tls_server_name
         try:
-            response = await self._client.get(url)
+            response = await self._client.get(url, extensions=extensions)
         except httpx.TimeoutException:
             ok, detail = False, f"health check timed out after {self.settings.health_timeout:g} s"
         except httpx.ConnectError as exc:

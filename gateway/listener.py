@@ -15,8 +15,15 @@ Three changes, all on the httptools implementation (uvicorn's default when insta
   a body sent right after it joins it, otherwise it leaves alone a moment later, so a
   streaming response never waits on it.
 
+- Hand a WebSocket upgrade over.  llhttp stops at the end of an upgrade request's head and
+  says where (``HttpParserUpgrade``'s offset); the bytes after it belong to the new protocol.
+  For ``Upgrade: websocket`` the scope gets an ``UpgradeHandle`` (``gateway.upgrade``) with
+  which the WebSocket handler takes the raw transport and those bytes for its tunnel.  Any
+  request that asked to upgrade is answered as plain HTTP otherwise, and its connection is
+  closed afterwards: what follows its head is not HTTP we could parse (h2c is never tunnelled).
+
 With h11 (httptools not installed) the scope already carries the full target in ``raw_path``
-and h11 enforces its own head limit.
+and h11 enforces its own head limit; WebSocket upgrades need httptools.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from typing import Any
 from gateway.errors import parse_error, raw_error_response
 
 try:
+    import httptools
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 except ImportError:  # pragma: no cover - httptools not installed
     HttpToolsProtocol = None  # type: ignore[assignment,misc]
@@ -93,6 +101,49 @@ class HeadTooLarge(Exception):
     pass
 
 
+def asks_for_websocket(headers: list[tuple[bytes, bytes]]) -> bool:
+    """``Connection: upgrade`` and ``Upgrade: websocket`` (RFC 6455 §4.1), any case."""
+    connection = upgrade = False
+    for name, value in headers:
+        if name == b"connection":
+            connection = connection or any(
+                token.strip().lower() == b"upgrade" for token in value.split(b",")
+            )
+        elif name == b"upgrade":
+            upgrade = upgrade or any(
+                token.strip().lower() == b"websocket" for token in value.split(b",")
+            )
+    return connection and upgrade
+
+
+class UpgradeHandle:
+    """Lets the WebSocket handler take a connection over from uvicorn after the handshake."""
+
+    __slots__ = ("protocol", "pending", "taken")
+
+    def __init__(self, protocol: GatewayHttpToolsProtocol) -> None:
+        self.protocol = protocol
+        self.pending: list[bytes] = []  # client bytes after the request head
+        self.taken = False
+
+    def take_over(self) -> tuple[asyncio.Transport, bytes]:
+        """The client's transport (reading paused) and the bytes it sent after the head.
+
+        uvicorn forgets the connection: it neither answers for the app when the app returns
+        without a response, nor closes it as an idle keep-alive connection; the tunnel's
+        request task still counts for graceful shutdown."""
+        protocol = self.protocol
+        self.taken = True
+        cycle = protocol.cycle
+        if cycle is not None:
+            cycle.disconnected = True
+        protocol.connections.discard(protocol)
+        protocol._unset_keepalive_if_required()
+        data = b"".join(self.pending)
+        self.pending = []
+        return protocol.transport, data
+
+
 if HttpToolsProtocol is not None:
 
     class GatewayHttpToolsProtocol(HttpToolsProtocol):
@@ -100,6 +151,28 @@ if HttpToolsProtocol is not None:
         max_header_bytes = 64 * 1024
         _head_bytes = 0
         _head_too_large = False
+        # The parser stopped at an upgrade request's head: later bytes are not HTTP.
+        _upgrade: UpgradeHandle | None = None
+        _switched = False
+
+        def data_received(self, data: bytes) -> None:
+            if self._switched:
+                upgrade = self._upgrade
+                if upgrade is not None and not upgrade.taken:
+                    upgrade.pending.append(data)
+                return
+            self._unset_keepalive_if_required()
+            try:
+                self.parser.feed_data(data)
+            except httptools.HttpParserError:
+                self.send_400_response("Invalid HTTP request received.")
+            except httptools.HttpParserUpgrade as exc:
+                self._switched = True
+                self.transport.pause_reading()
+                if self.cycle is not None:
+                    self.cycle.keep_alive = False  # unless a tunnel takes the connection
+                if self._upgrade is not None:
+                    self._upgrade.pending.append(data[exc.args[0] :])
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -128,6 +201,14 @@ if HttpToolsProtocol is not None:
         def on_headers_complete(self) -> None:
             if self.url[:1] != b"/":
                 self.scope["gateway.target"] = bytes(self.url)  # type: ignore[typeddict-unknown-key]
+            if (
+                self.parser.should_upgrade()
+                and self.parser.get_method() == b"GET"
+                and self.parser.get_http_version() == "1.1"
+                and asks_for_websocket(self.headers)
+            ):
+                self._upgrade = UpgradeHandle(self)
+                self.scope["gateway.upgrade"] = self._upgrade  # type: ignore[typeddict-unknown-key]
             previous = self.cycle
             super().on_headers_complete()
             cycle = self.cycle

@@ -43,14 +43,19 @@ log = logging.getLogger("gateway.proxy")
 
 
 class Relay:
-    """Where one forward sends the response, and whether it has started sending it: the
-    retry policy's "has the client seen anything" (a cache wrapper may hold what it got)."""
+    """One forward's view of its response: where it goes (``send``), whether it has started
+    sending it (the retry policy's "has the client seen anything": a cache wrapper may hold
+    what it got), the upstream's status, and for a WebSocket handshake (``upgrade``) the
+    connection the upstream switched to a tunnel."""
 
-    __slots__ = ("send", "started")
+    __slots__ = ("send", "started", "status", "upgrade", "switched")
 
-    def __init__(self, send: Send) -> None:
+    def __init__(self, send: Send, upgrade: bool = False) -> None:
         self.send = send
         self.started = False
+        self.status = 0
+        self.upgrade = upgrade
+        self.switched: UpstreamConnection | None = None
 
 
 class RequestBody:
@@ -150,6 +155,19 @@ class ProxyHandler:
         replaces the client's headers (the cache revalidates with its own validators).  Either
         way they are rewritten for the upstream here.
         """
+        await self._forward(request, Relay(send), request_headers)
+
+    async def handshake(self, request: Request) -> UpstreamConnection | None:
+        """Forward a WebSocket upgrade request: the connection the upstream switched to a
+        tunnel on its 101, or None when it answered otherwise (that answer was relayed to the
+        client as usual).  Same server choice, retries and health reporting as ``forward``."""
+        relay = Relay(request.send, upgrade=True)
+        await self._forward(request, relay, None)
+        return relay.switched
+
+    async def _forward(
+        self, request: Request, relay: Relay, request_headers: Headers | None
+    ) -> None:
         scope, facts, route = request.scope, request.facts, request.route
         method, exchange = request.method, request.exchange
         upstream = self.upstreams[route.upstream]  # type: ignore[index]
@@ -160,6 +178,9 @@ class ProxyHandler:
             headers.append((b"transfer-encoding", b"chunked"))
         elif facts.content_length is not None:
             headers.append((b"content-length", b"%d" % facts.content_length))
+        if relay.upgrade:
+            # Hop-by-hop, so removed above; a handshake is the one request that carries them.
+            headers += [(b"connection", b"upgrade"), (b"upgrade", b"websocket")]
         head = b"".join(
             [method.encode(), b" ", target, b" HTTP/1.1\r\n"]
             + [b"%s: %s\r\n" % pair for pair in headers]
@@ -169,7 +190,6 @@ class ProxyHandler:
 
         tried: list[UpstreamServer] = []
         attempts_left = upstream.retries
-        relay = Relay(send)
         while True:
             server = upstream.choose(tried)
             tried.append(server)
@@ -178,7 +198,7 @@ class ProxyHandler:
                 await self._exchange(upstream, server, head, body, request, relay)
                 if exchange.upstream_5xx:
                     upstream.report_failure(
-                        server, FailureKind.STATUS_5XX, f"responded {exchange.status}"
+                        server, FailureKind.STATUS_5XX, f"responded {relay.status}"
                     )
                 return
             except UpstreamError as exc:
@@ -216,6 +236,8 @@ class ProxyHandler:
             reused = conn.requests > 0
             try:
                 await self._exchange_on(conn, head, body, request, relay)
+                if relay.switched is conn:
+                    return  # a tunnel now: the WebSocket handler owns the connection
             except UpstreamClosed as exc:
                 conn.close()
                 stale = (
@@ -253,7 +275,12 @@ class ProxyHandler:
         pump: asyncio.Task[None] | None = None
         watcher: asyncio.Task[None] | None = None
         try:
-            conn.start(head, head_request=method == "HEAD", has_body=body is not None)
+            conn.start(
+                head,
+                head_request=method == "HEAD",
+                has_body=body is not None,
+                upgrade=relay.upgrade,
+            )
             if body is not None:
                 # The common small body arrives in one piece: write it inline, no task.
                 data, more = await body.next_chunk()
@@ -262,6 +289,10 @@ class ProxyHandler:
                     pump = asyncio.create_task(body.pump(conn))
 
             response = await conn.receive_head()
+            relay.status = response.status
+            if conn.switched:
+                relay.switched = conn
+                return
             if response.status >= 500:
                 exchange.upstream_5xx = True
             headers = client_response_headers(response.headers)

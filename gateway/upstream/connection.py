@@ -24,7 +24,7 @@ from gateway.errors import (
     UpstreamProtocolError,
     UpstreamTimeout,
 )
-from gateway.upstream.events import ProtocolError, ResponseEvent, ResponseHead
+from gateway.upstream.events import ProtocolError, ResponseEvent, ResponseHead, Upgraded
 from gateway.upstream.parsers import ResponseParser
 
 HIGH_WATER = 256 * 1024
@@ -64,6 +64,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._received = False  # any response byte in the current exchange
         self._last_read = 0.0
         self._timer: asyncio.TimerHandle | None = None
+        # After a 101 to an upgrade: bytes that already belong to the tunnel (see ``detach``).
+        self._tunnel_data: list[bytes] | None = None
 
         # Request side.
         self._bytes_written = 0
@@ -77,6 +79,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        if self._tunnel_data is not None:
+            self._tunnel_data.append(data)  # switched protocols: not HTTP any more
+            return
         self._received = True
         self._last_read = self.loop.time()
         try:
@@ -155,6 +160,27 @@ class UpstreamConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
+    @property
+    def head(self) -> ResponseHead | None:
+        """The current exchange's response head, once received."""
+        return self._head
+
+    @property
+    def switched(self) -> bool:
+        """The server answered 101: the connection is a tunnel now, ready to ``detach``."""
+        return self._tunnel_data is not None
+
+    def detach(self) -> tuple[asyncio.Transport, bytes]:
+        """Hand the switched connection over as a plain transport (reading paused) plus the
+        tunnel bytes already received; this object is done with it."""
+        assert self._tunnel_data is not None and self.transport is not None
+        transport, self.transport = self.transport, None
+        data = b"".join(self._tunnel_data)
+        self._tunnel_data = None
+        self.state = ConnectionState.CLOSED
+        self._cancel_timer()
+        return transport, data
+
     def abort(self, error: GatewayError) -> None:
         """Fail the current exchange with ``error`` and drop the connection."""
         if self._error is None:
@@ -165,12 +191,15 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.abort()
 
     # -- request side ------------------------------------------------------------------------
-    def start(self, head: bytes, *, head_request: bool, has_body: bool) -> None:
-        """Begin an exchange by writing the request head."""
+    def start(
+        self, head: bytes, *, head_request: bool, has_body: bool, upgrade: bool = False
+    ) -> None:
+        """Begin an exchange by writing the request head (``upgrade``: a WebSocket handshake,
+        which a 101 may answer; see ``detach``)."""
         assert self.transport is not None and self.state is ConnectionState.IDLE
         self.state = ConnectionState.ACTIVE
         self.requests += 1
-        self.parser.start(head_request=head_request)
+        self.parser.start(head_request=head_request, upgrade=upgrade)
         self._head = None
         self._body.clear()
         self._buffered = 0
@@ -257,6 +286,12 @@ class UpstreamConnection(asyncio.Protocol):
                 self._buffered += len(event)
             elif isinstance(event, ResponseHead):
                 self._head = event
+            elif isinstance(event, Upgraded):
+                self._tunnel_data = [event.data]
+                self._cancel_timer()
+                if self.transport is not None and not self._reading_paused:
+                    self._reading_paused = True
+                    self.transport.pause_reading()
             else:
                 self._complete = True
                 self._cancel_timer()

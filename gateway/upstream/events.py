@@ -20,8 +20,18 @@ class EndOfMessage:
 
 END_OF_MESSAGE = EndOfMessage()
 
+
+@dataclass(slots=True)
+class Upgraded:
+    """The server switched protocols (101, after a ``ResponseHead`` with that status): from
+    here on the connection is a byte tunnel.  ``data`` holds the bytes that followed the head
+    in the same read; nothing after it is HTTP any more."""
+
+    data: bytes
+
+
 # Body data is passed as plain ``bytes`` to save an allocation per chunk.
-ResponseEvent = ResponseHead | bytes | EndOfMessage
+ResponseEvent = ResponseHead | bytes | EndOfMessage | Upgraded
 
 
 class ProtocolError(Exception):

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import h11
 
-from gateway.upstream.events import END_OF_MESSAGE, ProtocolError, ResponseEvent, ResponseHead
+from gateway.upstream.events import (
+    END_OF_MESSAGE,
+    ProtocolError,
+    ResponseEvent,
+    ResponseHead,
+    Upgraded,
+)
 
 
 def _refuse_what_httptools_refuses(headers: list[tuple[bytes, bytes]]) -> None:
@@ -30,12 +36,15 @@ class H11ResponseParser:
         self._conn = h11.Connection(h11.CLIENT)
         self.must_close = False
 
-    def start(self, *, head_request: bool) -> None:
+    def start(self, *, head_request: bool, upgrade: bool = False) -> None:
         conn = self._conn
         if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
             conn.start_next_cycle()
         method = b"HEAD" if head_request else b"GET"
-        conn.send(h11.Request(method=method, target=b"/", headers=[(b"host", b"upstream")]))
+        headers = [(b"host", b"upstream")]
+        if upgrade:  # h11 accepts a 101 only to a request that asked for it
+            headers += [(b"connection", b"upgrade"), (b"upgrade", b"websocket")]
+        conn.send(h11.Request(method=method, target=b"/", headers=headers))
         conn.send(h11.EndOfMessage())
 
     def feed(self, data: bytes) -> list[ResponseEvent]:
@@ -90,5 +99,10 @@ class H11ResponseParser:
                 events.append(END_OF_MESSAGE)
                 return events
             elif isinstance(event, h11.ConnectionClosed):
+                return events
+            elif isinstance(event, h11.InformationalResponse) and event.status_code == 101:
+                headers = [(name.lower(), value) for name, value in event.headers.raw_items()]
+                events.append(ResponseHead(101, headers, False, event.http_version.decode()))
+                events.append(Upgraded(bytes(conn.trailing_data[0])))
                 return events
             # h11.InformationalResponse: interim 1xx, not forwarded.

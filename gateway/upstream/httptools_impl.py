@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import httptools
 
-from gateway.upstream.events import END_OF_MESSAGE, ProtocolError, ResponseEvent, ResponseHead
+from gateway.upstream.events import (
+    END_OF_MESSAGE,
+    ProtocolError,
+    ResponseEvent,
+    ResponseHead,
+    Upgraded,
+)
 
 
 def is_framed(headers: list[tuple[bytes, bytes]]) -> bool:
@@ -23,7 +29,9 @@ class HttpToolsResponseParser:
 
     llhttp cannot be told that a response answers a HEAD request, so for HEAD the message
     ends at the head and the next response gets a fresh llhttp parser (see ``start``).
-    Interim 1xx responses are swallowed: they are not forwarded to the client.
+    Interim 1xx responses are swallowed: they are not forwarded to the client.  A request
+    started with ``upgrade=True`` (a WebSocket handshake) may instead get ``101``: its head is
+    delivered, followed by ``Upgraded`` with the bytes after it, and the parser is done.
     """
 
     __slots__ = (
@@ -34,6 +42,8 @@ class HttpToolsResponseParser:
         "_in_message",
         "_done",
         "_framed",
+        "_upgrade",
+        "_switched",
         "must_close",
     )
 
@@ -45,14 +55,17 @@ class HttpToolsResponseParser:
         self._in_message = False
         self._done = False
         self._framed = True
+        self._upgrade = False
+        self._switched = False
         # Set when the connection must not carry another exchange (junk after a response).
         self.must_close = False
 
-    def start(self, *, head_request: bool) -> None:
+    def start(self, *, head_request: bool, upgrade: bool = False) -> None:
         """Prepare for the response to the next request on this connection."""
         if self._head_only and self._done:
             self._parser = httptools.HttpResponseParser(self)
         self._head_only = head_request
+        self._upgrade = upgrade
         self._in_message = False
         self._done = False
         self._framed = True
@@ -66,7 +79,10 @@ class HttpToolsResponseParser:
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
-            raise ProtocolError("upstream switched protocols; upgrades are not proxied") from exc
+            if not self._switched:
+                raise ProtocolError("upstream switched protocols unasked") from exc
+            self._done = True
+            events.append(Upgraded(data[exc.args[0] :]))
         except httptools.HttpParserError as exc:
             if self._done:
                 # Junk after a complete response: deliver the response, never reuse the
@@ -93,6 +109,9 @@ class HttpToolsResponseParser:
         headers = self._headers
         self._headers = []
         if status < 200:
+            if status == 101 and self._upgrade:
+                self._switched = True
+                self._events.append(ResponseHead(status, headers, False, parser.get_http_version()))
             return
         self._in_message = True
         self._framed = status in (204, 304) or is_framed(headers)

@@ -9,12 +9,36 @@ used connection is taken first (LIFO), so the rest age out and get closed by the
 from __future__ import annotations
 
 import asyncio
+import logging
+import ssl
 from collections import deque
 
 from gateway.config import UpstreamServer, UpstreamSettings
-from gateway.errors import UpstreamConnectError, UpstreamConnectTimeout
+from gateway.errors import UpstreamConnectError, UpstreamConnectTimeout, UpstreamTLSError
 from gateway.upstream.connection import UpstreamConnection
 from gateway.upstream.parsers import ResponseParser, parser_class
+
+log = logging.getLogger("gateway.upstream")
+
+
+def upstream_ssl_context(settings: UpstreamSettings) -> ssl.SSLContext | None:
+    """The client context for a pool's https:// servers: the system trust store (or
+    ``tls_ca_file`` instead) with hostname checks, as every browser does; None without them."""
+    if not any(server.scheme == "https" for server in settings.servers):
+        return None
+    cafile = str(settings.tls_ca_file) if settings.tls_ca_file is not None else None
+    context = ssl.create_default_context(cafile=cafile)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_alpn_protocols(["http/1.1"])
+    if settings.tls_insecure_skip_verify:
+        log.warning(
+            "[upstreams.%s] tls_insecure_skip_verify = true: the servers' certificates are NOT "
+            "checked; anyone on the path can read and change this traffic",
+            settings.name,
+        )
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 class ConnectionPool:
@@ -30,6 +54,8 @@ class ConnectionPool:
         self.max_idle = settings.keepalive
         self.idle_timeout = settings.keepalive_timeout
         self.parser = parser or parser_class()
+        self.ssl = upstream_ssl_context(settings) if server.scheme == "https" else None
+        self.server_hostname = settings.tls_server_name or server.host
         self._idle: deque[UpstreamConnection] = deque()
         self._sweeper: asyncio.TimerHandle | None = None
         self.opened = 0  # connections opened, for tests and the dashboard
@@ -67,13 +93,33 @@ class ConnectionPool:
         conn = UpstreamConnection(server, self.parser(), self.read_timeout, loop)
         try:
             async with asyncio.timeout(self.connect_timeout):
-                await loop.create_connection(lambda: conn, server.host, server.port)
+                if self.ssl is None:
+                    await loop.create_connection(lambda: conn, server.host, server.port)
+                else:
+                    await loop.create_connection(
+                        lambda: conn,
+                        server.host,
+                        server.port,
+                        ssl=self.ssl,
+                        server_hostname=self.server_hostname,
+                    )
         except TimeoutError:
             raise UpstreamConnectTimeout(
                 f"connecting to upstream {server.address} timed out after "
                 f"{self.connect_timeout:g} s",
                 server=server.address,
             ) from None
+        except ssl.SSLCertVerificationError as exc:
+            raise UpstreamTLSError(
+                f"upstream {server.url}'s certificate is not trusted ({exc.verify_message}); "
+                f"set tls_ca_file in [upstreams] to its CA",
+                server=server.address,
+            ) from exc
+        except ssl.SSLError as exc:
+            raise UpstreamTLSError(
+                f"TLS handshake with upstream {server.url} failed: {exc.reason or exc}",
+                server=server.address,
+            ) from exc
         except OSError as exc:
             reason = "connection refused" if isinstance(exc, ConnectionRefusedError) else str(exc)
             raise UpstreamConnectError(
