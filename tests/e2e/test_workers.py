@@ -46,9 +46,11 @@ def test_two_workers_serve_survive_a_crash_and_stop_together(tmp_path: Path) -> 
             assert all(client.get("/echo").status_code == 200 for _ in range(20))
 
         os.kill(workers[0], signal.SIGKILL)
-        gw.wait_for_log("gateway worker 0 died", timeout=5)
+        died = gw.wait_for_log(f"(pid {workers[0]}) died", timeout=5)
+        assert "killed by SIGKILL" in died and "restarting in 0.0s" in died
+        index = died.split("gateway worker ")[1].split()[0]
         # Only lines after "died" are read from here on: the replacement's start.
-        assert gw.process.wait_for_line("gateway worker 0 started", 5) is not None
+        assert gw.process.wait_for_line(f"gateway worker {index} starting", 5) is not None
         # The survivor keeps serving meanwhile; new connections reach either worker.
         for _ in range(20):
             with gw.client() as client:
