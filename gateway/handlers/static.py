@@ -50,12 +50,13 @@ from gateway.errors import (
 from gateway.handlers.static_http import (
     Conditions,
     choose_coding,
+    content_range,
     content_type,
     entity_tag,
     http_date,
     if_range_holds,
     not_modified,
-    parse_range,
+    single_range,
 )
 from gateway.headers import Headers
 from gateway.request import Request
@@ -279,11 +280,13 @@ class StaticHandler:
 
         status, start, length = 200, 0, file.size
         if request.method == "GET" and conditions.range is not None:
-            if conditions.if_range is None or if_range_holds(conditions.if_range, etag, file.mtime):
-                byte_range = parse_range(conditions.range, file.size)
+            if_range = conditions.if_range
+            if if_range is None or if_range_holds(if_range, etag, file.mtime, time.time()):
+                byte_range = single_range(conditions.range, file.size)
                 if byte_range is not None:
-                    status, start, length = 206, byte_range.start, byte_range.length
-                    headers.append((b"content-range", byte_range.content_range(file.size)))
+                    first, last = byte_range
+                    status, start, length = 206, first, last - first + 1
+                    headers.append((b"content-range", content_range(first, last, file.size)))
         headers += [
             (b"content-type", file.content_type.encode()),
             (b"content-length", b"%d" % length),

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import mimetypes
 import os
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from email.utils import formatdate, parsedate_to_datetime
+from email.utils import formatdate
 
+from gateway.cache.conditional import parse_entity_tags, weak_match
+from gateway.cache.fields import parse_http_date
+from gateway.cache.ranges import coalesce, parse_ranges
 from gateway.errors import RangeNotSatisfiable
 
 # Python's built-in table (not /etc/mime.types, so every machine answers alike) plus the
@@ -65,31 +67,6 @@ def http_date(seconds: float) -> bytes:
     return formatdate(seconds, usegmt=True).encode()
 
 
-def parse_http_date(value: bytes) -> int | None:
-    """Seconds since the epoch of an HTTP date, None when it is not one."""
-    try:
-        parsed = parsedate_to_datetime(value.decode("latin-1"))
-    except (TypeError, ValueError, IndexError):
-        return None
-    if parsed.tzinfo is None:
-        return None
-    return int(parsed.timestamp())
-
-
-ETAG = re.compile(rb'(?:W/)?"[^"]*"')
-
-
-def _opaque(tag: bytes) -> bytes:
-    return tag[2:] if tag.startswith(b"W/") else tag
-
-
-def none_match(if_none_match: bytes, etag: bytes) -> bool:
-    """Whether If-None-Match names the current representation (weak comparison, §13.1.2)."""
-    if if_none_match.strip() == b"*":
-        return True
-    return any(_opaque(tag) == etag for tag in ETAG.findall(if_none_match))
-
-
 @dataclass(frozen=True, slots=True)
 class Conditions:
     """The request fields a static answer depends on (joined when repeated)."""
@@ -135,73 +112,51 @@ _NO_CONDITIONS = Conditions()
 
 
 def not_modified(conditions: Conditions, etag: bytes, mtime: int) -> bool:
-    """RFC 9110 §13.2.2 steps 3 and 4 for GET/HEAD: a 304 instead of the file?"""
+    """RFC 9110 §13.2.2 steps 3 and 4 for GET/HEAD: a 304 instead of the file?
+    If-None-Match by weak comparison (a list, or ``*``); else If-Modified-Since."""
     if conditions.if_none_match is not None:
-        return none_match(conditions.if_none_match, etag)
+        tags = parse_entity_tags(conditions.if_none_match)
+        return b"*" in tags or any(weak_match(tag, etag) for tag in tags)
     if conditions.if_modified_since is not None:
         since = parse_http_date(conditions.if_modified_since)
         return since is not None and mtime <= since
     return False
 
 
-def if_range_holds(if_range: bytes, etag: bytes, mtime: int) -> bool:
+def if_range_holds(if_range: bytes, etag: bytes, mtime: int, now: float) -> bool:
     """§13.1.5: the range applies only if the validator still names this representation:
-    an entity tag by strong comparison, or a date equal to Last-Modified."""
+    an entity tag by strong comparison, or a date equal to Last-Modified, which only counts
+    as strong once it is at least a second old (§8.8.2.2: the file may change again within
+    the second its modification time names)."""
     value = if_range.strip()
     if value.startswith((b'"', b"W/")):
-        return value == etag  # a weak tag never matches strongly
-    return parse_http_date(value) == mtime
+        tags = parse_entity_tags(value)
+        return tags == [etag]  # a weak tag never matches strongly
+    return parse_http_date(value) == mtime and now - mtime >= 1
 
 
-@dataclass(frozen=True, slots=True)
-class ByteRange:
-    start: int
-    end: int  # inclusive, as in Content-Range
+def single_range(value: bytes, size: int) -> tuple[int, int] | None:
+    """The byte range (first, last; inclusive) of a ``Range`` field to answer with 206 for a
+    ``size``-byte file (RFC 9110 §14.1.2), parsed by the cache's ``parse_ranges``.
 
-    @property
-    def length(self) -> int:
-        return self.end - self.start + 1
-
-    def content_range(self, size: int) -> bytes:
-        return b"bytes %d-%d/%d" % (self.start, self.end, size)
-
-
-_BYTE_RANGE = re.compile(rb"[ \t]*(\d*)[ \t]*-[ \t]*(\d*)[ \t]*")
-
-
-def parse_range(value: bytes, size: int) -> ByteRange | None:
-    """The one byte range of a ``Range`` field for a ``size``-byte file (RFC 9110 §14.1.2).
-
-    None when the field is to be ignored (the whole file is sent, 200): another unit, bad
-    syntax, or several ranges.  RangeNotSatisfiable (416) when the one range lies outside
-    the file.
+    None when the whole file is sent (200) instead: another unit, bad syntax, or several
+    ranges that stay several after merging overlaps (multipart/byteranges is not built; §14.2
+    lets a server ignore Range).  RangeNotSatisfiable (416) when no range lies in the file.
     """
-    unit, eq, spec = value.partition(b"=")
-    if not eq or unit.strip().lower() != b"bytes" or b"," in spec:
-        return None
-    match = _BYTE_RANGE.fullmatch(spec)
-    if match is None:
-        return None
-    first, last = match.groups()
     try:
-        if first:
-            start = int(first)
-            end = int(last) if last else size - 1
-            if last and end < start:
-                return None  # invalid, not unsatisfiable (§14.1.1)
-            if start >= size:
-                raise RangeNotSatisfiable(
-                    f"range starts at {start}, the file has {size} bytes", size
-                )
-            return ByteRange(start, min(end, size - 1))
-        if not last:
-            return None  # "bytes=-"
-        suffix = int(last)
-    except ValueError:  # more digits than int() takes: no file is that large
+        ranges = parse_ranges(value, size)
+    except ValueError:  # more digits than int() takes: treat the field as invalid
         return None
-    if suffix == 0 or size == 0:
-        raise RangeNotSatisfiable(f"a {suffix}-byte suffix of a {size}-byte file", size)
-    return ByteRange(max(0, size - suffix), size - 1)
+    if ranges is None:
+        return None
+    if not ranges:
+        raise RangeNotSatisfiable(f"no byte range of {value!r} lies in the {size}-byte file", size)
+    ranges = coalesce(ranges)
+    return ranges[0] if len(ranges) == 1 else None
+
+
+def content_range(first: int, last: int, size: int) -> bytes:
+    return b"bytes %d-%d/%d" % (first, last, size)
 
 
 def parse_accept_encoding(value: bytes) -> dict[str, float]:
