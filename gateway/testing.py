@@ -19,6 +19,7 @@ SIGTERM to the group, a bounded wait, then SIGKILL: by ``stop()``, by the fixtur
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import os
@@ -34,6 +35,7 @@ from typing import Any
 
 import httpx
 import tomli_w
+import uvicorn
 
 from gateway.asgi import Receive, Scope, Send
 
@@ -42,7 +44,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 READY_LINE = "gateway ready"
 BUSY_PORT = "already in use"
 START_TIMEOUT = 30.0
-STOP_TIMEOUT = 10.0
+# Above the gateway's default graceful_timeout (10 s): a stop is graceful whenever it can be.
+STOP_TIMEOUT = 15.0
 START_ATTEMPTS = 5
 # The gateway's active health checks of an in-process app are answered here, so the app under
 # test never sees requests it did not expect.
@@ -127,40 +130,47 @@ def answering_health_checks(app: ASGIApp) -> ASGIApp:
     return wrapped
 
 
+class _ThreadServer(uvicorn.Server):
+    """A uvicorn server that says when its start-up is over (serving, or failed)."""
+
+    def __init__(self, config: uvicorn.Config, settled: threading.Event) -> None:
+        super().__init__(config)
+        self._settled = settled
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        self._settled.set()
+
+
 class AppServer:
     """An ASGI app served by uvicorn on a thread, on a loopback socket bound beforehand."""
 
     def __init__(self, app: ASGIApp) -> None:
-        import uvicorn
-
         self._sock = socket.create_server(("127.0.0.1", 0), backlog=1024)
         self.port: int = self._sock.getsockname()[1]
         config = uvicorn.Config(
             answering_health_checks(app),
             log_config=None,  # leave the test process's logging as the user set it up
             access_log=False,
-            timeout_graceful_shutdown=int(STOP_TIMEOUT),
+            timeout_graceful_shutdown=5,  # the gateway in front is already gone by then
         )
-        self._server = uvicorn.Server(config)
         self._settled = threading.Event()
+        self._server = _ThreadServer(config, self._settled)
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name=f"pygateway-app:{self.port}")
+        # A daemon: an app whose start-up hangs must not keep the test process alive.
+        self._thread = threading.Thread(
+            target=self._run, name=f"pygateway-app:{self.port}", daemon=True
+        )
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def _run(self) -> None:
-        server = self._server
-        original_startup = server.startup
-
-        async def startup(sockets: list[socket.socket] | None = None) -> None:
-            await original_startup(sockets)
-            self._settled.set()  # serving now (or should_exit: the lifespan startup failed)
-
-        server.startup = startup  # type: ignore[method-assign]
         try:
-            server.run(sockets=[self._sock])
+            # asyncio.run, not Server.run: older uvicorn versions set a process-wide event loop
+            # policy there, which would change the loop of the user's own async tests.
+            asyncio.run(self._server.serve(sockets=[self._sock]))
         except BaseException as exc:  # uvicorn calls sys.exit() when the app's startup fails
             self._error = exc
         finally:
@@ -180,7 +190,7 @@ class AppServer:
     def stop(self) -> None:
         self._server.should_exit = True
         if self._thread.is_alive():
-            self._thread.join(STOP_TIMEOUT + 5)
+            self._thread.join(STOP_TIMEOUT)
         self._sock.close()
 
 

@@ -126,8 +126,8 @@ def test_upstream_url_of_a_running_server(project: UserProject) -> None:
     with running_server() as url:
         project.write(
             "test_upstream.py",
-            f"""
-UPSTREAM = {url!r}
+            f"UPSTREAM = {url!r}\n"
+            + """
 
 
 def test_fronts_a_running_server(pygateway):
@@ -136,9 +136,55 @@ def test_fronts_a_running_server(pygateway):
         response = client.get("/some/path?q=1")
     assert response.status_code == 200
     assert response.text == "upstream-token /some/path?q=1"
+
+
+def test_config_alone_names_the_pools(pygateway):
+    gw = pygateway(
+        config={
+            "upstreams": {"api": {"servers": [UPSTREAM], "health_path": "/ping"}},
+            "routes": [{"path_prefix": "/api", "upstream": "api", "strip_prefix": True}],
+        }
+    )
+    with gw.client() as client:
+        assert client.get("/api/items").text == "upstream-token /items"
+        assert client.get("/elsewhere").status_code == 404
 """,
         )
-        project.run().assert_outcomes(passed=1)
+        project.run().assert_outcomes(passed=2)
+
+
+def test_one_gateway_shared_by_a_session_fixture(project: UserProject) -> None:
+    """``start_gateway``, the function behind the fixture, in a user's own session fixture."""
+    project.write(
+        "conftest.py",
+        STARLETTE_APP
+        + """
+from gateway.testing import start_gateway
+
+
+@pytest.fixture(scope="session")
+def shared_gateway(tmp_path_factory):
+    with start_gateway(tmp_path_factory.mktemp("gw"), make_app("shared")) as gw:
+        yield gw
+""",
+    )
+    project.write(
+        "test_shared.py",
+        """
+import pytest
+
+URLS = set()
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_uses_the_shared_gateway(shared_gateway, n):
+    URLS.add(shared_gateway.url)
+    assert len(URLS) == 1
+    with shared_gateway.client() as client:
+        assert client.get("/name").text == "shared"
+""",
+    )
+    project.run().assert_outcomes(passed=2)
 
 
 def test_async_test_with_anyio(project: UserProject) -> None:
