@@ -129,8 +129,10 @@ COMMANDS: dict[str, Command] = {
 def _register_optional_commands() -> None:
     # Subcommands that live with their own concern register themselves here.
     from gateway.quick_proxy import PROXY_COMMAND
+    from gateway.tls.trust import TRUST_COMMAND, UNTRUST_COMMAND
 
     COMMANDS.setdefault("proxy", PROXY_COMMAND)
+    COMMANDS.update(trust=TRUST_COMMAND, untrust=UNTRUST_COMMAND)
 
 
 def build_parser() -> argparse.ArgumentParser:
