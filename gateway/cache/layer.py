@@ -53,6 +53,7 @@ from gateway.cache.decisions import (
 from gateway.cache.keys import invalidation_keys, primary_key
 from gateway.cache.recording import ResponseRecorder
 from gateway.cache.store import ResponseCache
+from gateway.cache.targeted import without_targeted
 from gateway.config import CacheSettings
 from gateway.errors import GatewayError, UpstreamError
 from gateway.headers import Headers
@@ -176,9 +177,13 @@ class CacheLayer:
         request.exchange.cache = "BYPASS" if decision.action is Action.BYPASS else "MISS"
         send = request.send
 
+        targets = self.store.policy.targeted_fields
+
         async def send_with_cache_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"].extend(forwarded_cache_headers(decision, message["status"]))
+                headers = without_targeted(message["headers"], targets)  # RFC 9213
+                headers.extend(forwarded_cache_headers(decision, message["status"]))
+                message["headers"] = headers
             await send(message)
 
         await forward(request, send_with_cache_headers, None)
@@ -275,10 +280,12 @@ class CacheLayer:
         target and same-origin Location/Content-Location (RFC 9111 §4.4)."""
         key = _key(request)
         method, send = request.method, request.send
+        targets = self.store.policy.targeted_fields
 
         async def invalidating_send(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers: Headers = message["headers"]
+                headers: Headers = without_targeted(message["headers"], targets)  # RFC 9213
+                message["headers"] = headers
                 for stale in invalidation_keys(method, message["status"], key, headers):
                     if self.store.invalidate(stale):
                         log.debug("%s %s: invalidated %s", method, key, stale)

@@ -15,6 +15,7 @@ from gateway.access_log import Exchange
 from gateway.cache.coalescing import Flight
 from gateway.cache.decisions import STALE_IF_ERROR_STATUSES, Decision, forwarded_cache_headers
 from gateway.cache.storing import make_stored_response, why_not_storable
+from gateway.cache.targeted import without_targeted
 from gateway.headers import Headers
 
 if TYPE_CHECKING:
@@ -131,6 +132,7 @@ class ResponseRecorder:
             self.held_start = message
             return
         stored = False
+        policy = layer.store.policy
         if self.may_store:
             reason = why_not_storable(
                 "GET",
@@ -138,6 +140,7 @@ class ResponseRecorder:
                 self.request_headers,
                 upstream_headers,
                 response_time=self.response_time,
+                policy=policy,
             )
             if reason is None and declared_length(upstream_headers) > layer.store.max_entry_bytes:
                 reason = "too-large"
@@ -150,6 +153,8 @@ class ResponseRecorder:
                 # Only what the response says about itself makes the key hit-for-pass: this
                 # request's own Authorization or no-store says nothing about the next one.
                 self._give_up(pass_key=reason not in REQUEST_REASONS)
+        # Our targeted fields (CDN-Cache-Control) were for this cache only (RFC 9213).
+        message["headers"] = headers = without_targeted(headers, policy.targeted_fields)
         cache_headers = forwarded_cache_headers(self.decision, status, stored=stored)
         headers.extend(cache_headers)
         self.exchange.cache = cache_headers[1][1].decode("ascii")
@@ -180,6 +185,7 @@ class ResponseRecorder:
                 self.request_headers,
                 self.request_time,
                 self.response_time,
+                policy=layer.store.policy,
             )
             if layer.store.put(self.key, entry):
                 layer.passes.discard(self.key)
@@ -202,7 +208,8 @@ class ResponseRecorder:
         if start is None:
             return
         cache_headers = forwarded_cache_headers(self.decision, self.status)
-        start["headers"].extend(cache_headers)
+        targets = self.layer.store.policy.targeted_fields
+        start["headers"] = without_targeted(start["headers"], targets) + cache_headers
         self.exchange.cache = cache_headers[1][1].decode("ascii")
         self.client_started = True
         await self.send(start)

@@ -13,6 +13,7 @@ from collections import OrderedDict
 from gateway.cache.decisions import Decision, bypass_reason, lookup_decision
 from gateway.cache.fields import HeaderPairs
 from gateway.cache.keys import VaryKey, vary_matches
+from gateway.cache.policy import DEFAULT_POLICY, CachePolicy
 from gateway.cache.storing import StoredResponse
 from gateway.config import CacheSettings
 
@@ -25,7 +26,9 @@ class ResponseCache:
     ``max_bytes``; the least recently used entries are evicted to make room.
     """
 
-    def __init__(self, max_bytes: int, max_entry_bytes: int) -> None:
+    def __init__(
+        self, max_bytes: int, max_entry_bytes: int, policy: CachePolicy = DEFAULT_POLICY
+    ) -> None:
         if max_bytes < 0 or max_entry_bytes < 0:
             raise ValueError(
                 f"ResponseCache sizes must be >= 0, got max_bytes={max_bytes}, "
@@ -33,6 +36,8 @@ class ResponseCache:
             )
         self.max_bytes = max_bytes
         self.max_entry_bytes = max_entry_bytes
+        # The configurable side of the rules (targeted fields, heuristics) for what is stored.
+        self.policy = policy
         # Insertion order is recency order: the first item is the next to evict.
         self._entries: OrderedDict[tuple[str, VaryKey], StoredResponse] = OrderedDict()
         self._variants: dict[str, set[VaryKey]] = {}
@@ -40,7 +45,9 @@ class ResponseCache:
 
     @classmethod
     def from_settings(cls, settings: CacheSettings) -> ResponseCache:
-        return cls(settings.max_bytes, settings.max_entry_bytes)
+        return cls(
+            settings.max_bytes, settings.max_entry_bytes, CachePolicy.from_settings(settings)
+        )
 
     @property
     def current_bytes(self) -> int:

@@ -24,6 +24,7 @@ from gateway.cache.fields import (
     header_lines,
     parse_cache_control,
 )
+from gateway.headers import Headers
 
 # The target list when the configuration names none: the field RFC 9213 §3 defines.
 DEFAULT_TARGETS: tuple[bytes, ...] = (b"cdn-cache-control",)
@@ -264,3 +265,12 @@ def effective_cache_control(
     if targeted is not None:
         return targeted, True
     return parse_cache_control(header_lines(response_headers, b"cache-control")), False
+
+
+def without_targeted(headers: Headers, targets: Sequence[bytes]) -> Headers:
+    """``headers`` without the fields on the target list: they were meant for this cache and
+    are not sent on downstream (see the module docstring).  The same list when there are none,
+    the usual case, so the forwarding path pays one scan."""
+    if not targets or not any(name in targets for name, _ in headers):
+        return headers
+    return [(name, value) for name, value in headers if name not in targets]

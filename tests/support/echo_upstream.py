@@ -19,7 +19,12 @@ GET  /_stats          -> {"inflight": N, "seen": {path: count}}: requests being 
                          every path requested so far (how tests prove what reached the upstream)
 GET  /cache/...       -> a configurable cacheable response, counted (see ``cache_family``):
                          ?cc= Cache-Control, vary=, etag= (304 to a matching If-None-Match),
-                         cookie= (Set-Cookie), age= (Age), delay= seconds before answering
+                         cookie= (Set-Cookie), age= (Age), delay= seconds before answering,
+                         cdn= (CDN-Cache-Control), status= (the status, default 200),
+                         lm=S (Last-Modified S seconds ago, with Date now; 304 to an
+                         If-Modified-Since not before it), hdr=Name:Value (any field),
+                         cl= (Content-Location); every answer, 304s too, carries
+                         X-Served: <how many times this path was answered>
 GET  /cache-count     -> {"count": N, "paths": {path: N}}: /cache/... requests answered so far
                          (Cache-Control: no-store, so it is never cached itself)
 POST /cache-fail/on   -> every /cache/... answers 503 until POST /cache-fail/off
@@ -37,6 +42,8 @@ import asyncio
 import json
 import os
 import socket
+import time
+from email.utils import formatdate, parsedate_to_datetime
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -279,16 +286,32 @@ async def cache_family(
     if "delay" in query:
         await asyncio.sleep(float(query["delay"][0]))
     request_headers = dict(scope["headers"])
-    headers: list[tuple[bytes, bytes]] = []
-    for param, name in (("cc", b"cache-control"), ("vary", b"vary"), ("etag", b"etag")):
+    headers: list[tuple[bytes, bytes]] = [(b"x-served", str(counts[path]).encode())]
+    for param, name in (
+        ("cc", b"cache-control"),
+        ("vary", b"vary"),
+        ("etag", b"etag"),
+        ("cookie", b"set-cookie"),
+        ("age", b"age"),
+        ("cdn", b"cdn-cache-control"),
+        ("cl", b"content-location"),
+    ):
         if param in query:
             headers.append((name, query[param][0].encode()))
-    if "cookie" in query:
-        headers.append((b"set-cookie", query["cookie"][0].encode()))
-    if "age" in query:
-        headers.append((b"age", query["age"][0].encode()))
+    for field in query.get("hdr", []):
+        name, _, value = field.partition(":")
+        headers.append((name.strip().lower().encode(), value.strip().encode()))
+    not_modified = False
+    if "lm" in query:
+        now = time.time()
+        modified = now - float(query["lm"][0])
+        headers.append((b"date", formatdate(now, usegmt=True).encode()))
+        headers.append((b"last-modified", formatdate(modified, usegmt=True).encode()))
+        since = request_headers.get(b"if-modified-since")
+        parsed = parsedate_to_datetime(since.decode()) if since else None
+        not_modified = parsed is not None and parsed.timestamp() >= int(modified)
     etag = query.get("etag", [""])[0].encode()
-    if etag and request_headers.get(b"if-none-match") == etag:
+    if etag and request_headers.get(b"if-none-match") == etag or not_modified:
         await send({"type": "http.response.start", "status": 304, "headers": headers})
         await send({"type": "http.response.body", "body": b""})
         return
@@ -301,7 +324,7 @@ async def cache_family(
         "authorization": request_headers.get(b"authorization", b"").decode(),
         "forwarded_host": request_headers.get(b"x-forwarded-host", b"").decode(),
     }
-    await _json(send, 200, payload, headers)
+    await _json(send, int(query.get("status", ["200"])[0]), payload, headers)
 
 
 def main() -> None:
