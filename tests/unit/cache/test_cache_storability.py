@@ -168,6 +168,14 @@ def test_rfc9111_3_5_authorization_table(cache_control: bytes, storable: bool) -
     )
 
 
+def test_rfc9110_9_3_3_a_post_response_is_not_stored_even_with_content_location() -> None:
+    # §9.3.3 allows reusing it for a later GET; declined (docs/cache.md): a POST's answer is
+    # the outcome of one client's request, and no mainstream shared cache stores it, so
+    # origins do not mark such answers private.
+    response = control(b"public, max-age=60", (b"content-location", b"/items"))
+    assert reason(response, method="POST") == "method"
+
+
 def test_set_cookie_is_not_stored_even_when_public() -> None:
     # The decision written down in docs/cache.md: a cookie is never replayed to another
     # client, and a response is not stored without it unless the origin says so.
