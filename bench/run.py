@@ -36,10 +36,19 @@ from report import (
     summary,
     transfer_text,
 )
-from stack import BENCH, REPO, Stack, StackError, StackOptions, find_tool
+from stack import (
+    BENCH,
+    REPO,
+    STATIC_FILE,
+    STATIC_FILE_SIZE,
+    Stack,
+    StackError,
+    StackOptions,
+    find_tool,
+)
 from transfer import MIB, transfer
 
-SCENARIOS = ("json", "cache", "download", "upload")
+SCENARIOS = ("json", "cache", "static", "download", "upload")
 RESULTS = BENCH / "results" / "latest.txt"
 
 
@@ -138,6 +147,29 @@ def cache_scenario(stack: Stack) -> Scenario:
     return Scenario("cache", "cache hit 64 KiB", targets)
 
 
+def static_scenario(stack: Stack) -> Scenario:
+    """The same 64 KiB file from disk: Nginx ``root`` and the gateway's ``static`` route."""
+    assert stack.gateway is not None and stack.nginx is not None
+    p = stack.ports
+    targets = [
+        Target(
+            "nginx",
+            "nginx (HTTPS, root)",
+            f"https://127.0.0.1:{p.nginx}{STATIC_FILE}",
+            [stack.nginx.pid],
+            [],
+        ),
+        Target(
+            "gateway",
+            "gateway (HTTPS, static)",
+            f"https://127.0.0.1:{p.https}{STATIC_FILE}",
+            [stack.gateway.pid],
+            [],
+        ),
+    ]
+    return Scenario("static", "static file 64 KiB", targets)
+
+
 # --- pre-flight checks of the responses --------------------------------------------------------
 
 
@@ -197,6 +229,24 @@ def warm_cache(stack: Stack, scenario: Scenario) -> None:
                 )
             elif not hit:
                 raise StackError(f"{target.label}: no cache hit after warming ({status})")
+
+
+def check_static(stack: Stack, scenario: Scenario) -> None:
+    """Both serve the very same bytes, with a validator, before timing."""
+    with client(stack) as http:
+        bodies = set()
+        for target in scenario.targets:
+            response = http.get(target.url)
+            if response.status_code != 200 or len(response.content) != STATIC_FILE_SIZE:
+                raise StackError(
+                    f"{target.label}: GET {target.url} -> {response.status_code}, "
+                    f"{len(response.content)} bytes (want 200 and {STATIC_FILE_SIZE} bytes)"
+                )
+            if "etag" not in response.headers:
+                raise StackError(f"{target.label}: GET {target.url} has no ETag")
+            bodies.add(response.content)
+        if len(bodies) != 1:
+            raise StackError("nginx and the gateway serve different bytes for the static file")
 
 
 # --- transfers --------------------------------------------------------------------------------
@@ -365,6 +415,11 @@ def main(argv: list[str] | None = None) -> int:
         if "cache" in opts.scenarios:
             scenario = cache_scenario(stack)
             warm_cache(stack, scenario)
+            run_scenario(scenario, opts)
+            scenarios.append(scenario)
+        if "static" in opts.scenarios:
+            scenario = static_scenario(stack)
+            check_static(stack, scenario)
             run_scenario(scenario, opts)
             scenarios.append(scenario)
         size = opts.transfer_mib * MIB

@@ -29,6 +29,10 @@ BENCH = Path(__file__).resolve().parent
 NGINX_TEMPLATE = BENCH / "nginx.conf.template"
 # Routed to the extra origin, tests/support/echo_upstream.py (the e2e tests' upstream).
 STATIC_PATHS = ("/blob64k", "/bytes", "/upload")
+# A file both proxies serve from disk (static-file scenario): TMP/www + this path, which is
+# Nginx ``root`` semantics and the gateway's ``static`` without ``strip_prefix``.
+STATIC_FILE = "/files/blob64k.bin"
+STATIC_FILE_SIZE = 64 * 1024
 
 
 class StackError(Exception):
@@ -265,6 +269,9 @@ class Stack:
 
     def start(self) -> None:
         py = sys.executable
+        static_file = self.tmp / "www" / STATIC_FILE.lstrip("/")
+        static_file.parent.mkdir(parents=True)
+        static_file.write_bytes(os.urandom(STATIC_FILE_SIZE))
         self.config.write_text(self.gateway_config())
         logs = self.tmp / "logs"
         logs.mkdir()
@@ -377,6 +384,9 @@ health_path = "/health"
 path_prefix = "/"
 upstream = "backend"
 {routes}
+[[routes]]
+path_prefix = "{STATIC_FILE.rsplit("/", 1)[0]}"
+static = "www"
 [cache]
 enabled = {json.dumps(self.options.cache)}
 """
