@@ -25,8 +25,8 @@ test: install lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install
-	$(BIN)/ruff format --check gateway backend tests bench run_gateway.py run_backend.py
-	$(BIN)/ruff check gateway backend tests bench run_gateway.py run_backend.py
+	$(BIN)/ruff format --check gateway backend products tests bench run_gateway.py run_backend.py
+	$(BIN)/ruff check gateway backend products tests bench run_gateway.py run_backend.py
 	$(BIN)/mypy
 
 format: install

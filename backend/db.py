@@ -90,16 +90,26 @@ class Database(Protocol):
         ...
 
 
-def connect(target: Path | str, *, pool_size: int = POOL_SIZE, migrate: bool = True) -> Database:
-    """The database at ``target`` (not opened yet).  ``migrate=False`` for a database that
-    belongs to another program (the products service reading the backend's sessions)."""
+def connect(
+    target: Path | str,
+    *,
+    pool_size: int = POOL_SIZE,
+    migrate: bool = True,
+    schema: migrations.Schema = migrations.BACKEND,
+) -> Database:
+    """The database at ``target`` (not opened yet), brought to ``schema`` on open.
+    ``migrate=False`` for a database that belongs to another program (the products service
+    reading the backend's sessions)."""
     if isinstance(target, Path):
-        return SQLiteDatabase(target, pool_size=pool_size, migrate=migrate)
-    return PostgresDatabase(target, pool_size=pool_size, migrate=migrate)
+        return SQLiteDatabase(target, pool_size=pool_size, migrate=migrate, schema=schema)
+    return PostgresDatabase(target, pool_size=pool_size, migrate=migrate, schema=schema)
 
 
-async def _select_one(conn: Connection) -> None:
-    await conn.fetchone("SELECT count(*) FROM schema_version")
+def _select_one(schema: migrations.Schema) -> Work[None]:
+    async def select(conn: Connection) -> None:
+        await conn.fetchone(f"SELECT count(*) FROM {schema.table}")
+
+    return select
 
 
 # --- SQLite ------------------------------------------------------------------------------------
@@ -146,16 +156,24 @@ class SQLiteConnection:
 class SQLiteDatabase:
     dialect = SQLITE
 
-    def __init__(self, path: Path, *, pool_size: int = POOL_SIZE, migrate: bool = True) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        pool_size: int = POOL_SIZE,
+        migrate: bool = True,
+        schema: migrations.Schema = migrations.BACKEND,
+    ) -> None:
         self.path = path
         self.pool_size = pool_size
         self.migrate = migrate
+        self.schema = schema
         self._idle: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
         self._closed = True
 
     async def open(self) -> None:
         if self.migrate:
-            await asyncio.to_thread(migrations.migrate, self.path)
+            await asyncio.to_thread(migrations.migrate, self.path, self.schema)
         self._closed = False
         for _ in range(self.pool_size):
             self._idle.put_nowait(await self._connect())
@@ -239,7 +257,7 @@ class SQLiteDatabase:
 
     async def ping(self) -> None:
         try:
-            await asyncio.wait_for(self.read(_select_one), timeout=PING_TIMEOUT)
+            await asyncio.wait_for(self.read(_select_one(self.schema)), timeout=PING_TIMEOUT)
         except (sqlite3.Error, TimeoutError) as exc:
             raise DatabaseUnavailable() from exc
 
@@ -291,15 +309,23 @@ class PostgresConnection:
 class PostgresDatabase:
     dialect = POSTGRESQL
 
-    def __init__(self, url: str, *, pool_size: int = POOL_SIZE, migrate: bool = True) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = POOL_SIZE,
+        migrate: bool = True,
+        schema: migrations.Schema = migrations.BACKEND,
+    ) -> None:
         self.url = url
         self.pool_size = pool_size
         self.migrate = migrate
+        self.schema = schema
         self._pool: asyncpg.Pool | None = None
 
     async def open(self) -> None:
         if self.migrate:
-            await asyncio.to_thread(migrations.migrate, self.url)
+            await asyncio.to_thread(migrations.migrate, self.url, self.schema)
         lock_ms = int(migrations.BUSY_TIMEOUT_SECONDS * 1000)
         self._pool = await asyncpg.create_pool(
             self.url,
@@ -345,6 +371,6 @@ class PostgresDatabase:
 
     async def ping(self) -> None:
         try:
-            await asyncio.wait_for(self.read(_select_one), timeout=PING_TIMEOUT)
+            await asyncio.wait_for(self.read(_select_one(self.schema)), timeout=PING_TIMEOUT)
         except (asyncpg.PostgresError, TimeoutError) as exc:
             raise DatabaseUnavailable() from exc

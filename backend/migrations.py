@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
@@ -71,19 +72,36 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
+@dataclass(frozen=True, slots=True)
+class Schema:
+    """A program's migrations and the table that records them (the products service has its
+    own, so both may even share one PostgreSQL database)."""
+
+    migrations: tuple[tuple[str, ...], ...]
+    table: str = "schema_version"
+    lock: int = MIGRATION_LOCK
+
+    @property
+    def version(self) -> int:
+        return len(self.migrations)
+
+
+BACKEND = Schema(MIGRATIONS)
+
+
 class SchemaTooNew(Exception):
     """The database was migrated by a newer version of this code."""
 
 
-def statements(dialect: Dialect, version: int) -> list[str]:
+def statements(dialect: Dialect, version: int, schema: Schema = BACKEND) -> list[str]:
     """Migration ``version`` (1-based) rendered for ``dialect``."""
-    return [dialect.render(template) for template in MIGRATIONS[version - 1]]
+    return [dialect.render(template) for template in schema.migrations[version - 1]]
 
 
-def _too_new(where: str, current: int) -> SchemaTooNew:
+def _too_new(where: str, current: int, schema: Schema) -> SchemaTooNew:
     return SchemaTooNew(
         f"{where}: schema version {current} is newer than this code knows "
-        f"({SCHEMA_VERSION}); upgrade the backend or use another database"
+        f"({schema.version}); upgrade the program or use another database"
     )
 
 
@@ -101,11 +119,11 @@ def connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def migrate(target: Path | str) -> int:
-    """Bring the database at ``target`` (a SQLite file or a postgresql:// URL) to
-    ``SCHEMA_VERSION``; return the version it was at."""
+def migrate(target: Path | str, schema: Schema = BACKEND) -> int:
+    """Bring the database at ``target`` (a SQLite file or a postgresql:// URL) to the schema's
+    newest version; return the version it was at."""
     if isinstance(target, str):
-        return asyncio.run(migrate_postgresql(target))
+        return asyncio.run(migrate_postgresql(target, schema))
     path = target
     path.parent.mkdir(parents=True, exist_ok=True)
     # The file holds password hashes: owner-only from the first byte.  SQLite gives the -wal
@@ -119,15 +137,16 @@ def migrate(target: Path | str) -> int:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-            row = conn.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()
+            table = schema.table
+            conn.execute(f"CREATE TABLE IF NOT EXISTS {table} (version INTEGER NOT NULL)")
+            row = conn.execute(f"SELECT coalesce(max(version), 0) FROM {table}").fetchone()
             current = int(row[0])
-            if current > SCHEMA_VERSION:
-                raise _too_new(str(path), current)
-            for version in range(current + 1, SCHEMA_VERSION + 1):
-                for statement in statements(SQLITE, version):
+            if current > schema.version:
+                raise _too_new(str(path), current, schema)
+            for version in range(current + 1, schema.version + 1):
+                for statement in statements(SQLITE, version, schema):
                     conn.execute(statement)
-                conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+                conn.execute(f"INSERT INTO {table} (version) VALUES (?)", (version,))
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -137,28 +156,25 @@ def migrate(target: Path | str) -> int:
         conn.close()
 
 
-async def migrate_postgresql(url: str) -> int:
+async def migrate_postgresql(url: str, schema: Schema = BACKEND) -> int:
     from gateway.config import redact_url
 
     conn = await asyncpg.connect(url, timeout=BUSY_TIMEOUT_SECONDS)
     try:
         async with conn.transaction():
             # Held to the end of the transaction: concurrent migrators run one after another.
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", schema.lock)
             for statement in POSTGRESQL.setup:
                 await conn.execute(statement)
-            await conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
-            )
-            current = int(
-                await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_version")
-            )
-            if current > SCHEMA_VERSION:
-                raise _too_new(redact_url(url), current)
-            for version in range(current + 1, SCHEMA_VERSION + 1):
-                for statement in statements(POSTGRESQL, version):
+            table = schema.table
+            await conn.execute(f"CREATE TABLE IF NOT EXISTS {table} (version INTEGER NOT NULL)")
+            current = int(await conn.fetchval(f"SELECT coalesce(max(version), 0) FROM {table}"))
+            if current > schema.version:
+                raise _too_new(redact_url(url), current, schema)
+            for version in range(current + 1, schema.version + 1):
+                for statement in statements(POSTGRESQL, version, schema):
                     await conn.execute(statement)
-                await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
+                await conn.execute(f"INSERT INTO {table} (version) VALUES ($1)", version)
         return current
     finally:
         await conn.close()

@@ -131,7 +131,9 @@ OPERATIONS: tuple[Operation, ...] = (
 # fmt: on
 
 
-def _operation(op: Operation, ref: dict[str, str]) -> dict[str, Any]:
+def _operation(
+    op: Operation, ref: dict[str, str], error_descriptions: dict[int, str]
+) -> dict[str, Any]:
     def content(model: type[BaseModel] | None, *, is_list: bool = False) -> dict[str, Any]:
         schema: dict[str, Any] = {"type": "object"}
         if model is not None:
@@ -147,7 +149,7 @@ def _operation(op: Operation, ref: dict[str, str]) -> dict[str, Any]:
         }
     }
     for status in (*op.errors, 500):
-        description = ERROR_DESCRIPTIONS.get(status, "Internal server error")
+        description = error_descriptions.get(status, "Internal server error")
         responses[str(status)] = {"description": description, "content": content(ErrorBody)}
     operation: dict[str, Any] = {
         "summary": op.summary,
@@ -173,8 +175,25 @@ def _operation(op: Operation, ref: dict[str, str]) -> dict[str, Any]:
 
 @cache
 def openapi_document() -> dict[str, Any]:
-    requests = {op.request for op in OPERATIONS if op.request is not None}
-    responses = {op.response for op in OPERATIONS if op.response is not None} | {ErrorBody}
+    return build_document(
+        OPERATIONS,
+        title="pygateway demo backend",
+        description="Users, authentication and the random-array API. "
+        "Every error body has a `message`; validation errors add `errors`.",
+    )
+
+
+def build_document(
+    operations: tuple[Operation, ...],
+    *,
+    title: str,
+    description: str,
+    error_descriptions: dict[int, str] | None = None,
+) -> dict[str, Any]:
+    """An OpenAPI 3.1 document for ``operations`` (the products service builds its own)."""
+    errors = {**ERROR_DESCRIPTIONS, **(error_descriptions or {})}
+    requests = {op.request for op in operations if op.request is not None}
+    responses = {op.response for op in operations if op.response is not None} | {ErrorBody}
     models: list[tuple[type[BaseModel], Literal["validation", "serialization"]]] = [
         *((model, "validation") for model in sorted(requests, key=lambda m: m.__name__)),
         *((model, "serialization") for model in sorted(responses, key=lambda m: m.__name__)),
@@ -182,16 +201,11 @@ def openapi_document() -> dict[str, Any]:
     keys, definitions = models_json_schema(models, ref_template="#/components/schemas/{model}")
     ref = {model.__name__: schema["$ref"] for (model, _), schema in keys.items()}
     paths: dict[str, dict[str, Any]] = {}
-    for op in OPERATIONS:
-        paths.setdefault(op.path, {})[op.method.lower()] = _operation(op, ref)
+    for op in operations:
+        paths.setdefault(op.path, {})[op.method.lower()] = _operation(op, ref, errors)
     return {
         "openapi": "3.1.0",
-        "info": {
-            "title": "pygateway demo backend",
-            "version": "1.0.0",
-            "description": "Users, authentication and the random-array API. "
-            "Every error body has a `message`; validation errors add `errors`.",
-        },
+        "info": {"title": title, "version": "1.0.0", "description": description},
         "paths": paths,
         "components": {
             "schemas": definitions.get("$defs", {}),
