@@ -33,6 +33,7 @@ from gateway.handlers.static import (
     inside,
     open_file,
     path_segments,
+    resolve,
 )
 from gateway.handlers.static_http import (
     Conditions,
@@ -679,3 +680,40 @@ def test_date_field_is_current(site: Path) -> None:
     date = run(site, b"/hello.txt").headers[b"date"]
     sent = time.mktime(time.strptime(date.decode(), "%a, %d %b %Y %H:%M:%S GMT"))
     assert abs(sent - time.mktime(time.gmtime())) < 5
+
+
+def test_resolve_walks_real_directories_and_follows_symlinks_inside(site: Path) -> None:
+    root = os.path.realpath(site)
+    (site / "assets").mkdir()
+    (site / "assets" / "a.css").write_text("a{}")
+    (site / "alias").symlink_to(site / "assets")
+    (site / "dot-alias").symlink_to(site / ".git")
+    found = resolve(root, root, ("alias", "a.css"))
+    assert found is not None and found[0] == os.path.join(root, "assets", "a.css")
+    assert resolve(root, root, ("assets", "a.css")) == (
+        os.path.join(root, "assets", "a.css"),
+        os.lstat(site / "assets" / "a.css"),
+    )
+    assert resolve(root, root, ("outer-dir", "secret.txt")) is None
+    assert resolve(root, root, ("dot-alias", "config")) is None
+    assert resolve(root, root, ("assets", "missing.css")) is None
+    assert resolve(root, root, ("hello.txt", "x")) is None
+
+
+def test_a_plain_get_of_a_small_file_takes_one_thread_hop(
+    site: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first chunk is read with the lookup; a conditional GET reads nothing extra."""
+    hops: list[str] = []
+    real = asyncio.BaseEventLoop.run_in_executor
+
+    def counting(self: Any, executor: Any, func: Any, *args: Any) -> Any:
+        hops.append(func.__name__)
+        return real(self, executor, func, *args)
+
+    monkeypatch.setattr(asyncio.BaseEventLoop, "run_in_executor", counting)
+    assert run(site, b"/hello.txt").body == b"hello world\n"
+    assert hops == ["open_file"]
+    hops.clear()
+    r = run(site, b"/hello.txt", headers=[(b"range", b"bytes=0-4")])
+    assert r.body == b"hello" and hops == ["open_file", "pread"]
