@@ -164,13 +164,41 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
 
 
 def test_text_and_binary_messages_echo(site: Site) -> None:
+    """Text stays text, binary stays binary; the access log gets one line for the tunnel
+    (status 101) once it has ended."""
+    path = f"/echo?id={uuid.uuid4().hex}"
+
     async def scenario() -> None:
-        async with open_ws(site.gateway, "/echo") as ws:
+        async with open_ws(site.gateway, path) as ws:
             await echo(ws, "héllo, wörld")
             await echo(ws, bytes(range(256)))
             await echo(ws, "")
 
     asyncio.run(scenario())
+    line = site.gateway.wait_for_log(f'"GET {path} HTTP/1.1" 101 ')
+    assert f"upstream=127.0.0.1:{site.upstream.port}" in line
+
+
+def masked_frame(payload: bytes) -> bytes:
+    """One client-to-server text frame (RFC 6455 §5.2: clients mask), payload < 126 bytes."""
+    mask = os.urandom(4)
+    masked = bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
+    return bytes([0x81, 0x80 | len(payload)]) + mask + masked
+
+
+def test_bytes_sent_together_with_the_handshake_are_not_lost(site: Site) -> None:
+    """A frame in the same write as the upgrade request (after its head) reaches the upstream:
+    the listener hands those bytes to the tunnel."""
+    with site.gateway.tls_socket() as tls:
+        tls.sendall(upgrade_request("/echo") + masked_frame(b"early bird"))
+        received = b""
+        while b"early bird" not in received:
+            chunk = tls.recv(65536)
+            assert chunk, f"closed before the echo: {received!r}"
+            received += chunk
+    head, _, frames = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101 ")
+    assert frames == b"\x81\x0aearly bird"  # the upstream's unmasked echo
 
 
 def test_four_mib_message(site: Site) -> None:
@@ -288,8 +316,10 @@ def test_client_gone_closes_the_upstream_side(site: Site) -> None:
 
 @pytest.mark.parametrize("status", [403, 426])
 def test_refused_upgrade_reaches_the_client_and_closes(site: Site, status: int) -> None:
+    """A request pipelined after the refused upgrade is never answered: what follows an
+    upgrade request's head is not treated as HTTP."""
     with site.gateway.tls_socket() as tls:
-        tls.sendall(upgrade_request(f"/refuse/{status}"))
+        tls.sendall(upgrade_request(f"/refuse/{status}") + b"GET /health HTTP/1.1\r\n\r\n")
         got, headers, body = read_response(tls)
         assert (got, body) == (status, b"refused\n")
         assert "sec-websocket-accept" not in headers
@@ -305,6 +335,7 @@ def test_h2c_upgrade_is_answered_as_plain_http(site: Site) -> None:
             b"GET /http/headers HTTP/1.1\r\nHost: localhost\r\n"
             b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
             b"HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"  # the h2 preface a client sends next
         )
         status, response_headers, body = read_response(tls)
         assert is_closed(tls)
