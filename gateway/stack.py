@@ -1,92 +1,177 @@
-"""``make run``: the whole stack from one config: the backend supervisor and the gateway.
+"""``make run``: the whole stack from one config, under one supervisor, with no Docker.
 
-Both run as child processes in their own process group so that one Ctrl-C (or SIGTERM)
-reaches us once and we forward it to each: each child shuts down gracefully on its own
-(the backend drains its workers, the gateway finishes in-flight requests).  If either child
-dies, the other is stopped too; anything still alive after the grace period is killed, so
-nothing is left behind.
+Three kinds of groups (``gateway/runtime/supervisor.py``), started in this order and stopped in
+the reverse one (the gateway first, so it stops taking requests while the others can still
+answer the ones in flight):
+
+* ``backend``: ``run_backend.py`` (itself a supervisor of ``[backend].workers``), healthy once
+  its first worker answers ``GET /health``; SIGHUP is passed on (it rolls its workers);
+* every ``[services.NAME]``: ``workers`` processes of ``command``, ``{port}`` replaced by
+  ``base_port + i`` (also given as ``PORT``), in ``cwd``, with ``env_file`` then ``env`` over our
+  environment, healthy once ``health_path`` answers 2xx; SIGHUP restarts them one at a time;
+* ``gateway``: ``run_gateway.py``, started once everything above is healthy.
+
+A leading ``python``/``python3`` in a command means the interpreter running the stack (the
+project's virtualenv).  Each process's output is shown line by line behind its name, like
+``docker compose up``; the values of ``env_file`` are never printed.  A service that does not
+become healthy within ``start_timeout`` is reported with the tail of its output and the stack
+stops (exit 1).  Ctrl-C (or SIGTERM) stops everything; children run in sessions of their own and
+die with the stack even if it is killed, so nothing is left behind.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
-import signal
-import subprocess
 import sys
-import time
+from collections.abc import Mapping
 from pathlib import Path
-from types import FrameType
 
-from gateway.config import ConfigError, load_settings
+from gateway.config import ConfigError, ServiceSettings, Settings, load_settings
+from gateway.runtime.children import OutputPrefixer, start_command
+from gateway.runtime.envfile import EnvFileError, read_env_file
+from gateway.runtime.supervisor import KILL_MARGIN, Group, Launched, Supervisor
 
 ROOT = Path(__file__).resolve().parent.parent
+START_TIMEOUT = 60.0  # backend and gateway: migrations and certificates may take a while
+PYTHON_NAMES = ("python", "python3")
+
+log = logging.getLogger("stack")
+
+
+class PrefixedHandler(logging.Handler):
+    """The stack's own lines go through the same prefixer as its children's."""
+
+    def __init__(self, output: OutputPrefixer) -> None:
+        super().__init__()
+        self.output = output
+
+    def emit(self, record: logging.LogRecord) -> None:
+        for line in self.format(record).splitlines():
+            self.output.write("stack", line)
+
+
+def service_argv(service: ServiceSettings, port: int) -> list[str]:
+    argv = [arg.replace("{port}", str(port)) for arg in service.command]
+    if argv[0] in PYTHON_NAMES:
+        argv[0] = sys.executable
+    return argv
+
+
+def service_env(
+    service: ServiceSettings, port: int, base: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """Our environment, then the env_file, then ``env`` (as docker compose orders them)."""
+    env = dict(os.environ if base is None else base)
+    if service.env_file is not None:
+        try:
+            env.update(read_env_file(service.env_file))
+        except EnvFileError as exc:  # changed since the config was checked
+            raise OSError(str(exc)) from None
+    env.update(service.env)
+    env["PORT"] = str(port)
+    return env
+
+
+def build_groups(settings: Settings, config: Path, output: OutputPrefixer) -> list[Group]:
+    python = sys.executable
+    backend = settings.backend
+    groups = [
+        Group(
+            name="backend",
+            label="backend",
+            launch=lambda i: start_command(
+                [python, str(ROOT / "run_backend.py"), "--config", str(config)],
+                name="backend",
+                output=output,
+                env=os.environ,
+                cwd=ROOT,
+            ),
+            ports=[backend.base_port],
+            host=backend.host,
+            health_path="/health",
+            start_timeout=START_TIMEOUT,
+            grace=backend.graceful_timeout + KILL_MARGIN,  # it stops its own workers first
+            on_hup="forward",
+            numbered=False,
+        )
+    ]
+    for service in settings.services.values():
+        names = [service.name] * service.workers
+        if service.workers > 1:
+            names = [f"{service.name}-{i}" for i in range(service.workers)]
+        ports = list(service.worker_ports())
+
+        def launch(
+            index: int, service: ServiceSettings = service, names: list[str] = names
+        ) -> Launched:
+            port = service.base_port + index
+            return start_command(
+                service_argv(service, port),
+                name=names[index],
+                output=output,
+                env=service_env(service, port),
+                cwd=service.cwd,
+            )
+
+        groups.append(
+            Group(
+                name=service.name,
+                label=service.name,
+                launch=launch,
+                ports=ports,
+                health_path=service.health_path,
+                start_timeout=service.start_timeout,
+                grace=service.graceful_timeout,
+                on_hup="roll",
+                numbered=service.workers > 1,
+            )
+        )
+    groups.append(
+        Group(
+            name="gateway",
+            label="gateway",
+            launch=lambda i: start_command(
+                [python, str(ROOT / "run_gateway.py"), "--config", str(config)],
+                name="gateway",
+                output=output,
+                env=os.environ,
+                cwd=ROOT,
+            ),
+            ports=[None],
+            start_timeout=START_TIMEOUT,
+            grace=settings.gateway.graceful_timeout,
+            # Its configuration is reloaded through its own interface (pygateway reload).
+            on_hup="ignore",
+            after_previous=True,
+            numbered=False,
+        )
+    )
+    for group in groups:
+        output.reserve([group.label] + [f"{group.label}-{i}" for i in range(len(group.ports))])
+    return groups
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gateway.stack", description=__doc__)
     parser.add_argument("--config", default="config.toml")
     args = parser.parse_args(argv)
+    config = Path(args.config).resolve()
     try:
-        settings = load_settings(args.config)
+        settings = load_settings(config)
     except ConfigError as exc:
         print("\n".join(exc.errors), file=sys.stderr)
         return 1
-    grace = max(settings.gateway.graceful_timeout, settings.backend.graceful_timeout) + 5
-
-    python = sys.executable
-    commands = {
-        "backend": [python, str(ROOT / "run_backend.py"), "--config", args.config],
-        "gateway": [python, str(ROOT / "run_gateway.py"), "--config", args.config],
-    }
-    children: dict[str, subprocess.Popen[bytes]] = {}
-    stopping = False
-
-    def stop(signum: int, frame: FrameType | None) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
-    try:
-        for name, command in commands.items():
-            # A new session: the terminal's Ctrl-C reaches only us, and we decide the order.
-            children[name] = subprocess.Popen(command, start_new_session=True)
-        print(
-            f"stack: backend (pid {children['backend'].pid}) and gateway "
-            f"(pid {children['gateway'].pid}) started; Ctrl-C stops both",
-            file=sys.stderr,
-        )
-        exited = None
-        while not stopping and exited is None:
-            for name, child in children.items():
-                if child.poll() is not None:
-                    exited = name
-            if exited is None:
-                time.sleep(0.2)  # Ctrl-C is acted on within 0.2 s
-        if exited is not None:
-            print(
-                f"stack: {exited} exited ({children[exited].returncode}); stopping the rest",
-                file=sys.stderr,
-            )
-    finally:
-        _terminate(children, grace)
-    failed = any(c.returncode not in (0, -signal.SIGTERM) for c in children.values())
-    return 1 if failed and not stopping else 0
-
-
-def _terminate(children: dict[str, subprocess.Popen[bytes]], grace: float) -> None:
-    # Gateway first: it stops taking requests while the backend can still answer in-flight ones.
-    for name in ("gateway", "backend"):
-        child = children.get(name)
-        if child is not None and child.poll() is None:
-            child.send_signal(signal.SIGTERM)
-            try:
-                child.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                print(f"stack: {name} did not stop within {grace:g}s; killing it", file=sys.stderr)
-                os.killpg(child.pid, signal.SIGKILL)
-                child.wait()
+    output = OutputPrefixer()
+    handler = PrefixedHandler(output)
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    groups = build_groups(settings, config, output)
+    supervisor = Supervisor(groups, log)
+    supervisor.on_all_up = lambda: log.info("all services up; Ctrl-C stops everything")
+    return supervisor.run()
 
 
 if __name__ == "__main__":

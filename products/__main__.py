@@ -18,6 +18,7 @@ from pathlib import Path
 
 import uvicorn
 
+from backend.worker import WorkerServer
 from gateway.config import ConfigError, is_database_url, load_settings
 
 from .app import create_app
@@ -45,7 +46,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr, level=logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
     target = database_target(os.environ.get(DATABASE_ENV, DEFAULT_DATABASE))
-    server = uvicorn.Server(
+    # The backend's worker server: SIGTERM stops it gracefully with exit status 0.
+    server = WorkerServer(
         uvicorn.Config(
             create_app(target, settings.backend),
             host=args.host,

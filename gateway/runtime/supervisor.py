@@ -144,6 +144,7 @@ class Group:
     grace: float = 10.0
     on_hup: Literal["roll", "forward", "ignore"] = "roll"
     after_previous: bool = False
+    numbered: bool = True  # False: a one-process group is named by its label alone
 
 
 class State(enum.Enum):
@@ -172,7 +173,7 @@ class Worker:
 
     @property
     def name(self) -> str:
-        return f"{self.group.label} {self.index}"
+        return f"{self.group.label} {self.index}" if self.group.numbered else self.group.label
 
     @property
     def pid(self) -> int | None:
