@@ -59,6 +59,9 @@ class GatewaySettings:
     websocket_idle_timeout: float = 300.0
     # Open tunnels per gateway process; beyond it an upgrade gets 503.
     max_websocket_tunnels: int = 4096
+    # At start-up, how long to wait for each upstream's first passing health check before
+    # announcing "ready" anyway; requests arriving meanwhile are held (not answered 502/503).
+    ready_timeout: float = 10.0
 
     @property
     def hsts_header(self) -> str | None:
@@ -461,6 +464,7 @@ GATEWAY_KEYS: dict[str, Check | str] = {
     "workers": _int(1, 64),
     "websocket_idle_timeout": _number(0),
     "max_websocket_tunnels": _int(1, 1_000_000),
+    "ready_timeout": _number(0, 300, lo_exclusive=False),
 }
 TLS_KEYS: dict[str, Check | str] = {"dir": _PATH, "cert_file": _PATH, "key_file": _PATH}
 ACME_KEYS: dict[str, Check | str] = {

@@ -138,6 +138,9 @@ def status_is_healthy(status: int, expected: tuple[int, ...] | None) -> bool:
     return 200 <= status < 400
 
 
+STARTUP_POLL = 0.1  # seconds between check rounds until a server first passes
+
+
 class HealthChecker:
     """Active checks for one upstream pool: every ``health_interval``, ``GET health_path``
     on each server concurrently, with ``health_timeout``."""
@@ -149,8 +152,14 @@ class HealthChecker:
         self._client: httpx.AsyncClient | None = None
         self.rounds = 0
         self._round_done = asyncio.Event()
+        # Set once a server is UP after passing a check: start-up waits for it (see _run).
+        self.ready = asyncio.Event()
+        self.startup_until = 0.0
 
-    def start(self) -> None:
+    def start(self, startup: float = 0.0) -> None:
+        """Start checking; for ``startup`` seconds, or until a server passes, check every
+        STARTUP_POLL seconds without counting failures (the upstream may be starting too)."""
+        self.startup_until = asyncio.get_running_loop().time() + startup
         timeout = httpx.Timeout(self.settings.health_timeout)
         # No keep-alive: a check must prove the server still accepts new connections.
         limits = httpx.Limits(max_keepalive_connections=0)
@@ -182,20 +191,25 @@ class HealthChecker:
         interval = self.settings.health_interval
         next_round = loop.time()
         while True:
-            await self.check_all()
+            starting = not self.ready.is_set() and loop.time() < self.startup_until
+            await self.check_all(count_failures=not starting)
             self.rounds += 1
             self._round_done.set()
-            next_round += interval
+            # Until a server has passed a check, check often: at start-up the upstream is
+            # typically coming up at the same moment, and requests are held until it is.
+            step = min(STARTUP_POLL, interval) if starting else interval
+            next_round += step
             # Skip missed rounds rather than firing a burst after a stall.
             now = loop.time()
             if next_round < now:
-                next_round = now + interval
+                next_round = now + step
             await asyncio.sleep(next_round - now)
 
-    async def check_all(self) -> None:
-        await asyncio.gather(*(self.check(server) for server in self.settings.servers))
+    async def check_all(self, count_failures: bool = True) -> None:
+        servers = self.settings.servers
+        await asyncio.gather(*(self.check(server, count_failures) for server in servers))
 
-    async def check(self, server: UpstreamServer) -> None:
+    async def check(self, server: UpstreamServer, count_failures: bool = True) -> None:
         assert self._client is not None
         url = f"{server.url}{self.settings.health_path}"
         extensions = {}
@@ -215,4 +229,10 @@ class HealthChecker:
         else:
             ok = status_is_healthy(response.status_code, self.settings.health_status)
             detail = f"health check returned {response.status_code}"
-        self.health[server].record_check(ok, detail, time.monotonic())
+        health = self.health[server]
+        if not ok and not count_failures:
+            health.last_error, health.last_checked = detail, time.monotonic()
+            return
+        health.record_check(ok, detail, time.monotonic())
+        if ok and health.is_up:
+            self.ready.set()

@@ -24,14 +24,14 @@ def bind(host: str, port: int, key: str = "port") -> socket.socket:
     except OSError as exc:
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         if exc.errno == errno.EADDRINUSE:
-            reason = "is already in use (is another gateway running?)"
+            reason = "address already in use (is another gateway running?)"
         elif exc.errno == errno.EACCES:
             reason = "needs privileges to bind (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
         elif exc.errno == errno.EADDRNOTAVAIL:
-            reason = "is not an address of this machine"
+            reason = "not an address of this machine"
         else:
             reason = f"cannot be bound: {exc.strerror}"
-        raise ListenError(f"[gateway] {key} = {port}: {address} {reason}") from None
+        raise ListenError(f"[gateway] {key} = {port}: {address}: {reason}") from None
 
 
 def bind_listeners(g: GatewaySettings) -> tuple[socket.socket, socket.socket]:

@@ -98,7 +98,7 @@ class Gateway:
                 loop.add_signal_handler(sig, self.shutdown, sig)
 
         for upstream in self.upstreams.values():
-            upstream.checker.start()
+            upstream.start(g.ready_timeout)
         announce = asyncio.create_task(self._announce())
         try:
             await asyncio.gather(https.serve(https_sockets), http.serve(http_sockets))
@@ -133,6 +133,7 @@ class Gateway:
     async def _announce(self) -> None:
         while not all(s.started for s in self.servers):
             await asyncio.sleep(0.01)
+        await self._wait_for_upstreams()
         self.ready.set()
         if self.on_ready is not None:
             self.on_ready()
@@ -141,15 +142,42 @@ class Gateway:
             return
         log.info("%s", ready_line(self.settings))
 
+    async def _wait_for_upstreams(self) -> None:
+        """ "Ready" means ready: wait (up to ``ready_timeout``) until every pool has a server
+        that passed a health check, and name the pools that did not."""
+        pending = [u for u in self.upstreams.values() if not u.ready.is_set()]
+        if pending:
+            await asyncio.wait(
+                [asyncio.create_task(u.ready.wait()) for u in pending],
+                timeout=self.settings.gateway.ready_timeout,
+            )
+        for upstream in pending:
+            if not upstream.ready.is_set():
+                errors = {h.last_error for h in upstream.health.values() if h.last_error}
+                log.warning(
+                    "upstream %r has no healthy server yet (%s); serving anyway",
+                    upstream.name,
+                    "; ".join(sorted(errors)) or "no check has finished",
+                )
+
 
 def ready_line(settings: Settings) -> str:
+    """The start-up banner: where to go, and how to make the browser trust it."""
     g = settings.gateway
     host = f"[{g.host}]" if ":" in g.host else g.host
     workers = f" ({g.workers} workers)" if g.workers > 1 else ""
-    return (
-        f"gateway ready: https://{host}:{g.https_port} (https://{g.hostnames[0]}:{g.https_port}/)"
+    name = next((h for h in g.hostnames if not h.startswith("*.")), "localhost")
+    line = (
+        f"gateway ready: https://{host}:{g.https_port} (https://{name}:{g.https_port}/)"
         f" and http://{host}:{g.http_port} -> https{workers}"
     )
+    if settings.tls.cert_file is None:
+        ca = settings.tls.dir / "ca.pem"
+        line += (
+            f"\n  local CA: {ca}; trust it once with: pygateway trust --config {settings.path}"
+            f"\n  or per command: curl --cacert {ca} https://{name}:{g.https_port}/"
+        )
+    return line
 
 
 def run(

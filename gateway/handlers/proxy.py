@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from gateway.asgi import Receive, Send
+from gateway.asgi import INTERIM, INTERIM_SCOPE_KEY, Receive, Send
 from gateway.config import Settings, UpstreamServer
 from gateway.errors import (
     ClientDisconnected,
@@ -37,6 +37,7 @@ from gateway.health import FailureKind
 from gateway.request import Request
 from gateway.retry import IDEMPOTENT_RETRYABLE, may_retry
 from gateway.upstream.connection import UpstreamConnection
+from gateway.upstream.events import Interim
 from gateway.upstream.group import Upstream
 
 log = logging.getLogger("gateway.proxy")
@@ -188,6 +189,8 @@ class ProxyHandler:
         )
         body = RequestBody(request.receive, self.max_body, facts.chunked) if has_body else None
 
+        if not upstream.ready.is_set():
+            await upstream.wait_ready()  # start-up: the first health check has not passed yet
         tried: list[UpstreamServer] = []
         attempts_left = upstream.retries
         while True:
@@ -288,7 +291,14 @@ class ProxyHandler:
                 if more:
                     pump = asyncio.create_task(body.pump(conn))
 
-            response = await conn.receive_head()
+            response = await conn.receive_interim_or_head()
+            while isinstance(response, Interim):
+                # RFC 9110 §15.2: a proxy forwards 1xx (Early Hints) ahead of the final
+                # response, to clients the listener can send them to (HTTP/1.1).
+                if request.scope.get(INTERIM_SCOPE_KEY):
+                    hints = client_response_headers(response.headers)
+                    await send({"type": INTERIM, "status": response.status, "headers": hints})
+                response = await conn.receive_interim_or_head()
             relay.status = response.status
             if conn.switched:
                 relay.switched = conn

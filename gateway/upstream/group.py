@@ -3,6 +3,8 @@ to pick one: health state, the round-robin balancer and a connection pool per se
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import Collection
 from typing import Any
@@ -31,6 +33,26 @@ class Upstream:
         self.balancer = RoundRobin(settings.servers, lambda s: health[s].is_up)
         self.checker = HealthChecker(settings, self.health)
         self.retries = settings.retries
+        self.hold_until = 0.0  # loop time until which requests wait for ``ready``
+
+    @property
+    def ready(self) -> asyncio.Event:
+        """Set once a server passed an active health check."""
+        return self.checker.ready
+
+    def start(self, ready_timeout: float) -> None:
+        """Start the health checks; until a server passes one (at most ``ready_timeout``),
+        ``wait_ready`` holds requests instead of letting them fail against a server that is
+        still starting."""
+        self.hold_until = asyncio.get_running_loop().time() + ready_timeout
+        self.checker.start(startup=ready_timeout)
+
+    async def wait_ready(self) -> None:
+        remaining = self.hold_until - asyncio.get_running_loop().time()
+        if remaining > 0:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await self.ready.wait()
 
     def choose(self, exclude: Collection[UpstreamServer] = ()) -> UpstreamServer:
         server = self.balancer.choose(exclude)

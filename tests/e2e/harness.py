@@ -138,10 +138,11 @@ class EchoUpstream:
     name: str
     port: int
     process: ManagedProcess
+    scheme: str = "http"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def stats(self) -> dict[str, Any]:
         """The upstream's own counters (requests in flight, paths seen), asked directly."""
@@ -154,22 +155,33 @@ class EchoUpstream:
 
 
 @contextlib.contextmanager
-def echo_upstream(name: str, *, keep_alive: float | None = None) -> Iterator[EchoUpstream]:
-    """An echo upstream serving a socket bound here; ready once it answered GET /health."""
+def echo_upstream(
+    name: str,
+    *,
+    keep_alive: float | None = None,
+    tls: tuple[Path, Path, Path] | None = None,
+) -> Iterator[EchoUpstream]:
+    """An echo upstream serving a socket bound here; ready once it answered GET /health.
+    ``tls`` (certificate, key, CA) makes it an HTTPS upstream."""
     sock = listening_socket()
     port = sock.getsockname()[1]
     args = [PYTHON, str(ECHO_UPSTREAM), "--fd", str(sock.fileno())]
     if keep_alive is not None:
         args += ["--keep-alive", str(keep_alive)]
+    if tls is not None:
+        args += ["--certfile", str(tls[0]), "--keyfile", str(tls[1])]
     try:
         process = ManagedProcess(args, env={"ECHO_NAME": name}, pass_fds=[sock.fileno()])
     finally:
         sock.close()  # the child holds its own copy
     try:
-        upstream = EchoUpstream(name, port, process)
+        upstream = EchoUpstream(name, port, process, "https" if tls else "http")
         # The socket already listens, so this request simply waits until the child serves it.
+        verify: ssl.SSLContext | bool = True
+        if tls is not None:
+            verify = ssl.create_default_context(cafile=str(tls[2]))
         try:
-            with httpx.Client(trust_env=False, timeout=START_TIMEOUT) as client:
+            with httpx.Client(trust_env=False, timeout=START_TIMEOUT, verify=verify) as client:
                 client.get(f"{upstream.url}/health").raise_for_status()
         except httpx.HTTPError as exc:
             raise AssertionError(
@@ -214,6 +226,8 @@ class StackConfig:
             "http_port": http_port,
             "https_port": https_port,
             "hostnames": ["localhost"],
+            # Tests that start with a dead upstream should not wait long for its first check.
+            "ready_timeout": 2.0,
             **self.gateway,
         }
         parts = [
@@ -436,7 +450,7 @@ class KeepAliveRaceUpstream:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def __enter__(self) -> KeepAliveRaceUpstream:
         self._acceptor.start()

@@ -333,6 +333,8 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--fd", type=int, default=None, help="serve this inherited socket")
     parser.add_argument("--keep-alive", type=float, default=5)
+    parser.add_argument("--certfile", default=None, help="serve HTTPS with this certificate")
+    parser.add_argument("--keyfile", default=None)
     args = parser.parse_args()
     if args.port is None and args.fd is None:
         parser.error("give --port or --fd")
@@ -343,6 +345,8 @@ def main() -> None:
         log_level="warning",
         timeout_keep_alive=args.keep_alive,  # a float works
         access_log=False,
+        ssl_certfile=args.certfile,
+        ssl_keyfile=args.keyfile,
     )
     server = uvicorn.Server(config)
     if args.fd is None:
