@@ -14,7 +14,8 @@ gateway then exits at once with "... already in use" and the start is retried on
 
 Every gateway runs in its own process group (its worker processes included) and is stopped by
 SIGTERM to the group, a bounded wait, then SIGKILL: by ``stop()``, by the fixture's teardown
-(which also runs when the test fails or pytest is interrupted), and by an ``atexit`` hook.
+(which also runs when the test fails or pytest is interrupted), and by an ``atexit`` hook; a
+watchdog process in the group does the same when the test process dies without any of those.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import asyncio
 import atexit
 import contextlib
 import os
+import select
 import signal
 import socket
 import ssl
@@ -194,6 +196,64 @@ class AppServer:
         self._sock.close()
 
 
+def group_members(pgid: int) -> list[int]:
+    """The live (not zombie) processes of group ``pgid``, from /proc (empty where there is
+    no /proc: nothing to wait for there)."""
+    members = []
+    with contextlib.suppress(OSError):
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            try:
+                stat = Path("/proc", name, "stat").read_text()
+            except OSError:
+                continue  # gone meanwhile
+            # After the command name, which may itself hold ")": state, ppid, pgrp, ...
+            state, _, pgrp = stat.rpartition(")")[2].split()[:3]
+            if int(pgrp) == pgid and state != "Z":
+                members.append(int(name))
+    return members
+
+
+def wait_exited(pids: list[int], timeout: float) -> None:
+    """Wait (bounded) until each of ``pids`` has exited; they need not be our children."""
+    for pid in pids:
+        try:
+            fd = os.pidfd_open(pid)
+        except (AttributeError, OSError):
+            continue  # already gone, or no pidfds on this system
+        try:
+            select.select([fd], [], [], timeout)
+        finally:
+            os.close(fd)
+
+
+# Run beside each gateway, in its process group, holding the read end of a pipe whose write end
+# only the test process has.  When that process dies without stopping its gateways (SIGKILL, a
+# CI timeout, os._exit) the pipe reports EOF and the watchdog stops the group: SIGTERM for a
+# graceful stop, then SIGKILL.  It ignores SIGTERM itself, so it outlives the gateway's stop and
+# finally takes itself down with the group's SIGKILL.
+WATCHDOG = f"""
+import os, select, signal, sys, time
+pgid = int(sys.argv[1])
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+sys.stdin.buffer.read()
+try:
+    os.killpg(pgid, signal.SIGTERM)
+    if hasattr(os, "pidfd_open"):
+        select.select([os.pidfd_open(pgid)], [], [], {STOP_TIMEOUT})
+    else:
+        deadline = time.monotonic() + {STOP_TIMEOUT}
+        while time.monotonic() < deadline:
+            os.kill(pgid, 0)
+            time.sleep(0.1)
+except OSError:
+    pass
+os.killpg(pgid, signal.SIGKILL)
+"""
+
+
 class GatewayProcess:
     """``python -m gateway run --config FILE`` in its own process group; its output (stdout
     and stderr merged) is kept in memory and in ``log_file``."""
@@ -210,9 +270,17 @@ class GatewayProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             cwd=config_file.parent,
-            start_new_session=True,  # its own group: one signal reaches its workers too
+            process_group=0,  # its own group: one signal reaches its workers too
             text=True,
             errors="replace",
+        )
+        # Joins the gateway's group, so the group's stop signals end it too.
+        self.watchdog = subprocess.Popen(
+            [sys.executable, "-I", "-S", "-c", WATCHDOG, str(self.proc.pid)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            process_group=self.proc.pid,
         )
         self._reader = threading.Thread(
             target=self._read, name=f"pygateway-log:{self.proc.pid}", daemon=True
@@ -259,6 +327,10 @@ class GatewayProcess:
             os.killpg(pgid, signal.SIGKILL)
         if code is None:
             self.proc.wait()
+        wait_exited(group_members(pgid), STOP_TIMEOUT)  # SIGKILL is sent, not yet done
+        self.watchdog.wait()  # killed with the group above
+        if self.watchdog.stdin is not None:
+            self.watchdog.stdin.close()
         self._reader.join(STOP_TIMEOUT)
         return code
 

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import contextlib
 import http.server
+import signal
 import socket
 import threading
 from collections.abc import Iterator
 
 import pytest
-from user_project import UserProject
+from user_project import UserProject, processes_under
+
+from gateway.testing import group_members, wait_exited
 
 pytestmark = pytest.mark.e2e
 
@@ -277,6 +280,30 @@ def test_interrupted(pygateway):
     result = project.run()  # asserts that no process is left
     assert result.ret == pytest.ExitCode.INTERRUPTED
     result.stdout.fnmatch_lines(["*KeyboardInterrupt*"])
+
+
+def test_killed_test_process_leaves_no_process(project: UserProject) -> None:
+    """SIGKILL (a CI timeout, the OOM killer): no teardown runs, the watchdog stops the group."""
+    project.write(
+        "test_killed.py",
+        STARLETTE_APP
+        + """
+import signal
+from pathlib import Path
+
+
+def test_killed(pygateway):
+    gw = pygateway(app=make_app(), config={"gateway": {"workers": 2}})
+    Path("pids").write_text(f"{gw.pid} {gw.process.watchdog.pid}")
+    os.kill(os.getpid(), signal.SIGKILL)
+""",
+    )
+    result = project.run(check_processes=False)
+    assert result.ret == -signal.SIGKILL
+    gateway_pid, watchdog_pid = map(int, (project.path / "pids").read_text().split())
+    # The watchdog stops the group (gateway, workers, itself): wait for each, then look.
+    wait_exited([gateway_pid, watchdog_pid, *group_members(gateway_pid)], timeout=30)
+    assert processes_under(project.path) == []
 
 
 def test_start_failures_report_the_gateway_output(project: UserProject) -> None:
