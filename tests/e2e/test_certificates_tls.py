@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import os
+import re
 import socket
 import ssl
 import stat
+import subprocess
 import warnings
+from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from cryptography import x509
 
-from e2e.harness import Gateway
+from e2e.harness import REPO, Gateway, one_pool, read_response, stack
+from gateway.tls.certs import CertificateAuthority, leaf_names
 
 pytestmark = pytest.mark.e2e
 
@@ -110,3 +117,114 @@ def test_cbc_only_tls12_client_is_refused(gw: Gateway) -> None:
     # The server may answer with a handshake_failure alert or just drop the connection.
     with pytest.raises((ssl.SSLError, ConnectionResetError)):
         handshake(gw, context, "localhost").close()
+
+
+# --- Mozilla "intermediate", checked from outside --------------------------------------------
+
+SSLYZE = REPO / ".venv" / "sslyze" / "bin" / "sslyze"  # installed by .ci/install-tls-tools
+
+
+def test_sslyze_finds_the_listener_mozilla_intermediate_compliant(gw: Gateway) -> None:
+    """sslyze's own Mozilla check: versions, ciphers, groups, certificate (trusting ca.pem)."""
+    result = subprocess.run(
+        [
+            str(SSLYZE),
+            "--certinfo_ca_file",
+            str(gw.ca_pem),
+            f"localhost:{gw.https_port}{{127.0.0.1}}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert "OK - Compliant" in result.stdout, result.stdout[-3000:]
+    assert result.returncode == 0
+    assert re.search(r"Supported curves:\s+X25519, secp256r1, secp384r1\n", result.stdout)
+
+
+@pytest.mark.parametrize(
+    ("group", "server_key"),
+    [
+        ("X25519", "X25519"),
+        ("P-384", "secp384r1"),
+        # Not in Mozilla's list: the server falls back to the client's next group, P-256.
+        ("X448", "prime256v1"),
+        ("P-521", "prime256v1"),
+        ("ffdhe2048", "prime256v1"),
+    ],
+)
+@pytest.mark.parametrize("version", ["-tls1_2", "-tls1_3"])
+def test_key_exchange_groups_are_exactly_x25519_p256_p384(
+    gw: Gateway, group: str, server_key: str, version: str
+) -> None:
+    """openssl s_client preferring one group, with P-256 second (under TLS 1.2 the groups also
+    name the curves a client accepts for the ECDSA certificate, so P-256 is always needed):
+    the server takes the first group only when it is one of Mozilla's three."""
+    result = subprocess.run(
+        ["openssl", "s_client", "-connect", f"127.0.0.1:{gw.https_port}", "-servername"]
+        + ["localhost", version, "-groups", f"{group}:P-256", "-CAfile", str(gw.ca_pem)],
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    match = re.search(r"Server Temp Key: (?:ECDH, )?([\w-]+)", result.stdout)
+    assert match is not None, result.stdout[-1500:] + result.stderr[-500:]
+    assert match.group(1) == server_key
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+def test_no_stateless_session_tickets_yet_sessions_resume(
+    gw: Gateway, version: ssl.TLSVersion
+) -> None:
+    """Session tickets are off (Mozilla: the key is never rotated in a long-lived process);
+    resumption still works from the server's session cache."""
+    context = verifying_context(gw)
+    context.minimum_version = context.maximum_version = version
+    with handshake(gw, context, "localhost") as tls:
+        tls.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        read_response(tls)  # TLS 1.3 sessions arrive after the handshake
+        session = tls.session
+        assert session is not None
+        if version is ssl.TLSVersion.TLSv1_2:
+            assert not session.has_ticket
+        with contextlib.suppress(OSError):
+            tls.unwrap()  # a clean close keeps the session resumable
+    raw = socket.create_connection(("127.0.0.1", gw.https_port), timeout=5)
+    with context.wrap_socket(raw, server_hostname="localhost", session=session) as again:
+        assert again.session_reused
+
+
+# --- the local leaf renewed while running ----------------------------------------------------
+
+
+def test_local_leaf_is_renewed_while_running_without_dropping_connections(
+    tmp_path: Path,
+) -> None:
+    """A leaf that reaches the last third of its lifetime 4 s after start is issued again by
+    the running gateway; new handshakes get the new one, an open connection keeps working."""
+    certs = tmp_path / "gw" / "certs"
+    ca = CertificateAuthority.load_or_create(certs)
+    # The leaf starts when the CA does (an hour back-dated); renewal is due after two thirds
+    # of its lifetime: with 30 min 6 s left from now that is 4 seconds from now.
+    leaf = ca.issue_leaf(leaf_names(["localhost"]), lifetime=timedelta(minutes=30, seconds=6))
+    (certs / "key.pem").write_bytes(leaf.key_pem())
+    (certs / "cert.pem").write_bytes(leaf.cert_pem())
+    os.chmod(certs / "key.pem", 0o600)
+    with stack(tmp_path / "gw", ["a"], one_pool()) as s:
+        gw = s.gateway
+        assert gw.log_lines("reusing certificate for localhost")
+        with gw.tls_socket() as old:
+            first = x509.load_der_x509_certificate(old.getpeercert(binary_form=True) or b"")
+            assert first.serial_number == leaf.certificate.serial_number
+            old.sendall(b"GET /echo/one HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            assert read_response(old)[0] == 200
+            gw.wait_for_log("serving the renewed local certificate", timeout=30)
+            with gw.tls_socket() as new:
+                renewed = x509.load_der_x509_certificate(new.getpeercert(binary_form=True) or b"")
+            assert renewed.serial_number != first.serial_number
+            assert renewed.not_valid_after_utc > first.not_valid_after_utc + timedelta(days=80)
+            old.sendall(b"GET /echo/two HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            assert read_response(old)[0] == 200
