@@ -1,0 +1,226 @@
+"""ACME's pure parts: which names get certificates, when to renew, the back-off, the TLS-ALPN-01
+certificate, the HTTP-01 answers, the files, and the ``[tls.acme]`` config table."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import stat
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from acme import messages
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from gateway.config import ACMESettings, ConfigError, parse_settings
+from gateway.tls.acme import (
+    ACME_IDENTIFIER_OID,
+    TLSALPN01,
+    ACMEStore,
+    ChallengeBoard,
+    HTTP01App,
+    acme_names,
+    is_local_name,
+    renewal_time,
+    retry_delay,
+    tls_alpn01_certificate,
+)
+from gateway.tls.certs import CertificateAuthority
+
+PATH = Path("/srv/gw/config.toml")
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["localhost", "app.localhost", "127.0.0.1", "::1", "10.0.0.5", "shop.test", "myhost"],
+)
+def test_local_names(name: str) -> None:
+    assert is_local_name(name)
+
+
+@pytest.mark.parametrize("name", ["example.org", "api.example.org", "testing.example.com"])
+def test_public_names(name: str) -> None:
+    assert not is_local_name(name)
+
+
+def test_acme_names_skip_local_names_and_wildcards() -> None:
+    names = ("localhost", "example.org", "*.example.org", "api.example.org", "127.0.0.1")
+    assert acme_names(names) == ("example.org", "api.example.org")
+
+
+def test_renewal_when_a_third_of_the_lifetime_is_left() -> None:
+    ca = CertificateAuthority.create()
+    leaf = ca.issue_leaf(["example.org"], lifetime=timedelta(days=90))
+    not_before = leaf.certificate.not_valid_before_utc
+    lifetime = leaf.certificate.not_valid_after_utc - not_before
+    assert renewal_time(leaf.certificate) == not_before + lifetime * 2 / 3
+    left = leaf.certificate.not_valid_after_utc - renewal_time(leaf.certificate)
+    assert left > timedelta(days=29)
+
+
+def test_back_off_doubles_from_five_minutes_to_a_day() -> None:
+    delays = [retry_delay(n) for n in range(1, 12)]
+    assert delays[:4] == [timedelta(minutes=m) for m in (5, 10, 20, 40)]
+    assert delays[-1] == timedelta(days=1)
+    assert delays == sorted(delays)
+    # At most 4 orders in the first hour: inside Let's Encrypt's 5 failures/name/hour.
+    elapsed, orders = timedelta(0), 1
+    for n in range(1, 10):
+        elapsed += retry_delay(n)
+        if elapsed < timedelta(hours=1):
+            orders += 1
+    assert orders <= 4
+    assert retry_delay(10_000) == timedelta(days=1)
+
+
+def test_tls_alpn01_certificate_carries_the_key_authorization_digest() -> None:
+    cert_pem, key_pem = tls_alpn01_certificate("example.org", "token.thumbprint")
+    certificate = x509.load_pem_x509_certificate(cert_pem)
+    extension = certificate.extensions.get_extension_for_oid(ACME_IDENTIFIER_OID)
+    assert extension.critical
+    assert isinstance(extension.value, x509.UnrecognizedExtension)
+    digest = hashlib.sha256(b"token.thumbprint").digest()
+    assert extension.value.value == b"\x04\x20" + digest  # DER OCTET STRING
+    san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["example.org"]
+    assert b"PRIVATE KEY" in key_pem
+
+
+def test_tls_alpn01_challenges_parse_and_answer_with_the_key_authorization() -> None:
+    body = messages.ChallengeBody.from_json(
+        {"type": "tls-alpn-01", "url": "https://ca/chall/1", "status": "pending", "token": "A" * 43}
+    )
+    assert isinstance(body.chall, TLSALPN01)
+    from josepy.jwk import JWKEC
+
+    key = JWKEC(key=ec.generate_private_key(ec.SECP256R1()))
+    response, validation = body.chall.response_and_validation(key)
+    assert validation == body.chall.key_authorization(key)
+    assert validation.startswith("A" * 43 + ".")
+    assert response.to_partial_json() == {}  # RFC 8555 §7.5.1: an empty object
+
+
+def test_store_creates_the_account_key_once_owner_only(tmp_path: Path) -> None:
+    store = ACMEStore(tmp_path, "https://acme.example:14000/dir")
+    assert store.root == tmp_path / "acme" / "acme.example_14000"
+    first = store.account_key()
+    path = store.root / "account-key.pem"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert store.account_key().thumbprint() == first.thumbprint()
+
+
+def test_store_saves_certificates_per_name_owner_only(tmp_path: Path) -> None:
+    store = ACMEStore(tmp_path, "https://acme-v02.api.letsencrypt.org/directory")
+    assert store.load("example.org") is None
+    ca = CertificateAuthority.create()
+    leaf = ca.issue_leaf(["example.org"])
+    saved = store.save("example.org", leaf.cert_pem() + ca.cert_pem(), leaf.key_pem())
+    assert saved.cert_file == store.root / "example.org" / "cert.pem"
+    for path in (saved.cert_file, saved.key_file):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    loaded = store.load("example.org")
+    assert loaded is not None
+    assert loaded.certificate.serial_number == leaf.certificate.serial_number
+
+
+def test_store_ignores_an_unreadable_certificate(tmp_path: Path) -> None:
+    store = ACMEStore(tmp_path, "https://ca.example/dir")
+    cert_file, key_file = store.paths("example.org")
+    cert_file.parent.mkdir(parents=True)
+    cert_file.write_text("not a certificate")
+    key_file.write_text("x")
+    assert store.load("example.org") is None
+
+
+# --- HTTP-01 on the plain-HTTP listener -----------------------------------------------------
+
+
+def call(app: Any, path: str) -> tuple[int, bytes]:
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    asyncio.run(app({"type": "http", "path": path}, receive, send))
+    return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
+
+
+async def redirect(scope: Any, receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 308, "headers": []})
+    await send({"type": "http.response.body", "body": b""})
+
+
+def test_http01_answers_published_tokens_and_passes_the_rest_on() -> None:
+    alpn: list[str] = []
+    board = ChallengeBoard(lambda name, cert, key: alpn.append(name), alpn.remove)
+    app = HTTP01App(redirect, board)
+    asyncio.run(board.publish("example.org", "tok", "tok.thumb"))
+    assert alpn == ["example.org"]
+    assert call(app, "/.well-known/acme-challenge/tok") == (200, b"tok.thumb")
+    assert call(app, "/.well-known/acme-challenge/other")[0] == 404
+    assert call(app, "/anything") == (308, b"")
+    asyncio.run(board.unpublish("example.org", "tok"))
+    assert call(app, "/.well-known/acme-challenge/tok")[0] == 404
+    assert alpn == []
+
+
+# --- [tls.acme] -----------------------------------------------------------------------------
+
+BASE: dict[str, Any] = {
+    "gateway": {"hostnames": ["localhost", "example.org"]},
+    "upstreams": {"app": {"servers": ["http://127.0.0.1:9001"]}},
+    "routes": [{"path_prefix": "/", "upstream": "app"}],
+}
+
+
+def with_acme(acme: dict[str, Any], **gateway: Any) -> dict[str, Any]:
+    return {**BASE, "gateway": {**BASE["gateway"], **gateway}, "tls": {"acme": acme}}
+
+
+def test_acme_table_is_read_with_defaults() -> None:
+    settings = parse_settings(with_acme({"email": "ops@example.org"}), PATH)
+    assert settings.tls.acme == ACMESettings(email="ops@example.org")
+    assert settings.tls.acme.directory == "https://acme-v02.api.letsencrypt.org/directory"
+    assert settings.tls.acme.challenge == "http-01"
+    assert settings.tls.dir == Path("/srv/gw/certs")
+    assert parse_settings(BASE, PATH).tls.acme is None
+
+
+def test_acme_table_every_key() -> None:
+    acme = {
+        "email": "a@b.org",
+        "directory": "https://127.0.0.1:14000/dir",
+        "challenge": "tls-alpn-01",
+        "ca_file": "pebble.pem",
+    }
+    settings = parse_settings(with_acme(acme), PATH)
+    assert settings.tls.acme == ACMESettings(
+        "a@b.org", "https://127.0.0.1:14000/dir", "tls-alpn-01", Path("/srv/gw/pebble.pem")
+    )
+
+
+@pytest.mark.parametrize(
+    ("acme", "gateway", "expected"),
+    [
+        ({"challenge": "dns-01"}, {}, ["[tls.acme] challenge = 'dns-01'", "'http-01'"]),
+        ({"directory": "http://ca/dir"}, {}, ["[tls.acme] directory", "https:// URL"]),
+        ({"email": "nobody"}, {}, ["[tls.acme] email = 'nobody'", "e-mail address"]),
+        ({"emial": "a@b.org"}, {}, ["[tls.acme] emial", "unknown key", "email"]),
+        ({}, {"workers": 2}, ["[tls.acme] with [gateway] workers = 2", "workers = 1"]),
+    ],
+)
+def test_acme_table_errors_name_file_key_value_and_what_is_allowed(
+    acme: dict[str, Any], gateway: dict[str, Any], expected: list[str]
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_settings(with_acme(acme, **gateway), PATH)
+    [line] = info.value.errors
+    assert line.startswith(str(PATH))
+    for part in expected:
+        assert part in line, line
