@@ -359,6 +359,10 @@ def test_shipped_config_loads() -> None:
         (("localhost", "app.example.test"), None, "max-age=31536000"),
         (("app.example.test",), 0, None),
         (("localhost",), 600, "max-age=600"),
+        # RFC 6761: every *.localhost name is loopback too (adding app.localhost must not
+        # turn on a one-year HSTS for localhost).
+        (("localhost", "app.localhost", "*.apps.localhost"), None, None),
+        (("app.localhost", "app.localhost.example.test"), None, "max-age=31536000"),
     ],
 )
 def test_hsts_header(hostnames: tuple[str, ...], max_age: int | None, expected: str | None) -> None:
