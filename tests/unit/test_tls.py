@@ -16,11 +16,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
 from gateway.config import TLSSettings
+from gateway.tls.acme import tls_alpn01_certificate
 from gateway.tls.certs import CertificateAuthority, CertificateError, CertificatePaths
 from gateway.tls.certs import ensure_certificates as ensure
-from gateway.tls.context import INTERMEDIATE_CIPHERS, client_ssl_context, server_ssl_context
+from gateway.tls.context import (
+    ACME_TLS_ALPN,
+    INTERMEDIATE_CIPHERS,
+    CertificateSelector,
+    challenge_ssl_context,
+    client_hello_alpn,
+    client_ssl_context,
+    server_ssl_context,
+)
 
 TIMEOUT = 5.0
 GREETING = b"hello"
@@ -269,3 +279,165 @@ def test_server_context_with_a_missing_file_is_a_certificate_error(
 
     with pytest.raises(CertificateError, match=f"cannot load {missing}: no such file"):
         server_ssl_context(certs.cert_file, missing)
+
+
+def test_server_context_has_no_stateless_tickets(server_context: ssl.SSLContext) -> None:
+    assert server_context.options & ssl.OP_NO_TICKET
+
+
+@pytest.mark.parametrize(
+    ("curve", "accepted"),
+    [("X25519", True), ("prime256v1", True), ("secp384r1", True), ("X448", False)]
+    + [("secp521r1", False)],
+)
+def test_tls13_groups_are_exactly_x25519_p256_p384(
+    server_context: ssl.SSLContext, client_context: ssl.SSLContext, curve: str, accepted: bool
+) -> None:
+    """A client offering one group only (``set_ecdh_curve``) connects only with Mozilla's."""
+    client_context.minimum_version = ssl.TLSVersion.TLSv1_3
+    client_context.set_ecdh_curve(curve)
+    with one_handshake_server(server_context) as (address, view):
+        if accepted:
+            assert handshake(address, client_context).received == GREETING
+        else:
+            with pytest.raises((ssl.SSLError, ConnectionResetError)):
+                handshake(address, client_context)
+    assert (view.error is None) is accepted
+
+
+# --- SNI: the certificate per name, swapped while running -----------------------------------
+
+
+@pytest.fixture
+def local_ca(certs: CertificatePaths) -> CertificateAuthority:
+    return CertificateAuthority.load(certs.cert_file.parent)
+
+
+def write_leaf(ca: CertificateAuthority, directory: Path, *names: str) -> tuple[Path, Path, int]:
+    leaf = ca.issue_leaf(names)
+    cert_file, key_file = directory / f"{names[0]}.pem", directory / f"{names[0]}-key.pem"
+    cert_file.write_bytes(leaf.cert_pem())
+    key_file.write_bytes(leaf.key_pem())
+    return cert_file, key_file, leaf.certificate.serial_number
+
+
+def served_serial(
+    selector: CertificateSelector,
+    client: ssl.SSLContext,
+    name: str,
+    alpn: list[str] | None = None,
+) -> tuple[int, str | None]:
+    if alpn:
+        client.set_alpn_protocols(alpn)
+    with one_handshake_server(selector.default) as (address, _):
+        with socket.create_connection(address, timeout=TIMEOUT) as raw:
+            with client.wrap_socket(raw, server_hostname=name) as tls:
+                der = tls.getpeercert(binary_form=True)
+                assert der is not None
+                protocol = tls.selected_alpn_protocol()
+                tls.recv(len(GREETING))
+    return x509.load_der_x509_certificate(der).serial_number, protocol
+
+
+def test_sni_picks_the_certificate_per_name(
+    certs: CertificatePaths, local_ca: CertificateAuthority, tmp_path: Path
+) -> None:
+    selector = CertificateSelector.from_files(certs.cert_file, certs.key_file, "local")
+    default_serial = x509.load_pem_x509_certificate(certs.cert_file.read_bytes()).serial_number
+    cert_file, key_file, own_serial = write_leaf(local_ca, tmp_path, "example.org")
+    selector.set_name("example.org", cert_file, key_file, "acme")
+    client = client_ssl_context(certs.cert_file.parent / "ca.pem")
+    client.check_hostname = False  # the point here is which certificate, not its names
+    assert served_serial(selector, client, "example.org")[0] == own_serial
+    assert served_serial(selector, client, "EXAMPLE.ORG")[0] == own_serial
+    assert served_serial(selector, client, "localhost")[0] == default_serial
+    sources = [(c.names, c.source) for c in selector.certificates()]
+    assert sources == [(("localhost", "127.0.0.1", "::1"), "local"), (("example.org",), "acme")]
+    as_json = selector.certificates()[1].as_json()
+    assert as_json["names"] == ["example.org"] and as_json["not_after"].endswith("Z")
+
+
+def test_replacing_certificates_reaches_new_handshakes(
+    certs: CertificatePaths, local_ca: CertificateAuthority, tmp_path: Path
+) -> None:
+    selector = CertificateSelector.from_files(certs.cert_file, certs.key_file, "local")
+    client = client_ssl_context(certs.cert_file.parent / "ca.pem")
+    cert_file, key_file, renewed = write_leaf(local_ca, tmp_path, "localhost", "127.0.0.1")
+    selector.replace_default(cert_file, key_file, "local")
+    assert served_serial(selector, client, "localhost")[0] == renewed
+    first_file, first_key, first = write_leaf(local_ca, tmp_path / "..", "example.org")
+    selector.set_name("example.org", first_file, first_key, "acme")
+    second_file, second_key, second = write_leaf(local_ca, tmp_path, "example.org")
+    selector.set_name("example.org", second_file, second_key, "acme")
+    client.check_hostname = False
+    assert served_serial(selector, client, "example.org")[0] == second != first
+    assert len(selector.certificates()) == 2
+
+
+def test_tls_alpn01_challenge_only_for_validations(
+    certs: CertificatePaths, local_ca: CertificateAuthority, tmp_path: Path
+) -> None:
+    """During a TLS-ALPN-01 challenge the validation (ALPN acme-tls/1 only) gets the challenge
+    certificate; ordinary clients of the same name keep the real one."""
+    selector = CertificateSelector.from_files(certs.cert_file, certs.key_file, "local")
+    cert_file, key_file, real = write_leaf(local_ca, tmp_path, "example.org")
+    selector.set_name("example.org", cert_file, key_file, "acme")
+    challenge_pem, challenge_key = tls_alpn01_certificate("example.org", "tok.thumb")
+    challenge = x509.load_pem_x509_certificate(challenge_pem).serial_number
+    selector.set_challenge("example.org", challenge_ssl_context(challenge_pem, challenge_key))
+
+    def client() -> ssl.SSLContext:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE  # the challenge certificate is self-signed
+        return context
+
+    assert served_serial(selector, client(), "example.org", [ACME_TLS_ALPN]) == (
+        challenge,
+        ACME_TLS_ALPN,
+    )
+    assert served_serial(selector, client(), "example.org", ["http/1.1"]) == (real, "http/1.1")
+    assert served_serial(selector, client(), "example.org")[0] == real
+    selector.clear_challenge("example.org")
+    assert served_serial(selector, client(), "example.org", [ACME_TLS_ALPN])[0] == real
+
+
+def test_context_choice_without_a_client_hello_favours_the_challenge(
+    certs: CertificatePaths,
+) -> None:
+    """Where the ClientHello could not be read (None), a pending challenge wins: the name has
+    no trusted certificate yet while its first order runs."""
+    selector = CertificateSelector.from_files(certs.cert_file, certs.key_file, "local")
+    marker = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    selector.set_challenge("example.org", marker)
+    assert selector.context_for("example.org", None) is marker
+    assert selector.context_for("example.org", ()) is selector.default
+    assert selector.context_for(None, None) is selector.default
+    assert selector.context_for("other.org", (ACME_TLS_ALPN,)) is selector.default
+
+
+def client_hello(alpn: list[str] | None) -> bytes:
+    """A real ClientHello handshake message, as OpenSSL writes it."""
+    context = ssl.create_default_context()
+    if alpn is not None:
+        context.set_alpn_protocols(alpn)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname="example.org")
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    record = outgoing.read()
+    return record[5:]  # the record header: type, version, length
+
+
+@pytest.mark.parametrize(
+    "alpn", [["acme-tls/1"], ["h2", "http/1.1"], ["http/1.1"]], ids=["acme", "h2", "h1"]
+)
+def test_client_hello_alpn_offers(alpn: list[str]) -> None:
+    assert client_hello_alpn(client_hello(alpn)) == tuple(alpn)
+
+
+def test_client_hello_without_alpn_and_garbage() -> None:
+    assert client_hello_alpn(client_hello(None)) == ()
+    assert client_hello_alpn(b"\x01\x00\x00") is None
+    assert client_hello_alpn(b"\x02" + bytes(60)) is None
+    assert client_hello_alpn(client_hello(["h2"])[:60]) is None
