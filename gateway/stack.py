@@ -9,7 +9,8 @@ answer the ones in flight):
 * every ``[services.NAME]``: ``workers`` processes of ``command``, ``{port}`` replaced by
   ``base_port + i`` (also given as ``PORT``), in ``cwd``, with ``env_file`` then ``env`` over our
   environment, healthy once ``health_path`` answers 2xx; SIGHUP restarts them one at a time;
-* ``gateway``: ``run_gateway.py``, started once everything above is healthy.
+* ``gateway``: ``run_gateway.py``, started once everything above is healthy; up once it
+  prints "gateway ready".
 
 A leading ``python``/``python3`` in a command means the interpreter running the stack (the
 project's virtualenv).  Each process's output is shown line by line behind its name, like
@@ -74,6 +75,12 @@ def service_env(
     return env
 
 
+def _health_period(settings: Settings, upstream: str) -> float:
+    """How long the gateway may take to see a server come back UP (one active check)."""
+    pool = settings.upstreams.get(upstream)
+    return 0.0 if pool is None else pool.health_interval + pool.health_timeout
+
+
 def build_groups(settings: Settings, config: Path, output: OutputPrefixer) -> list[Group]:
     python = sys.executable
     backend = settings.backend
@@ -126,6 +133,7 @@ def build_groups(settings: Settings, config: Path, output: OutputPrefixer) -> li
                 grace=service.graceful_timeout,
                 on_hup="roll",
                 numbered=service.workers > 1,
+                settle=_health_period(settings, service.name),
             )
         )
     groups.append(
@@ -138,6 +146,7 @@ def build_groups(settings: Settings, config: Path, output: OutputPrefixer) -> li
                 output=output,
                 env=os.environ,
                 cwd=ROOT,
+                ready_line="gateway ready",
             ),
             ports=[None],
             start_timeout=START_TIMEOUT,

@@ -22,12 +22,14 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import IO, Any
 
 from .supervisor import TAIL_LINES, Launched
 
+READY = "ready"
 COLOURS = (36, 33, 32, 35, 34, 31)  # cyan, yellow, green, magenta, blue, red
 PR_SET_PDEATHSIG = 1
 
@@ -103,17 +105,23 @@ class OutputPrefixer:
 
 
 class CommandChild:
-    def __init__(self, popen: subprocess.Popen[bytes], name: str, output: OutputPrefixer) -> None:
+    def __init__(
+        self,
+        popen: subprocess.Popen[bytes],
+        name: str,
+        output: OutputPrefixer,
+        ready: tuple[str, Connection] | None = None,
+    ) -> None:
         self.popen = popen
         self.name = name
         self._pidfd = os.pidfd_open(popen.pid)
         self._tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         self._reader = threading.Thread(
-            target=self._read, args=(output,), name=f"output-{name}", daemon=True
+            target=self._read, args=(output, ready), name=f"output-{name}", daemon=True
         )
         self._reader.start()
 
-    def _read(self, output: OutputPrefixer) -> None:
+    def _read(self, output: OutputPrefixer, ready: tuple[str, Connection] | None) -> None:
         stream = self.popen.stdout
         assert stream is not None
         with stream:
@@ -121,6 +129,12 @@ class CommandChild:
                 line = raw.decode("utf-8", "replace").rstrip("\r\n")
                 self._tail.append(line)
                 output.write(self.name, line)
+                if ready is not None and ready[0] in line:
+                    ready[1].send(READY)
+                    ready[1].close()
+                    ready = None
+        if ready is not None:
+            ready[1].close()  # EOF: it ended without ever saying it was ready
 
     @property
     def pid(self) -> int:
@@ -168,7 +182,10 @@ def start_command(
     output: OutputPrefixer,
     env: Mapping[str, str],
     cwd: Path,
+    ready_line: str | None = None,
 ) -> Launched:
+    """Start ``argv``; with ``ready_line``, it is ready once it prints a line containing that
+    (the gateway's "gateway ready"), else once it is started."""
     popen = subprocess.Popen(
         list(argv),
         stdin=subprocess.DEVNULL,
@@ -179,4 +196,7 @@ def start_command(
         start_new_session=True,
         preexec_fn=_die_with_parent if sys.platform == "linux" else None,  # noqa: PLW1509
     )
-    return Launched(CommandChild(popen, name, output))
+    if ready_line is None:
+        return Launched(CommandChild(popen, name, output))
+    reader, writer = multiprocessing.Pipe(duplex=False)
+    return Launched(CommandChild(popen, name, output, (ready_line, writer)), reader)

@@ -145,6 +145,9 @@ class Group:
     on_hup: Literal["roll", "forward", "ignore"] = "roll"
     after_previous: bool = False
     numbered: bool = True  # False: a one-process group is named by its label alone
+    # Rolling restart: seconds to wait after a replacement is healthy before stopping the next
+    # worker, so a load balancer's own health checks (interval + timeout) have seen it too.
+    settle: float = 0.0
 
 
 class State(enum.Enum):
@@ -196,6 +199,7 @@ class Supervisor:
         self._stop_deadline: float | None = None
         self._rolling: collections.deque[Worker] = collections.deque()
         self._rolling_current: Worker | None = None
+        self._rolling_due: float | None = None
         self._all_up = False
         # Called once when every worker of every group is first UP (e.g. "gateway ready").
         self.on_all_up: Callable[[], None] | None = None
@@ -215,6 +219,7 @@ class Supervisor:
                     self._check_ready(worker, now)
                     self._check_timer(worker, now)
                 self._start_ready_groups(now)
+                self._check_rolling(now)
                 self._check_stop(now)
             return self._exit_code
         finally:
@@ -235,8 +240,9 @@ class Supervisor:
             if worker.ready is not None:
                 waitables.append(worker.ready)
             deadlines += [d for d in (worker.due, worker.start_deadline) if d is not None]
-        if self._stop_deadline is not None:
-            deadlines.append(self._stop_deadline)
+        for deadline in (self._stop_deadline, self._rolling_due):
+            if deadline is not None:
+                deadlines.append(deadline)
         timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
         multiprocessing.connection.wait(waitables, timeout)
         try:
@@ -372,7 +378,8 @@ class Supervisor:
 
     def _check_timer(self, worker: Worker, now: float) -> None:
         deadline = worker.start_deadline
-        if deadline is not None and deadline <= now and worker.state is not State.UP:
+        late = deadline is not None and deadline <= now and worker.state is not State.UP
+        if late and not self._stopping:
             worker.start_deadline = None
             self._not_healthy(worker)
         if worker.due is None or worker.due > now:
@@ -425,7 +432,7 @@ class Supervisor:
         if self._rolling_current is worker:
             self.log.info("%s restarted (pid %s)", worker.name, worker.pid)
             self._rolling_current = None
-            self._continue_rolling_restart()
+            self._rolling_due = time.monotonic() + worker.group.settle
         if not self._all_up and all(w.state is State.UP for w in self.workers):
             self._all_up = True
             self.log.info("all %d workers up", len(self.workers))
@@ -456,12 +463,17 @@ class Supervisor:
         rolling = [w for w in self.workers if w.group.on_hup == "roll"]
         if not rolling:
             return
-        if self._rolling or self._rolling_current is not None:
+        if self._rolling or self._rolling_current is not None or self._rolling_due is not None:
             self.log.info("SIGHUP: a rolling restart is already in progress")
             return
         self.log.info("SIGHUP: restarting %d workers one at a time", len(rolling))
         self._rolling.extend(rolling)
         self._continue_rolling_restart()
+
+    def _check_rolling(self, now: float) -> None:
+        if self._rolling_due is not None and self._rolling_due <= now:
+            self._rolling_due = None
+            self._continue_rolling_restart()
 
     def _continue_rolling_restart(self) -> None:
         if not self._rolling:
@@ -479,7 +491,7 @@ class Supervisor:
     def _abort_rolling_restart(self, reason: str) -> None:
         self.log.error("rolling restart stopped: %s", reason)
         self._rolling.clear()
-        self._rolling_current = None
+        self._rolling_current = self._rolling_due = None
 
     # --- shutdown ------------------------------------------------------------------------
 
@@ -493,7 +505,7 @@ class Supervisor:
         self.log.info("%s: stopping %d workers", reason, running)
         self._stopping = True
         self._rolling.clear()
-        self._rolling_current = None
+        self._rolling_current = self._rolling_due = None
         for worker in self.workers:
             self._close_ready(worker)
             if worker.child is None:

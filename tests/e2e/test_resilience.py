@@ -133,8 +133,9 @@ async def steady_gets(
     seconds: float,
     during: Callable[[], Awaitable[None]],
     at: float,
+    path: str = "/health",
 ) -> LoadResult:
-    """GET /health through the gateway at ``rate`` req/s for ``seconds``; run ``during`` at
+    """GET ``path`` through the gateway at ``rate`` req/s for ``seconds``; run ``during`` at
     offset ``at``.  Every request is started on schedule, whatever the others are doing."""
     statuses: Counter[int | str] = Counter()
     by_pid: Counter[int] = Counter()
@@ -152,7 +153,7 @@ async def steady_gets(
 
         async def one(offset: float) -> None:
             try:
-                response = await client.get("/health")
+                response = await client.get(path)
             except httpx.HTTPError as exc:
                 statuses[type(exc).__name__] += 1
                 return
