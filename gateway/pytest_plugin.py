@@ -42,7 +42,7 @@ def pygateway(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Gatewa
     """Factory: ``pygateway(app=ASGI_APP)``, ``pygateway(upstream=URL)``, ``config={...}``;
     returns a started gateway (``url``, ``http_url``, ``ca_file``, ``client()``,
     ``async_client()``, ``stop()``)."""
-    from gateway.testing import START_TIMEOUT, start_gateway
+    from gateway.testing.running import START_TIMEOUT, start_gateway
 
     started: list[RunningGateway] = []
     request.node.stash[_GATEWAYS] = started

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 from user_project import UserProject, processes_under
 
-from gateway.testing import group_members, wait_exited
+from gateway.testing.processes import group_members, wait_exited
 
 pytestmark = pytest.mark.e2e
 

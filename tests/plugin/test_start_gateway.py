@@ -1,4 +1,4 @@
-"""``gateway.testing.start_gateway`` driven directly, in this process: the busy-port retry and
+"""``gateway.running.start_gateway`` driven directly, in this process: the busy-port retry and
 a clean stop (no process, no thread left)."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway import testing
 from gateway.asgi import Receive, Scope, Send
+from gateway.testing import running
 
 pytestmark = pytest.mark.e2e
 
@@ -34,9 +34,9 @@ def test_port_taken_before_the_gateway_binds_it_is_retried(
     with socket.create_server(("127.0.0.1", 0)) as busy:
         busy_port = busy.getsockname()[1]
         picks = iter([busy_port])
-        real_free_port = testing.free_port
-        monkeypatch.setattr(testing, "free_port", lambda: next(picks, None) or real_free_port())
-        with testing.start_gateway(tmp_path, hello) as gw:
+        real_free_port = running.free_port
+        monkeypatch.setattr(running, "free_port", lambda: next(picks, None) or real_free_port())
+        with running.start_gateway(tmp_path, hello) as gw:
             assert gw.https_port != busy_port
             with gw.client() as client:
                 assert client.get("/").text == "hello"
@@ -46,7 +46,7 @@ def test_port_taken_before_the_gateway_binds_it_is_retried(
 
 
 def test_stop_leaves_no_process_and_no_thread(tmp_path: Path) -> None:
-    gw = testing.start_gateway(tmp_path, hello)
+    gw = running.start_gateway(tmp_path, hello)
     assert any(t.name.startswith("pygateway-app:") for t in threading.enumerate())
     gw.stop()
     assert gw.process.proc.returncode == 0  # SIGTERM: a graceful stop, not a kill

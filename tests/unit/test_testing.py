@@ -12,13 +12,8 @@ import tomli_w
 
 from gateway.asgi import Message, Receive, Scope, Send
 from gateway.config import parse_settings
-from gateway.testing import (
-    HEALTH_PATH,
-    _toml_ready,
-    answering_health_checks,
-    default_tables,
-    merge_tables,
-)
+from gateway.testing.app_server import answering_health_checks
+from gateway.testing.tables import HEALTH_PATH, default_tables, merge_tables, toml_ready
 
 
 def test_tables_merge_key_by_key_and_arrays_replace() -> None:
@@ -33,14 +28,14 @@ def test_tables_merge_key_by_key_and_arrays_replace() -> None:
 
 
 def test_paths_and_tuples_become_toml_values() -> None:
-    ready = _toml_ready({"tls": {"dir": Path("/x/certs")}, "gateway": {"hostnames": ("a", "b")}})
+    ready = toml_ready({"tls": {"dir": Path("/x/certs")}, "gateway": {"hostnames": ("a", "b")}})
     assert ready == {"tls": {"dir": "/x/certs"}, "gateway": {"hostnames": ["a", "b"]}}
 
 
 def test_written_config_is_one_the_gateway_accepts(tmp_path: Path) -> None:
     tables = merge_tables(
         default_tables(tmp_path, 40001, 40002, "http://127.0.0.1:40003", HEALTH_PATH),
-        _toml_ready({"gateway": {"max_body_bytes": 10}, "upstreams": {"app": {"max_retries": 0}}}),
+        toml_ready({"gateway": {"max_body_bytes": 10}, "upstreams": {"app": {"max_retries": 0}}}),
     )
     path = tmp_path / "config.toml"
     path.write_text(tomli_w.dumps(tables))
