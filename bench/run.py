@@ -25,6 +25,7 @@ from types import FrameType
 import httpx
 
 import wrk
+import wsecho
 from procstat import CpuWindow, machine_ticks
 from report import (
     Measurement,
@@ -48,14 +49,21 @@ from stack import (
 )
 from transfer import MIB, transfer
 
-SCENARIOS = ("json", "cache", "static", "download", "upload")
+SCENARIOS = ("json", "cache", "static", "websocket", "download", "upload")
 RESULTS = BENCH / "results" / "latest.txt"
+
+
+def load(target: Target, opts: argparse.Namespace, duration: int) -> wrk.WrkResult:
+    """wrk, or for ws:// and wss:// targets the WebSocket echo client (same -t/-c/-d)."""
+    if target.url.startswith(("ws://", "wss://")):
+        return wsecho.run(target.url, opts.ca_file, opts.threads, opts.connections, duration)
+    return wrk.run(opts.wrk, target.url, opts.threads, opts.connections, duration)
 
 
 def measure(target: Target, opts: argparse.Namespace, duration: int) -> Measurement:
     trees = {"proxy": target.proxy, "origin": target.origin}
     with CpuWindow(trees) as cpu:
-        result = wrk.run(opts.wrk, target.url, opts.threads, opts.connections, duration)
+        result = load(target, opts, duration)
     proxy = cpu.percent["proxy"] if target.proxy else None
     ours = (proxy or 0.0) + cpu.percent["origin"] + cpu.reaped_percent + cpu.interrupt_percent
     other = max(0.0, cpu.machine_percent * (os.cpu_count() or 1) - ours)
@@ -72,7 +80,7 @@ def run_scenario(scenario: Scenario, opts: argparse.Namespace) -> None:
     warmup = max(1, opts.duration // 5)
     for target in targets:
         # Not counted: fills keep-alive pools and caches, and pages everything in.
-        wrk.run(opts.wrk, target.url, opts.threads, opts.connections, warmup)
+        load(target, opts, warmup)
     for round_no in range(opts.rounds):
         # Rotate the order each round so drift (thermal, page cache, neighbours) hits every
         # target alike.
@@ -168,6 +176,45 @@ def static_scenario(stack: Stack) -> Scenario:
         ),
     ]
     return Scenario("static", "static file 64 KiB", targets)
+
+
+def websocket_scenario(stack: Stack) -> Scenario:
+    """Echo round trips over upgraded connections to the WebSocket upstream: directly, through
+    nginx (proxy_http_version 1.1 + Upgrade/Connection headers) and through the gateway."""
+    assert stack.gateway is not None and stack.nginx is not None and stack.ws is not None
+    p = stack.ports
+    origin = [stack.ws.pid]
+    targets = [
+        Target("direct", "direct (plain ws://)", f"ws://127.0.0.1:{p.ws}/ws/echo", [], origin),
+        Target(
+            "nginx",
+            "nginx (wss://)",
+            f"wss://127.0.0.1:{p.nginx}/ws/echo",
+            [stack.nginx.pid],
+            origin,
+        ),
+        Target(
+            "gateway",
+            "gateway (wss://)",
+            f"wss://127.0.0.1:{p.https}/ws/echo",
+            [stack.gateway.pid],
+            origin,
+        ),
+    ]
+    scenario = Scenario("websocket", "WebSocket echo 64 B", targets)
+    scenario.notes.append(
+        "req/s = round trips/s: one 64-byte text message in flight per connection "
+        "(bench/wsecho.py; -t = client processes, -c = connections)"
+    )
+    return scenario
+
+
+def check_websocket(stack: Stack, scenario: Scenario) -> None:
+    """Every target upgrades and echoes before timing."""
+    for target in scenario.targets:
+        problem = wsecho.probe(target.url, str(stack.ca_file))
+        if problem is not None:
+            raise StackError(f"{target.label}: {target.url}: {problem}")
 
 
 # --- pre-flight checks of the responses --------------------------------------------------------
@@ -420,6 +467,12 @@ def main(argv: list[str] | None = None) -> int:
         if "static" in opts.scenarios:
             scenario = static_scenario(stack)
             check_static(stack, scenario)
+            run_scenario(scenario, opts)
+            scenarios.append(scenario)
+        if "websocket" in opts.scenarios:
+            opts.ca_file = str(stack.ca_file)
+            scenario = websocket_scenario(stack)
+            check_websocket(stack, scenario)
             run_scenario(scenario, opts)
             scenarios.append(scenario)
         size = opts.transfer_mib * MIB

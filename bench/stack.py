@@ -95,6 +95,7 @@ class Ports:
     http: int
     nginx: int
     static: int
+    ws: int  # the WebSocket echo upstream (websocket scenario)
 
     @property
     def backend(self) -> list[int]:
@@ -102,8 +103,8 @@ class Ports:
 
     @classmethod
     def allocate(cls, workers: int) -> Ports:
-        base, (https, http, nginx, static) = allocate_ports(4, workers)
-        return cls(base, workers, https, http, nginx, static)
+        base, (https, http, nginx, static, ws) = allocate_ports(5, workers)
+        return cls(base, workers, https, http, nginx, static, ws)
 
 
 # --- processes --------------------------------------------------------------------------------
@@ -255,6 +256,7 @@ class Stack:
         self.processes: list[Process] = []
         self.backend: list[Process] = []
         self.static: Process | None = None
+        self.ws: Process | None = None
         self.gateway: Process | None = None
         self.nginx: Process | None = None
 
@@ -283,6 +285,13 @@ class Stack:
                 logs / "static.log",
             )
         )
+        self.ws = self._add(
+            Process(
+                "websocket upstream",
+                [py, str(REPO / "tests/support/ws_upstream.py"), "--port", str(ports.ws)],
+                logs / "ws.log",
+            )
+        )
         if self.options.echo_backend:
             echo = str(REPO / "tests/support/echo_upstream.py")
             for i, port in enumerate(ports.backend):
@@ -308,6 +317,7 @@ class Stack:
             proc = self.backend[min(i, len(self.backend) - 1)]
             wait_http_ok(proc, f"http://127.0.0.1:{port}/health")
         wait_http_ok(self.static, f"http://127.0.0.1:{ports.static}/health")
+        wait_http_ok(self.ws, f"http://127.0.0.1:{ports.ws}/health")
         wait_log_line(self.gateway, "gateway ready")
 
         # nginx serves the very certificate the gateway just made.
@@ -380,6 +390,10 @@ health_path = "/health"
 servers = ["http://127.0.0.1:{p.static}"]
 health_path = "/health"
 
+[upstreams.ws]
+servers = ["http://127.0.0.1:{p.ws}"]
+health_path = "/health"
+
 [[routes]]
 path_prefix = "/"
 upstream = "backend"
@@ -387,6 +401,12 @@ upstream = "backend"
 [[routes]]
 path_prefix = "{STATIC_FILE.rsplit("/", 1)[0]}"
 static = "www"
+
+[[routes]]
+path_prefix = "/ws"
+upstream = "ws"
+cache = false
+
 [cache]
 enabled = {json.dumps(self.options.cache)}
 """
@@ -405,6 +425,7 @@ enabled = {json.dumps(self.options.cache)}
             "access_log": access_log,
             "backend_servers": "\n".join(f"        server 127.0.0.1:{port};" for port in p.backend),
             "static_port": str(p.static),
+            "ws_port": str(p.ws),
             "port": str(p.nginx),
             "cert_file": str(self.certs / "cert.pem"),
             "key_file": str(self.certs / "key.pem"),
