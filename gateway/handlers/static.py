@@ -1,58 +1,47 @@
 """Static files: the ``static = "DIR"`` route handler (Nginx ``root`` with ``gzip_static``,
 Caddy ``file_server`` with ``precompressed``).
 
-Theory of operation.  A request goes through three steps, each its own part of this module:
+Theory of operation.  ``static_fs`` turns the request path into an opened file inside the
+root (or a 400/404, or a redirect to a directory's slash form); ``static_http`` holds the
+HTTP rules as pure functions; this module puts them together on the event loop:
 
-1. The path (pure).  The request path, relative to the route's prefix with ``strip_prefix``,
-   is split on "/" *before* percent-decoding, and each segment is decoded on its own, so an
-   encoded "/" (``%2f``) can never make a new segment.  Dot segments (``..`` in any
-   spelling), and segments holding "/", a backslash or NUL once decoded, are refused with 400;
-   a segment starting with "." (a dotfile or dot-directory) is a 404.
-2. The file (blocking filesystem calls, run in a thread).  The path under the root is resolved
-   with ``realpath`` (following symlinks) and must still lie inside the root, with no dot
-   segment below it; it is opened and ``fstat``-ed, so the validators describe the very bytes
-   that are read.  A directory is served by its ``index.html`` (never listed); a directory URL
-   without its trailing slash is redirected to the slash form first, so relative links in the
-   page resolve.  Precompressed sidecars (``NAME.br``, ``NAME.gz``) are looked up next to the
-   file and chosen by Accept-Encoding.
-3. The answer (the pure rules live in ``static_http``).  In RFC 9110 §13.2.2's order:
-   If-None-Match (else If-Modified-Since) may answer 304; then a single byte ``Range``
-   (checked against If-Range) answers 206, or 416 when it lies outside the file.  Several
-   ranges are answered 200 with the whole file (a server may ignore Range; multipart/
-   byteranges is not built).
-   The body is read with ``os.pread`` in a thread, ``CHUNK_SIZE`` bytes at a time, never
-   whole; each chunk is sent before the next is read, so a slow client holds one chunk.
+- GET and HEAD only (405 with Allow otherwise).
+- In RFC 9110 §13.2.2's order: If-None-Match (else If-Modified-Since) may answer 304; then a
+  single byte ``Range`` (checked against If-Range) answers 206, or 416 when it lies outside
+  the file.  Several ranges are answered 200 with the whole file (§14.2 lets a server
+  ignore Range; multipart/byteranges is not built).
+- The body goes out ``CHUNK_SIZE`` bytes at a time, never read whole; each chunk is read
+  only after the previous one was handed to the (flow-controlled) send, so a slow client
+  holds one chunk.  A read never waits for the disk on the event loop: what the page cache
+  holds is read at once (``read_nowait``), the rest in a thread.  The first lookup of a
+  path runs in a thread too (with the first chunk of a plain GET on the same trip); a hot
+  path reuses it for a second (``Lookups``).
 
 Every failure is a ``gateway.errors`` type, which ``GatewayApp`` renders as the gateway's JSON
-error.  Not handled: If-Match / If-Unmodified-Since (no 412; these are for writes), and a
-resolution race where a directory inside the root is swapped for a symlink between the
-``realpath`` check and the open (only someone who can already write the root could do that).
+error.  Not handled: If-Match / If-Unmodified-Since (no 412; these are for writes).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import stat
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote_to_bytes
 
-from gateway.errors import (
-    ClientDisconnected,
-    GatewayError,
-    MethodNotAllowed,
-    NotFound,
-    RequestRejected,
+from gateway.errors import ClientDisconnected, GatewayError, MethodNotAllowed, NotFound
+from gateway.handlers.static_fs import (
+    DirectoryWithoutSlash,
+    Lookups,
+    StaticFile,
+    directory_location,
+    find_and_open,
+    open_found,
+    path_segments,
+    read_nowait,
 )
 from gateway.handlers.static_http import (
     Conditions,
-    choose_coding,
     content_range,
-    content_type,
-    entity_tag,
     http_date,
     if_range_holds,
     not_modified,
@@ -69,177 +58,6 @@ CHUNK_SIZE = 256 * 1024
 ALLOW = "GET, HEAD"
 # The status of the trailing-slash redirect for a directory URL (Caddy's choice; Nginx 301).
 DIRECTORY_REDIRECT = 308
-INDEX = "index.html"
-# Sidecar codings in the server's order of preference when the client's q-values tie.
-SIDECARS: tuple[tuple[str, str], ...] = (("br", ".br"), ("gzip", ".gz"))
-
-
-# --- 1. the path --------------------------------------------------------------------------------
-
-
-def path_segments(raw_path: bytes) -> tuple[str, ...]:
-    """The file path named by a raw (still percent-encoded) request path, as segments.
-
-    Empty segments (``//``, a trailing "/") are dropped.  RequestRejected (400) for a path
-    that tries to leave its directory; NotFound (404) for a dotfile or a name no file can have.
-    """
-    segments: list[str] = []
-    for raw in raw_path.split(b"/"):
-        if not raw:
-            continue
-        try:
-            name = unquote_to_bytes(raw).decode("utf-8")
-        except UnicodeDecodeError:
-            raise NotFound("no such file (the path is not UTF-8)") from None
-        if name in (".", ".."):
-            raise RequestRejected("the path has a '.' or '..' segment")
-        if "/" in name or "\\" in name or "\x00" in name:
-            raise RequestRejected("the path has an encoded '/', a backslash or a NUL byte")
-        if name.startswith("."):
-            raise NotFound("dotfiles are not served")
-        segments.append(name)
-    return tuple(segments)
-
-
-def inside(root: str, real_path: str) -> bool:
-    """Whether the resolved ``real_path`` is ``root`` or below it, with no dot segment
-    below it (a symlink may lead to a dotfile inside the root)."""
-    if real_path == root:
-        return True
-    if not real_path.startswith(root) or real_path[len(root)] != os.sep:
-        return False
-    return not any(part.startswith(".") for part in real_path[len(root) + 1 :].split(os.sep))
-
-
-def directory_location(raw_path: bytes, query: bytes) -> bytes:
-    """Location of the slash form of a directory URL.  Leading slashes are collapsed to one:
-    ``//evil.example`` would be a scheme-relative URL, an open redirect."""
-    target = b"/" + raw_path.lstrip(b"/") + b"/"
-    return target + b"?" + query if query else target
-
-
-# --- 2. the file (blocking: run in a thread) ----------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class StaticFile:
-    """One representation of a file, opened: the file itself or a sidecar."""
-
-    fd: int
-    size: int
-    mtime_ns: int
-    content_type: str
-    coding: str | None  # Content-Encoding of a sidecar
-    vary: bool  # a sidecar exists: the answer depends on Accept-Encoding
-    head: bytes = b""  # the first bytes, when they were asked for (``prefetch``)
-
-    @property
-    def etag(self) -> bytes:
-        return entity_tag(self.size, self.mtime_ns, self.coding)
-
-    @property
-    def mtime(self) -> int:
-        return self.mtime_ns // 1_000_000_000
-
-
-class DirectoryWithoutSlash(Exception):
-    """A directory was asked for without the trailing slash: redirect to the slash form."""
-
-
-def resolve(root: str, base: str, names: Sequence[str]) -> tuple[str, os.stat_result] | None:
-    """``base`` (a real directory inside ``root``) joined with ``names``, symlinks resolved,
-    and the target's status; None when something is missing on the way, or the path leads
-    outside ``root`` or to a dot name.
-
-    One ``lstat`` per name for the usual tree without symlinks; past a symlink, ``realpath``
-    of the rest and the containment check.  The names themselves hold no "/" and no dot
-    segment (``path_segments``), so without a symlink the path cannot leave ``root``.
-    """
-    path = base
-    st = None
-    for i, name in enumerate(names):
-        candidate = path + os.sep + name
-        try:
-            st = os.lstat(candidate)
-            if stat.S_ISLNK(st.st_mode):
-                real = os.path.realpath(os.path.join(candidate, *names[i + 1 :]))
-                return (real, os.stat(real)) if inside(root, real) else None
-        except OSError:  # missing, not a directory, permission, name too long, loop ...
-            return None
-        path = candidate
-    if st is None:
-        return None
-    return path, st
-
-
-# O_NOFOLLOW: the last name cannot have become a symlink since ``resolve`` looked at it.
-# O_NONBLOCK: should that race put a FIFO there, opening it does not hang a thread.
-_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-def open_file(
-    root: str,
-    segments: Sequence[str],
-    directory: bool,
-    accept_encoding: bytes | None,
-    prefetch: int = 0,
-) -> StaticFile:
-    """The representation to serve for ``segments`` under the (real) ``root``, opened, with
-    its first ``prefetch`` bytes read (one thread hop instead of two for a small file).
-
-    ``directory``: the URL ends in "/".  NotFound when there is nothing to serve;
-    DirectoryWithoutSlash for a directory URL without its trailing slash.  Sidecars are
-    looked up by the requested name (``app.js.br`` next to ``app.js``), as Nginx does.
-    """
-    parent, name = root, ""
-    if len(segments) > 1:
-        found = resolve(root, root, segments[:-1])
-        if found is None or not stat.S_ISDIR(found[1].st_mode):
-            raise NotFound("no such file")
-        parent = found[0]
-    if segments:
-        name = segments[-1]
-        found = resolve(root, parent, (name,))
-        if found is None:
-            raise NotFound("no such file")
-        real, st = found
-    else:
-        real, st = root, os.stat(root)
-    if stat.S_ISDIR(st.st_mode):
-        if not directory:
-            raise DirectoryWithoutSlash
-        parent, name = real, INDEX
-        found = resolve(root, parent, (INDEX,))
-        if found is None or not stat.S_ISREG(found[1].st_mode):
-            raise NotFound("no index.html in this directory (directory listings are not served)")
-        real, st = found
-    elif directory or not stat.S_ISREG(st.st_mode):
-        raise NotFound("no such file")
-
-    sidecars: dict[str, str] = {}
-    for sidecar_coding, suffix in SIDECARS:
-        found = resolve(root, parent, (name + suffix,))
-        if found is not None and stat.S_ISREG(found[1].st_mode):
-            sidecars[sidecar_coding] = found[0]
-    coding = choose_coding(accept_encoding, list(sidecars))
-    try:
-        fd = os.open(sidecars[coding] if coding else real, _OPEN_FLAGS)
-    except OSError:
-        raise NotFound("no such file") from None
-    try:
-        # The validators describe the bytes actually read: those of the open file.
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise NotFound("no such file")
-        head = os.pread(fd, min(prefetch, st.st_size), 0) if prefetch else b""
-    except BaseException:
-        os.close(fd)
-        raise
-    kind = content_type(name)
-    return StaticFile(fd, st.st_size, st.st_mtime_ns, kind, coding, bool(sidecars), head)
-
-
-# --- the handler (asyncio) ----------------------------------------------------------------------
 
 
 class StaticHandler:
@@ -249,36 +67,61 @@ class StaticHandler:
         self.root = os.path.realpath(root)
         self.cache_control = cache_control.encode()
         self.chunk_size = chunk_size
+        self.lookups = Lookups()
 
     async def __call__(self, request: Request) -> None:
         method = request.method
         if method != "GET" and method != "HEAD":
             raise MethodNotAllowed(f"{method} is not allowed on static files", ALLOW)
-        scope = request.scope
-        raw_path: bytes = scope["raw_path"]
+        raw_path: bytes = request.scope["raw_path"]
         segments = path_segments(request.route.relative_path(raw_path))
         conditions = Conditions.from_headers(request.headers)
-        # A plain GET gets the first chunk read with the lookup: no second thread hop.
-        plain = method == "GET" and conditions.if_none_match is None
-        plain = plain and conditions.if_modified_since is None and conditions.range is None
-        loop = asyncio.get_running_loop()
-        try:
-            file = await loop.run_in_executor(
-                None,
-                open_file,
-                self.root,
-                segments,
-                raw_path.endswith(b"/"),
-                conditions.accept_encoding,
-                self.chunk_size if plain else 0,
-            )
-        except DirectoryWithoutSlash:
-            await self._redirect(request, directory_location(raw_path, scope["query_string"]))
-            return
+        key = (segments, raw_path.endswith(b"/"))
+        file = self._open_recent(key, conditions)
+        if file is None:
+            try:
+                file = await self._look_up(key, conditions, method)
+            except DirectoryWithoutSlash:
+                location = directory_location(raw_path, request.scope["query_string"])
+                await self._redirect(request, location)
+                return
         try:
             await self._answer(request, file, conditions)
         finally:
             os.close(file.fd)
+
+    def _open_recent(
+        self, key: tuple[tuple[str, ...], bool], conditions: Conditions
+    ) -> StaticFile | None:
+        """The file of a recent lookup of this path, opened here on the event loop: only
+        open(2) and fstat(2) of a path just resolved, whose directory entries are in memory."""
+        found = self.lookups.get(key, time.monotonic())
+        if found is None:
+            return None
+        try:
+            return open_found(found, conditions.accept_encoding)
+        except NotFound:
+            self.lookups.discard(key)  # gone meanwhile: look it up afresh
+            return None
+
+    async def _look_up(
+        self, key: tuple[tuple[str, ...], bool], conditions: Conditions, method: str
+    ) -> StaticFile:
+        """The lookup in a thread; a plain GET gets its first chunk read on the same trip."""
+        plain = method == "GET" and conditions.if_none_match is None
+        plain = plain and conditions.if_modified_since is None and conditions.range is None
+        loop = asyncio.get_running_loop()
+        found, file = await loop.run_in_executor(
+            None,
+            find_and_open,
+            self.root,
+            key[0],
+            key[1],
+            conditions.accept_encoding,
+            self.chunk_size if plain else 0,
+        )
+        self.lookups.put(key, found, time.monotonic())
+        return file
 
     async def _answer(self, request: Request, file: StaticFile, conditions: Conditions) -> None:
         etag = file.etag
@@ -339,7 +182,7 @@ class StaticHandler:
         if start == 0 and len(file.head) >= want:
             data = file.head[:want]
         else:
-            data = await loop.run_in_executor(None, os.pread, fd, want, start)
+            data = await _read(loop, fd, want, start)
         _check_read(data, want)
         await send({"type": "http.response.start", "status": status, "headers": headers})
         sent = len(data)
@@ -351,10 +194,13 @@ class StaticHandler:
         try:
             while True:
                 await send({"type": "http.response.body", "body": data, "more_body": True})
+                # Neither a send to a fast (or departed) client nor a read from the page
+                # cache has to yield: give the watcher and other connections their turn.
+                await asyncio.sleep(0)
                 if watcher.done():
                     raise ClientDisconnected("client disconnected during a static file")
                 want = min(chunk_size, length - sent)
-                data = await loop.run_in_executor(None, os.pread, fd, want, start + sent)
+                data = await _read(loop, fd, want, start + sent)
                 _check_read(data, want)
                 sent += want
                 if sent == length:
@@ -376,6 +222,15 @@ class StaticHandler:
         )
         body = body if request.method == "GET" else b""
         await request.send({"type": "http.response.body", "body": body})
+
+
+async def _read(loop: asyncio.AbstractEventLoop, fd: int, size: int, offset: int) -> bytes:
+    """``size`` bytes at ``offset``: what the page cache holds is read here at once, the rest
+    (bytes that need the disk) in a thread, so the event loop never waits for a disk."""
+    data = read_nowait(fd, size, offset)
+    if len(data) < size:
+        data += await loop.run_in_executor(None, os.pread, fd, size - len(data), offset + len(data))
+    return data
 
 
 def _check_read(data: bytes, want: int) -> None:

@@ -26,13 +26,16 @@ from gateway.errors import (
     RangeNotSatisfiable,
     RequestRejected,
 )
-from gateway.handlers.static import (
+from gateway.handlers.static import StaticHandler
+from gateway.handlers.static_fs import (
     DirectoryWithoutSlash,
-    StaticHandler,
+    Found,
+    Lookups,
     directory_location,
+    find_and_open,
     inside,
-    open_file,
     path_segments,
+    read_nowait,
     resolve,
 )
 from gateway.handlers.static_http import (
@@ -361,6 +364,10 @@ def read_all(fd: int) -> bytes:
     return os.pread(fd, 1 << 20, 0)
 
 
+def open_file(root: str, segments: tuple[str, ...], directory: bool, ae: bytes | None) -> Any:
+    return find_and_open(root, segments, directory, ae)[1]
+
+
 def opened(root: Path, *segments: str, directory: bool = False, ae: bytes | None = None) -> Any:
     file = open_file(os.path.realpath(root), segments, directory, ae)
     try:
@@ -658,9 +665,14 @@ def test_a_file_that_shrinks_while_sent_ends_the_response(site: Path) -> None:
     assert recorder.status == 200  # the head was out: the app aborts the connection
 
 
-def test_files_are_read_in_a_thread(site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Reads never run on the event loop's thread."""
+def test_reads_that_need_the_disk_go_to_a_thread(
+    site: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the page cache does not hold (read_nowait gets nothing) is read with pread in a
+    thread, never on the event loop's thread."""
     import threading
+
+    import gateway.handlers.static as static_module
 
     loop_thread = threading.get_ident()
     threads: set[int] = set()
@@ -671,9 +683,94 @@ def test_files_are_read_in_a_thread(site: Path, monkeypatch: pytest.MonkeyPatch)
         return real_pread(fd, n, offset)
 
     monkeypatch.setattr(os, "pread", pread)
+    monkeypatch.setattr(static_module, "read_nowait", lambda fd, n, offset: b"")
     (site / "big.bin").write_bytes(b"y" * 5000)
     assert run(site, b"/big.bin", chunk_size=1000).body == b"y" * 5000
-    assert threads and loop_thread not in threads
+    assert len(threads) >= 1 and loop_thread not in threads
+
+
+def test_read_nowait_reads_cached_pages_and_stops_at_the_end(site: Path) -> None:
+    fd = os.open(site / "hello.txt", os.O_RDONLY)
+    try:
+        os.pread(fd, 100, 0)  # in the page cache now
+        assert read_nowait(fd, 5, 6) == b"world"
+        assert read_nowait(fd, 100, 6) == b"world\n"
+        assert read_nowait(fd, 10, 100) == b""
+    finally:
+        os.close(fd)
+
+
+def test_lookups_expire_are_bounded_and_keep_no_misses() -> None:
+    lookups = Lookups(ttl=1.0, size=2)
+    found = Found("/srv/a", "a", ())
+    lookups.put((("a",), False), found, now=10.0)
+    assert lookups.get((("a",), False), now=10.9) is found
+    assert lookups.get((("a",), False), now=11.0) is None  # expired, and dropped
+    for name in ("a", "b", "c"):
+        lookups.put(((name,), False), Found("/srv/" + name, name, ()), now=20.0)
+    assert lookups.get((("a",), False), now=20.0) is None  # the oldest made room
+    assert lookups.get((("c",), False), now=20.0) is not None
+    lookups.discard((("c",), False))
+    assert lookups.get((("c",), False), now=20.0) is None
+
+
+def run_many(handler: StaticHandler, site: Path, paths: list[bytes]) -> list[Recorder]:
+    """Several requests through one handler (one Lookups), on one event loop."""
+
+    async def go() -> list[Recorder]:
+        results = []
+        for path in paths:
+            recorder = Recorder()
+            scope: dict[str, Any] = {
+                "type": "http",
+                "method": "GET",
+                "path": path.decode(),
+                "raw_path": path,
+                "query_string": b"",
+                "headers": [],
+            }
+            request = Request(
+                scope,
+                recorder.receive,
+                recorder.send,
+                RequestFacts("localhost", "localhost", None, False),
+                Route("/", handler="static"),
+                Exchange(scope),
+            )
+            try:
+                await handler(request)
+            except NotFound:
+                recorder.messages.append({"type": "not found"})
+            results.append(recorder)
+        return results
+
+    return asyncio.run(go())
+
+
+def test_a_hot_path_takes_no_thread_hop_and_notices_removal(
+    site: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hops: list[str] = []
+    real = asyncio.BaseEventLoop.run_in_executor
+
+    def counting(self: Any, executor: Any, func: Any, *args: Any) -> Any:
+        hops.append(func.__name__)
+        return real(self, executor, func, *args)
+
+    monkeypatch.setattr(asyncio.BaseEventLoop, "run_in_executor", counting)
+    handler = StaticHandler(site, "no-cache")
+    first, second = run_many(handler, site, [b"/hello.txt", b"/hello.txt"])
+    assert first.body == second.body == b"hello world\n"
+    assert hops == ["find_and_open"]
+    # The content and validators are always the open file's, even within the lookup's ttl.
+    (site / "hello.txt").write_text("changed!\n")
+    (changed,) = run_many(handler, site, [b"/hello.txt"])
+    assert changed.body == b"changed!\n"
+    assert changed.headers[b"etag"] != first.headers[b"etag"]
+    # A file removed within the ttl is looked up afresh: 404, not a stale answer.
+    (site / "hello.txt").unlink()
+    (gone,) = run_many(handler, site, [b"/hello.txt"])
+    assert gone.messages == [{"type": "not found"}]
 
 
 def test_date_field_is_current(site: Path) -> None:
@@ -713,7 +810,7 @@ def test_a_plain_get_of_a_small_file_takes_one_thread_hop(
 
     monkeypatch.setattr(asyncio.BaseEventLoop, "run_in_executor", counting)
     assert run(site, b"/hello.txt").body == b"hello world\n"
-    assert hops == ["open_file"]
+    assert hops == ["find_and_open"]
     hops.clear()
     r = run(site, b"/hello.txt", headers=[(b"range", b"bytes=0-4")])
-    assert r.body == b"hello" and hops == ["open_file", "pread"]
+    assert r.body == b"hello" and hops == ["find_and_open"]  # the range: read_nowait
