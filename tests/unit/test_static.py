@@ -814,3 +814,8 @@ def test_a_plain_get_of_a_small_file_takes_one_thread_hop(
     hops.clear()
     r = run(site, b"/hello.txt", headers=[(b"range", b"bytes=0-4")])
     assert r.body == b"hello" and hops == ["find_and_open"]  # the range: read_nowait
+
+
+def test_a_name_too_long_for_the_file_system_is_404(site: Path) -> None:
+    with pytest.raises(NotFound):
+        run(site, b"/" + b"a" * 5000 + b".txt")
