@@ -324,11 +324,10 @@ class ACMEManager:
             due = self.clock()
             if stored is not None:
                 due = renewal_time(stored.certificate)
-                if self.client._client is not None:  # ask ARI only once connected anyway
-                    cert_pem = stored.cert_file.read_bytes()
-                    suggested = await asyncio.to_thread(self.client.suggested_renewal, cert_pem)
-                    if suggested is not None:
-                        due = min(due, suggested)
+                cert_pem = stored.cert_file.read_bytes()
+                suggested = await asyncio.to_thread(self.client.suggested_renewal, cert_pem)
+                if suggested is not None:
+                    due = min(due, suggested)
             wait = (due - self.clock()).total_seconds()
             if wait > 0:
                 await asyncio.sleep(min(wait, RECHECK.total_seconds()))
