@@ -15,6 +15,11 @@ Three changes, all on the httptools implementation (uvicorn's default when insta
   a body sent right after it joins it, otherwise it leaves alone a moment later, so a
   streaming response never waits on it.
 
+- Relay interim responses.  A ``gateway.response.interim`` message (``asgi.INTERIM``, e.g. the
+  upstream's 103 Early Hints) sent before the response starts is written as a 1xx head at
+  once; the scope says so (``gateway.interim``) only to HTTP/1.1 clients, as RFC 9110 §15.2
+  forbids 1xx to HTTP/1.0 ones.
+
 - Hand a WebSocket upgrade over.  llhttp stops at the end of an upgrade request's head and
   says where (``HttpParserUpgrade``'s offset); the bytes after it belong to the new protocol.
   For ``Upgrade: websocket`` the scope gets an ``UpgradeHandle`` (``gateway.upgrade``) with
@@ -29,8 +34,11 @@ and h11 enforces its own head limit; WebSocket upgrades need httptools.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from http import HTTPStatus
 from typing import Any
 
+from gateway.asgi import INTERIM, INTERIM_SCOPE_KEY, Message
 from gateway.errors import parse_error, raw_error_response
 
 try:
@@ -99,6 +107,33 @@ class CorkedTransport:
 
 class HeadTooLarge(Exception):
     pass
+
+
+def interim_head(status: int, headers: list[tuple[bytes, bytes]]) -> bytes:
+    """An HTTP/1.1 interim response head (RFC 9112 §4, RFC 9110 §15.2)."""
+    try:
+        reason = HTTPStatus(status).phrase.encode("ascii")
+    except ValueError:
+        reason = b""
+    lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+    lines += [name + b": " + value + b"\r\n" for name, value in headers]
+    return b"".join(lines) + b"\r\n"
+
+
+def interim_sender(cycle: Any, corked: CorkedTransport) -> Callable[[Message], Awaitable[None]]:
+    """``cycle.send`` that also writes ``asgi.INTERIM`` messages, before the response only."""
+    send: Callable[[Message], Awaitable[None]] = cycle.send
+
+    async def send_with_interim(message: Message) -> None:
+        if message["type"] != INTERIM:
+            await send(message)
+            return
+        if cycle.response_started or cycle.disconnected or corked.is_closing():
+            return  # too late for a hint; never an error
+        corked.flush()  # a previous (pipelined) response's held head goes first
+        corked.transport.write(interim_head(message["status"], message["headers"]))
+
+    return send_with_interim
 
 
 def asks_for_websocket(headers: list[tuple[bytes, bytes]]) -> bool:
@@ -209,12 +244,16 @@ if HttpToolsProtocol is not None:
             ):
                 self._upgrade = UpgradeHandle(self)
                 self.scope["gateway.upgrade"] = self._upgrade  # type: ignore[typeddict-unknown-key]
+            if self.parser.get_http_version() == "1.1":
+                self.scope[INTERIM_SCOPE_KEY] = True  # type: ignore[literal-required]
             previous = self.cycle
             super().on_headers_complete()
             cycle = self.cycle
             if cycle is not previous:
                 cycle.transport = self.corked  # type: ignore[assignment]
                 self.corked.expect_head = cycle is not None
+                if cycle is not None and self.scope.get(INTERIM_SCOPE_KEY):
+                    cycle.send = interim_sender(cycle, self.corked)  # type: ignore[method-assign,assignment]
 
         def send_400_response(self, msg: str) -> None:
             error = parse_error(self._head_too_large, self.max_header_bytes)

@@ -24,7 +24,7 @@ from gateway.errors import (
     UpstreamProtocolError,
     UpstreamTimeout,
 )
-from gateway.upstream.events import ProtocolError, ResponseEvent, ResponseHead, Upgraded
+from gateway.upstream.events import Interim, ProtocolError, ResponseEvent, ResponseHead, Upgraded
 from gateway.upstream.parsers import ResponseParser
 
 HIGH_WATER = 256 * 1024
@@ -55,6 +55,7 @@ class UpstreamConnection(asyncio.Protocol):
 
         # Response side.
         self._head: ResponseHead | None = None
+        self._interim: deque[Interim] = deque()  # 1xx before the head, not yet relayed
         self._body: deque[bytes] = deque()
         self._buffered = 0
         self._complete = False
@@ -201,6 +202,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.requests += 1
         self.parser.start(head_request=head_request, upgrade=upgrade)
         self._head = None
+        self._interim.clear()
         self._body.clear()
         self._buffered = 0
         self._complete = False
@@ -239,6 +241,18 @@ class UpstreamConnection(asyncio.Protocol):
             if self._error is not None:
                 raise self._error
             await self._wait()
+        return self._head
+
+    async def receive_interim_or_head(self) -> Interim | ResponseHead:
+        """The next interim 1xx response (RFC 9110 §15.2) not taken yet or, when none is
+        left, the final head: call until it returns a ``ResponseHead``."""
+        while not self._interim and self._head is None:
+            if self._error is not None:
+                raise self._error
+            await self._wait()
+        if self._interim:
+            return self._interim.popleft()
+        assert self._head is not None
         return self._head
 
     async def receive_body(self) -> tuple[bytes, bool]:
@@ -286,6 +300,8 @@ class UpstreamConnection(asyncio.Protocol):
                 self._buffered += len(event)
             elif isinstance(event, ResponseHead):
                 self._head = event
+            elif isinstance(event, Interim):
+                self._interim.append(event)
             elif isinstance(event, Upgraded):
                 self._tunnel_data = [event.data]
                 self._cancel_timer()

@@ -30,8 +30,21 @@ class Upgraded:
     data: bytes
 
 
+@dataclass(slots=True)
+class Interim:
+    """An interim 1xx response before the final one (RFC 9110 §15.2), e.g. 103 Early Hints:
+    relayed to the client, never cached.  100 (Continue) is not one of these: the gateway
+    answers a client's Expect itself, and 101 ends HTTP on the connection (``Upgraded``)."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]  # names lowercased, in wire order
+
+
+# Interim statuses a proxy forwards (RFC 9110 §15.2: all 1xx it did not ask for itself).
+RELAYED_INTERIM = frozenset(range(102, 200))
+
 # Body data is passed as plain ``bytes`` to save an allocation per chunk.
-ResponseEvent = ResponseHead | bytes | EndOfMessage | Upgraded
+ResponseEvent = ResponseHead | bytes | EndOfMessage | Upgraded | Interim
 
 
 class ProtocolError(Exception):

@@ -6,6 +6,8 @@ import h11
 
 from gateway.upstream.events import (
     END_OF_MESSAGE,
+    RELAYED_INTERIM,
+    Interim,
     ProtocolError,
     ResponseEvent,
     ResponseHead,
@@ -105,4 +107,10 @@ class H11ResponseParser:
                 events.append(ResponseHead(101, headers, False, event.http_version.decode()))
                 events.append(Upgraded(bytes(conn.trailing_data[0])))
                 return events
-            # h11.InformationalResponse: interim 1xx, not forwarded.
+            elif (
+                isinstance(event, h11.InformationalResponse)
+                and event.status_code in RELAYED_INTERIM
+            ):
+                headers = [(name.lower(), value) for name, value in event.headers.raw_items()]
+                events.append(Interim(event.status_code, headers))
+            # Anything else (100 Continue) is not forwarded.

@@ -6,6 +6,8 @@ import httptools
 
 from gateway.upstream.events import (
     END_OF_MESSAGE,
+    RELAYED_INTERIM,
+    Interim,
     ProtocolError,
     ResponseEvent,
     ResponseHead,
@@ -29,7 +31,7 @@ class HttpToolsResponseParser:
 
     llhttp cannot be told that a response answers a HEAD request, so for HEAD the message
     ends at the head and the next response gets a fresh llhttp parser (see ``start``).
-    Interim 1xx responses are swallowed: they are not forwarded to the client.  A request
+    Interim 1xx responses (102-199) become ``Interim`` events; 100 is dropped.  A request
     started with ``upgrade=True`` (a WebSocket handshake) may instead get ``101``: its head is
     delivered, followed by ``Upgraded`` with the bytes after it, and the parser is done.
     """
@@ -112,6 +114,8 @@ class HttpToolsResponseParser:
             if status == 101 and self._upgrade:
                 self._switched = True
                 self._events.append(ResponseHead(status, headers, False, parser.get_http_version()))
+            elif status in RELAYED_INTERIM:
+                self._events.append(Interim(status, headers))
             return
         self._in_message = True
         self._framed = status in (204, 304) or is_framed(headers)

@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
-from support.scripted_upstream import DROP, ScriptedUpstream, response
+from support.scripted_upstream import DROP, ScriptedUpstream, interim, response
 
 from e2e.harness import EchoUpstream, Stack, StackConfig, stack
 
@@ -26,7 +26,7 @@ Params = dict[str, str]
 # One scripted origin per dropping test: a dropped connection marks its server DOWN at once
 # (passive health), so each test that drops one needs a server of its own.
 FORBIDDING = ["must-revalidate", "proxy-revalidate", "no-cache", "s-maxage=1"]
-ORIGINS = ["allowed", *(name.split("=")[0] for name in FORBIDDING)]
+ORIGINS = ["allowed", "hints", *(name.split("=")[0] for name in FORBIDDING)]
 
 
 @pytest.fixture(scope="module")
@@ -317,3 +317,52 @@ def test_rfc9111_4_2_4_no_stale_on_a_dropped_connection_when_forbidden(
     failed = client.get(path)
     assert failed.status_code == 502 and failed.content != b"stored body"
     assert origins[name].count(path) >= 2
+
+
+# --- 1xx interim responses (RFC 9110 §15.2, RFC 8297 103 Early Hints) -----------------------
+
+
+def raw_get(cached: Stack, path: str, version: str = "1.1") -> bytes:
+    """Everything the gateway sends for one GET until the final body ``hinted`` arrived."""
+    with cached.gateway.tls_socket() as sock:
+        host = f"localhost:{cached.gateway.https_port}"
+        sock.sendall(f"GET {path} HTTP/{version}\r\nHost: {host}\r\n\r\n".encode())
+        data = b""
+        while not data.endswith(b"hinted"):
+            chunk = sock.recv(65536)
+            assert chunk, data
+            data += chunk
+    return data
+
+
+def test_rfc8297_early_hints_reach_the_client_first_and_are_never_cached(
+    cached: Stack, origins: dict[str, ScriptedUpstream]
+) -> None:
+    origin = origins["hints"]
+    hints = interim(103, [("link", "</style.css>; rel=preload"), ("connection", "x-hop")])
+    final = response(200, [("cache-control", "max-age=60")], b"hinted")
+    origin.script("/hints/hints", hints + final)
+    first = raw_get(cached, "/hints/hints")
+    head, _, rest = first.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 103 Early Hints\r\n")
+    assert b"link: </style.css>; rel=preload" in head.lower()
+    assert b"connection" not in head.lower()  # hop-by-hop fields are not relayed
+    assert rest.startswith(b"HTTP/1.1 200 ")
+    assert b"x-cache: MISS" in rest and b"stored" in rest
+    again = raw_get(cached, "/hints/hints")
+    assert again.startswith(b"HTTP/1.1 200 ") and b" 103 " not in again
+    assert b"x-cache: HIT" in again
+    assert origin.count("/hints/hints") == 1
+
+
+def test_rfc9110_15_2_no_interim_response_to_an_http_1_0_client(
+    cached: Stack, origins: dict[str, ScriptedUpstream]
+) -> None:
+    origin = origins["hints"]
+    hints = interim(103, [("link", "</a.css>")])
+    origin.script(
+        "/hints/hints10", hints + response(200, [("cache-control", "no-store")], b"hinted")
+    )
+    data = raw_get(cached, "/hints/hints10", version="1.0")
+    assert data.startswith(b"HTTP/1.1 200 ") and b"103" not in data
+    assert origin.count("/hints/hints10") == 1

@@ -13,7 +13,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.upstream.events import END_OF_MESSAGE, EndOfMessage, ProtocolError, ResponseHead
+from gateway.upstream.events import (
+    END_OF_MESSAGE,
+    EndOfMessage,
+    Interim,
+    ProtocolError,
+    ResponseHead,
+)
 from gateway.upstream.h11_impl import H11ResponseParser
 from gateway.upstream.httptools_impl import HttpToolsResponseParser
 from gateway.upstream.parsers import ResponseParser, parser_class
@@ -44,6 +50,8 @@ def normalize(events: Iterable[object]) -> list[Event]:
                 out.append(("body", event))
         elif isinstance(event, ResponseHead):
             out.append(("head", event.status, event.headers, event.keep_alive, event.http_version))
+        elif isinstance(event, Interim):
+            out.append(("interim", event.status, event.headers))
         else:
             assert isinstance(event, EndOfMessage)
             out.append(("end",))
@@ -163,14 +171,18 @@ def test_responses_without_a_body(parser: ResponseParser, status: int) -> None:
     assert events[0][1] == status
 
 
-def test_interim_responses_are_swallowed(parser: ResponseParser) -> None:
-    """1xx responses are not events: the final response is the only head."""
+def test_rfc9110_15_2_interim_responses_are_events_before_the_head(parser: ResponseParser) -> None:
+    """102-199 become ``Interim`` events in order (relayed, never cached); 100 Continue is
+    dropped (the gateway answers a client's Expect itself); the final response follows."""
     data = (
         b"HTTP/1.1 100 Continue\r\n\r\n"
+        b"HTTP/1.1 102 Processing\r\n\r\n"
         b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n"
         b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx"
     )
     assert parse(parser, data) == [
+        ("interim", 102, []),
+        ("interim", 103, [(b"link", b"</a.css>")]),
         ("head", 200, [(b"content-length", b"1")], True, "1.1"),
         ("body", b"x"),
         ("end",),
