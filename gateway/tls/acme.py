@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import requests
 from acme import challenges, client, crypto_util, errors, messages
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -427,8 +428,16 @@ class HTTP01App:
 
 
 def _describe(exc: BaseException) -> str:
+    """One readable line: the CA's own problem document, or why it could not be reached."""
     if isinstance(exc, messages.Error):
         return f"{exc.typ}: {exc.detail}" if exc.detail else str(exc)
+    if isinstance(exc, requests.ConnectionError):
+        url: str | bytes | None = exc.request.url if exc.request is not None else None
+        if isinstance(url, bytes):
+            url = url.decode("ascii", "replace")
+        url = url or "the ACME directory"
+        reason = re.search(r"\[Errno -?\d+\] ([^'\")]+)", str(exc))
+        return f"cannot reach {url}: {reason.group(1) if reason else type(exc).__name__}"
     text = str(exc) or type(exc).__name__
     return text if len(text) < 400 else text[:400] + "..."
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from acme import messages
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -22,6 +23,7 @@ from gateway.tls.acme import (
     ACMEStore,
     ChallengeBoard,
     HTTP01App,
+    _describe,
     acme_names,
     is_local_name,
     renewal_time,
@@ -224,3 +226,15 @@ def test_acme_table_errors_name_file_key_value_and_what_is_allowed(
     assert line.startswith(str(PATH))
     for part in expected:
         assert part in line, line
+
+
+def test_failures_are_described_in_one_line() -> None:
+    request = requests.Request("GET", "https://ca.example/dir").prepare()
+    refused = requests.ConnectionError(
+        "HTTPSConnectionPool(...): Max retries exceeded (Caused by NewConnectionError("
+        "'<...>: Failed to establish a new connection: [Errno 111] Connection refused'))",
+        request=request,
+    )
+    assert _describe(refused) == "cannot reach https://ca.example/dir: Connection refused"
+    problem = messages.Error(typ="urn:ietf:params:acme:error:rateLimited", detail="too many")
+    assert _describe(problem) == "urn:ietf:params:acme:error:rateLimited: too many"
