@@ -31,6 +31,7 @@ from pathlib import Path
 from gateway.errors import ClientDisconnected, GatewayError, MethodNotAllowed, NotFound
 from gateway.handlers.static_fs import (
     DirectoryWithoutSlash,
+    Found,
     Lookups,
     StaticFile,
     directory_location,
@@ -111,7 +112,7 @@ class StaticHandler:
         plain = method == "GET" and conditions.if_none_match is None
         plain = plain and conditions.if_modified_since is None and conditions.range is None
         loop = asyncio.get_running_loop()
-        found, file = await loop.run_in_executor(
+        lookup = loop.run_in_executor(
             None,
             find_and_open,
             self.root,
@@ -120,6 +121,13 @@ class StaticHandler:
             conditions.accept_encoding,
             self.chunk_size if plain else 0,
         )
+        try:
+            # Shielded: a cancelled request must not cancel the thread's result away, or
+            # the descriptor it opened would never be closed.
+            found, file = await asyncio.shield(lookup)
+        except asyncio.CancelledError:
+            lookup.add_done_callback(_close_opened)
+            raise
         self.lookups.put(key, found, time.monotonic())
         return file
 
@@ -231,6 +239,11 @@ async def _read(loop: asyncio.AbstractEventLoop, fd: int, size: int, offset: int
     if len(data) < size:
         data += await loop.run_in_executor(None, os.pread, fd, size - len(data), offset + len(data))
     return data
+
+
+def _close_opened(lookup: asyncio.Future[tuple[Found, StaticFile]]) -> None:
+    if not lookup.cancelled() and lookup.exception() is None:
+        os.close(lookup.result()[1].fd)
 
 
 def _check_read(data: bytes, want: int) -> None:

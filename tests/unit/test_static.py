@@ -819,3 +819,64 @@ def test_a_plain_get_of_a_small_file_takes_one_thread_hop(
 def test_a_name_too_long_for_the_file_system_is_404(site: Path) -> None:
     with pytest.raises(NotFound):
         run(site, b"/" + b"a" * 5000 + b".txt")
+
+
+def test_a_request_cancelled_during_the_lookup_leaks_no_descriptor(
+    site: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    import gateway.handlers.static as static_module
+
+    entered, release = threading.Event(), threading.Event()
+    opened_fds: list[int] = []
+
+    def slow_find_and_open(*args: Any) -> Any:
+        entered.set()
+        release.wait(5)
+        found, file = find_and_open(*args)
+        opened_fds.append(file.fd)
+        return found, file
+
+    monkeypatch.setattr(static_module, "find_and_open", slow_find_and_open)
+
+    def holds_the_file(fd: int) -> bool:
+        try:
+            return os.readlink(f"/proc/self/fd/{fd}") == str(site / "hello.txt")
+        except OSError:
+            return False
+
+    async def go() -> None:
+        recorder = Recorder()
+        scope: dict[str, Any] = {
+            "type": "http",
+            "method": "GET",
+            "path": "/hello.txt",
+            "raw_path": b"/hello.txt",
+            "query_string": b"",
+            "headers": [],
+        }
+        request = Request(
+            scope,
+            recorder.receive,
+            recorder.send,
+            RequestFacts("localhost", "localhost", None, False),
+            Route("/", handler="static"),
+            Exchange(scope),
+        )
+        loop = asyncio.get_running_loop()
+        task = asyncio.create_task(StaticHandler(site, "no-cache")(request))
+        assert await loop.run_in_executor(None, entered.wait, 5)  # the lookup is in its thread
+        task.cancel()
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        # The thread finishes after the cancellation; its result is closed by a callback on
+        # the loop.  Nothing to await for that: poll, bounded.
+        for _ in range(500):
+            if opened_fds and not holds_the_file(opened_fds[0]):
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"descriptor {opened_fds} still open")
+
+    asyncio.run(go())
