@@ -37,6 +37,9 @@ logger = logging.getLogger("gateway.tls")
 # The local leaf is looked at this often even when far from renewal, so a leaf renewed by a
 # sibling process sharing [tls] dir is picked up within the hour.
 LOCAL_RECHECK = timedelta(hours=1)
+# A bring-your-own pair is renewed by someone else (certbot, a deploy); a stat this often finds
+# the new files.
+FILE_POLL = timedelta(seconds=5)
 
 
 class TLSService:
@@ -59,6 +62,8 @@ class TLSService:
         self.selector = selector
         if self.local:
             self._spawn(self._keep_local_leaf(paths), "local leaf renewal")
+        else:
+            self._spawn(self._follow_files(paths), "certificate file watch")
         names = acme_names(hostnames)
         if tls.acme is not None and names:
             self.board = ChallengeBoard(self._set_alpn_challenge, selector.clear_challenge)
@@ -108,6 +113,26 @@ class TLSService:
         assert self.selector is not None
         self.selector.set_challenge(name, challenge_ssl_context(cert_pem, key_pem))
 
+    async def _follow_files(self, paths: CertificatePaths) -> None:
+        """Serve a replaced ``[tls] cert_file``/``key_file`` pair to new connections."""
+        assert self.selector is not None
+        loaded = refused = _stamp(paths)
+        while True:
+            await asyncio.sleep(FILE_POLL.total_seconds())
+            current = _stamp(paths)
+            if current in (loaded, refused):
+                continue
+            try:
+                self.selector.replace_default(paths.cert_file, paths.key_file, "file")
+            except CertificateError as exc:
+                # Often the moment between writing the new certificate and its key: the old
+                # pair keeps serving, and the next change is tried again.
+                logger.warning("still serving the old certificate: %s", exc)
+                refused = current
+                continue
+            loaded = current
+            logger.info("serving the changed %s to new connections", paths.cert_file)
+
     async def _keep_local_leaf(self, paths: CertificatePaths) -> None:
         """Issue the local leaf again when it is due and serve it without a restart."""
         assert self.selector is not None
@@ -131,3 +156,12 @@ class TLSService:
                 # The old leaf keeps serving; a CA problem needs a human, so say it loudly.
                 logger.error("cannot renew the local certificate: %s", exc)
                 await asyncio.sleep(LOCAL_RECHECK.total_seconds())
+
+
+def _stamp(paths: CertificatePaths) -> tuple[float, ...]:
+    """Modification times and sizes of the pair: what changes when either file is replaced."""
+    try:
+        cert, key = paths.cert_file.stat(), paths.key_file.stat()
+    except OSError:
+        return ()
+    return (cert.st_mtime, cert.st_size, key.st_mtime, key.st_size)

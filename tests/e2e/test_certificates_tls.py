@@ -17,8 +17,22 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from e2e.harness import REPO, Gateway, one_pool, read_response, stack
-from gateway.tls.certs import CertificateAuthority, leaf_names
+from e2e.harness import (
+    BACKEND_BASE_PORT,
+    PYTHON,
+    READY_LINE,
+    REPO,
+    START_TIMEOUT,
+    Gateway,
+    ManagedProcess,
+    echo_upstream,
+    free_port,
+    one_pool,
+    read_response,
+    stack,
+    toml_table,
+)
+from gateway.tls.certs import CertificateAuthority, LeafCertificate, leaf_names
 
 pytestmark = pytest.mark.e2e
 
@@ -228,3 +242,63 @@ def test_local_leaf_is_renewed_while_running_without_dropping_connections(
             assert renewed.not_valid_after_utc > first.not_valid_after_utc + timedelta(days=80)
             old.sendall(b"GET /echo/two HTTP/1.1\r\nHost: localhost\r\n\r\n")
             assert read_response(old)[0] == 200
+
+
+def test_bring_your_own_files_replaced_are_served_without_a_restart(tmp_path: Path) -> None:
+    """``[tls] cert_file``/``key_file`` replaced on disk (certbot, a deploy): new handshakes
+    get the new pair, an open connection keeps working; a half-written pair is not taken."""
+    ca = CertificateAuthority.create()
+    (tmp_path / "ca.pem").write_bytes(ca.cert_pem())
+    cert_file, key_file = tmp_path / "site.pem", tmp_path / "site-key.pem"
+
+    def write(leaf: LeafCertificate) -> None:
+        key_file.write_bytes(leaf.key_pem())
+        cert_file.write_bytes(leaf.cert_pem())
+
+    first = ca.issue_leaf(leaf_names(["localhost"]))
+    write(first)
+    with echo_upstream("a") as upstream:
+        ports = (free_port(), free_port())
+        config = tmp_path / "config.toml"
+        config.write_text(
+            "\n".join(
+                [
+                    toml_table(
+                        "[gateway]",
+                        {"host": "127.0.0.1", "http_port": ports[0], "https_port": ports[1]},
+                    ),
+                    toml_table("[tls]", {"cert_file": str(cert_file), "key_file": str(key_file)}),
+                    toml_table("[backend]", {"base_port": BACKEND_BASE_PORT, "workers": 1}),
+                    toml_table("[upstreams.pool]", {"servers": [upstream.url]}),
+                    toml_table("[[routes]]", {"path_prefix": "/", "upstream": "pool"}),
+                ]
+            )
+        )
+        process = ManagedProcess([PYTHON, "run_gateway.py", "--config", str(config)])
+        try:
+            assert process.wait_for_line(READY_LINE, START_TIMEOUT), process.output()
+            context = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+
+            def connect() -> ssl.SSLSocket:
+                raw = socket.create_connection(("127.0.0.1", ports[1]), timeout=10)
+                return context.wrap_socket(raw, server_hostname="localhost")
+
+            def serial(tls: ssl.SSLSocket) -> int:
+                return x509.load_der_x509_certificate(tls.getpeercert(True) or b"").serial_number
+
+            with connect() as old:
+                assert serial(old) == first.certificate.serial_number
+                # A key that does not match the certificate yet: refused, the old pair stays.
+                key_file.write_bytes(ca.issue_leaf(["localhost"]).key_pem())
+                assert process.wait_for_line("still serving the old certificate", 30)
+                with connect() as tls:
+                    assert serial(tls) == first.certificate.serial_number
+                second = ca.issue_leaf(leaf_names(["localhost"]))
+                write(second)
+                assert process.wait_for_line("serving the changed", 30), process.output()
+                with connect() as new:
+                    assert serial(new) == second.certificate.serial_number
+                old.sendall(b"GET /echo/x HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                assert read_response(old)[0] == 200
+        finally:
+            process.stop()
