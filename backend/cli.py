@@ -2,6 +2,8 @@
 
     run_backend.py [--config PATH]
     run_backend.py create-admin --username U --email E --password-stdin [--config PATH]
+    run_backend.py backup --to FILE [--config PATH]
+    run_backend.py restore --from FILE [--config PATH]
 
 Library code raises typed errors; only this module turns them into messages and exit codes
 (0 ok, 1 failed, 2 usage).
@@ -17,10 +19,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import asyncpg
+
 from gateway.config import ConfigError, Settings, load_settings
 
+from . import backup, users
 from . import db as database
-from . import users
 from .errors import ValidationFailed
 from .migrations import SchemaTooNew
 from .passwords import hash_password
@@ -58,6 +62,22 @@ def _parser() -> argparse.ArgumentParser:
         required=True,
         help="read the password from standard input (never from the command line)",
     )
+    backup_command = commands.add_parser(
+        "backup",
+        parents=[config],
+        help="write a consistent backup of the database, also while workers write",
+        description="SQLite: the online backup API (the backup is a SQLite file). "
+        "PostgreSQL: pg_dump --format=custom.",
+    )
+    backup_command.add_argument("--to", type=Path, required=True, metavar="FILE")
+    restore_command = commands.add_parser(
+        "restore",
+        parents=[config],
+        help="restore a backup into a fresh (empty) database",
+        description="Restores a file written by 'backup' into [backend] database, which must be "
+        "new: a SQLite file that does not exist yet, or a PostgreSQL database without tables.",
+    )
+    restore_command.add_argument("--from", dest="source", type=Path, required=True, metavar="FILE")
     return parser
 
 
@@ -96,6 +116,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in exc.errors:
             print(line, file=sys.stderr)
         return 1
+    if args.command in ("backup", "restore"):
+        try:
+            if args.command == "backup":
+                print(f"backend: {backup.backup(settings.backend.database, args.to)}")
+            else:
+                print(f"backend: {backup.restore(settings.backend.database, args.source)}")
+        except (backup.BackupError, SchemaTooNew) as exc:
+            print(f"backend: {args.command}: {exc}", file=sys.stderr)
+            return 1
+        except (OSError, sqlite3.Error, asyncpg.PostgresError) as exc:
+            print(f"backend: {args.command}: {exc}", file=sys.stderr)
+            return 1
+        return 0
     if args.command == "create-admin":
         password = sys.stdin.readline().rstrip("\r\n")
         try:
@@ -110,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for field, messages in exc.errors.items():
                 print(f"backend: create-admin: {field}: {' '.join(messages)}", file=sys.stderr)
             return 1
-        except (SchemaTooNew, sqlite3.Error, OSError) as exc:
+        except (SchemaTooNew, sqlite3.Error, OSError, asyncpg.PostgresError) as exc:
             print(f"backend: create-admin: {exc}", file=sys.stderr)
             return 1
         return 0
