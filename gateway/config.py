@@ -59,6 +59,8 @@ class GatewaySettings:
     websocket_idle_timeout: float = 300.0
     # Open tunnels per gateway process; beyond it an upgrade gets 503.
     max_websocket_tunnels: int = 4096
+    # Offer h2 by ALPN on https_port (gateway/http2/); HTTP/1.1 stays available either way.
+    http2: bool = True
     # At start-up, how long to wait for each upstream's first passing health check before
     # announcing "ready" anyway; requests arriving meanwhile are held (not answered 502/503).
     ready_timeout: float = 10.0
@@ -478,6 +480,7 @@ BACKEND_KEYS: dict[str, Check | str] = {
     "base_port": _int(1, 65535),
     "workers": _int(1, 64),
     "database": _DATABASE,
+    "http2": _bool,
     "outbox": _PATH,
     "public_url": _str,
     "smtp_host": _str,
