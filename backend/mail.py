@@ -54,7 +54,11 @@ def confirmation_message(*, sender: str, recipient: str, username: str, link: st
         f"Hello {username},\n\n"
         "please confirm your e-mail address by opening this link within 24 hours:\n\n"
         f"{link}\n\n"
-        "If you did not create an account, ignore this message.\n"
+        "If you did not create an account, ignore this message.\n",
+        # 7bit keeps the link whole on one line (RFC 5322 allows 998 characters); the default,
+        # quoted-printable, would break it with "=" every 76 characters for whoever reads the
+        # .eml file.  Everything in it is ASCII: the link, and usernames by their pattern.
+        cte="7bit",
     )
     return message
 

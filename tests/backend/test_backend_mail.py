@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import email
 import email.policy
+import logging
 import socketserver
 import stat
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
@@ -16,6 +18,9 @@ import pytest
 from backend.app import create_app
 from backend.mail import Mailer, confirmation_message, public_base_url
 from gateway.config import Settings, parse_settings
+
+if TYPE_CHECKING:
+    from conftest import Api
 
 
 @pytest.mark.parametrize(
@@ -138,3 +143,21 @@ async def test_smtp_failure_does_not_fail_registration(
     assert response.status_code == 201
     assert "SMTP delivery" in caplog.text
     assert len(list(settings.backend.outbox.glob("*.eml"))) == 1
+
+
+@pytest.mark.anyio
+async def test_registration_logs_the_message_path_and_keeps_the_link_on_one_line(
+    api: Api, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="backend.mail"):
+        account = await api.register()
+    link = api.confirmation_link(account.email)
+    assert len(link) > 200  # long enough that quoted-printable would have wrapped it
+    [record] = [r for r in caplog.records if "confirmation e-mail" in r.getMessage()]
+    line = record.getMessage()
+    [path] = list(settings.backend.outbox.glob("*.eml"))
+    assert f"user {account.id} written to {path}; link: {link}" in line
+    raw = path.read_bytes()
+    assert b"Content-Transfer-Encoding: 7bit" in raw
+    assert link.encode() + b"\n" in raw.splitlines(keepends=True)  # whole, on a line of its own
+    assert b"=\n" not in raw
