@@ -11,6 +11,7 @@ import pytest
 
 from gateway.access_log import Exchange
 from gateway.app import ClientSend
+from gateway.asgi import INTERIM
 from gateway.cache.layer import CacheLayer
 from gateway.config import CacheSettings
 from gateway.errors import GatewayError, UpstreamConnectError
@@ -158,6 +159,7 @@ async def request(
     # The app's outer wrapper, as in production: it adds the gateway's own headers (EXTRA).
     client_send = ClientSend(send, exchange, EXTRA)
     await layer.handle(Request(scope, receive, client_send, facts, ROUTE, exchange), origin.forward)
+    messages = [m for m in messages if m["type"] != INTERIM]  # 1xx: seen via on_message
     start = messages[0]
     assert start["type"] == "http.response.start"
     body = b"".join(m.get("body", b"") for m in messages[1:])
@@ -630,5 +632,126 @@ def test_a_body_cut_short_is_not_stored() -> None:
         with pytest.raises(GatewayError):
             await request(layer, origin)
         assert len(layer.store) == 0 and len(layer.coalescer) == 0
+
+    run(scenario())
+
+
+# --- RFC 9213 targeted fields, policy, interim responses, ranges (issue 15) ------------------
+
+
+def test_rfc9213_our_targeted_field_decides_and_never_reaches_the_client() -> None:
+    async def scenario() -> None:
+        layer = make_layer()
+        origin = Origin(
+            Reply(
+                headers=[(b"cache-control", b"no-store"), (b"cdn-cache-control", b"max-age=60")],
+                chunks=(b"v1",),
+            )
+        )
+        first = await request(layer, origin)
+        second = await request(layer, origin)
+        assert origin.count == 1 and second.header("x-cache") == "HIT"
+        for response in (first, second):
+            assert response.header("cdn-cache-control") is None
+            assert response.header("cache-control") == "no-store"
+
+    run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("method", "request_headers"),
+    [
+        ("GET", [(b"range", b"bytes=0-1")]),  # a Range miss passes by the cache
+        ("HEAD", []),  # HEAD with nothing stored passes by too
+        ("POST", []),  # unsafe methods are forwarded with invalidation
+    ],
+)
+def test_rfc9213_targeted_fields_are_stripped_on_every_forwarded_path(
+    method: str, request_headers: Headers
+) -> None:
+    async def scenario() -> None:
+        origin = Origin(Reply(headers=[(b"cdn-cache-control", b"max-age=60")], chunks=(b"x",)))
+        response = await request(make_layer(), origin, method=method, headers=request_headers)
+        assert origin.count == 1 and response.header("cdn-cache-control") is None
+
+    run(scenario())
+
+
+def test_the_configured_target_list_is_used() -> None:
+    async def scenario() -> None:
+        layer = make_layer(targeted_fields=("Gateway-Cache-Control",))
+        origin = Origin(
+            Reply(
+                headers=[
+                    (b"gateway-cache-control", b"max-age=60"),
+                    (b"cdn-cache-control", b"no-store"),
+                ],
+                chunks=(b"v1",),
+            )
+        )
+        await request(layer, origin)
+        hit = await request(layer, origin)
+        assert origin.count == 1 and hit.header("x-cache") == "HIT"
+        # Not on our list: passed through to the caches downstream, stored with the response.
+        assert hit.header("cdn-cache-control") == "no-store"
+        assert hit.header("gateway-cache-control") is None
+
+    run(scenario())
+
+
+def test_heuristic_fraction_from_the_settings_reaches_the_stored_entry() -> None:
+    async def scenario() -> None:
+        clock = Clock()
+        layer = make_layer(clock, heuristic_fraction=0.5)
+        modified = (b"last-modified", b"Tue, 14 Nov 2023 21:13:20 GMT")  # NOW - 3600
+        date = (b"date", b"Tue, 14 Nov 2023 22:13:20 GMT")  # NOW
+        origin = Origin(Reply(headers=[modified, date], chunks=(b"v1",)))
+        await request(layer, origin)
+        clock.now += 1700  # within half of the hour since Last-Modified
+        hit = await request(layer, origin)
+        assert origin.count == 1
+        assert hit.header("cache-status") == "gateway; hit; ttl=100; detail=heuristic"
+
+    run(scenario())
+
+
+class HintingOrigin(Origin):
+    """An origin that sends 103 Early Hints before each response."""
+
+    async def forward(
+        self, request: Request, send: Any, request_headers: Headers | None = None
+    ) -> None:
+        await send({"type": INTERIM, "status": 103, "headers": [(b"link", b"</a.css>")]})
+        await super().forward(request, send, request_headers)
+
+
+def test_rfc9110_15_2_an_interim_response_passes_the_cache_and_is_not_stored() -> None:
+    async def scenario() -> None:
+        layer, origin = make_layer(), HintingOrigin(cacheable())
+        seen: list[dict[str, Any]] = []
+        first = await request(layer, origin, on_message=seen.append)
+        assert seen[0] == {"type": INTERIM, "status": 103, "headers": [(b"link", b"</a.css>")]}
+        assert first.body == b"v1" and "stored" in (first.header("cache-status") or "")
+        seen.clear()
+        hit = await request(layer, origin, on_message=seen.append)
+        assert hit.header("x-cache") == "HIT" and hit.body == b"v1"
+        assert [m["type"] for m in seen] == ["http.response.start", "http.response.body"]
+        assert origin.count == 1
+
+    run(scenario())
+
+
+def test_a_range_on_a_stored_response_is_answered_by_the_layer() -> None:
+    async def scenario() -> None:
+        layer, origin = (
+            make_layer(),
+            Origin(Reply(headers=[(b"cache-control", b"max-age=60")], chunks=(b"hello",))),
+        )
+        await request(layer, origin)
+        ranged = await request(layer, origin, headers=[(b"range", b"bytes=1-3")])
+        assert (ranged.status, ranged.body) == (206, b"ell")
+        assert ranged.header("content-range") == "bytes 1-3/5"
+        assert ranged.exchange.cache == "HIT" and ranged.exchange.bytes_sent == 3
+        assert origin.count == 1
 
     run(scenario())
