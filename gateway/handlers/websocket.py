@@ -136,15 +136,22 @@ class WebSocketHandler:
         self.idle_timeout = settings.gateway.websocket_idle_timeout
         self.max_tunnels = settings.gateway.max_websocket_tunnels
         self.tunnels: set[Tunnel] = set()
+        # Upgrades whose handshake is under way hold a slot too, or concurrent handshakes
+        # would all pass the limit check before any of their tunnels exists.
+        self.handshaking = 0
 
     async def __call__(self, request: Request) -> None:
         upgrade: UpgradeHandle = request.scope["gateway.upgrade"]
-        if len(self.tunnels) >= self.max_tunnels:
+        if len(self.tunnels) + self.handshaking >= self.max_tunnels:
             raise TooManyTunnels(
                 f"this gateway process already has {self.max_tunnels} WebSocket tunnels open "
                 "(max_websocket_tunnels)"
             )
-        conn = await self.proxy.handshake(request)
+        self.handshaking += 1
+        try:
+            conn = await self.proxy.handshake(request)
+        finally:
+            self.handshaking -= 1
         if conn is None:
             return  # the upstream declined; its answer went to the client
         exchange = request.exchange

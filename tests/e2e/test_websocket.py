@@ -468,6 +468,28 @@ def test_third_tunnel_over_the_limit_gets_503(limited: Gateway) -> None:
     asyncio.run(scenario())
 
 
+def test_concurrent_upgrades_never_exceed_the_limit(limited: Gateway) -> None:
+    """Five upgrades at once with room for two: exactly two tunnels, three 503s (a slot is
+    taken when the handshake starts, not when the tunnel opens)."""
+
+    async def attempt() -> ClientConnection | int:
+        try:
+            return await open_ws(limited, "/echo", ping_interval=0.1)
+        except InvalidStatus as exc:
+            return exc.response.status_code
+
+    async def scenario() -> list[ClientConnection | int]:
+        results = await asyncio.gather(*(attempt() for _ in range(5)))
+        for result in results:
+            if not isinstance(result, int):
+                await echo(result, "in")
+                await result.close()
+        return results
+
+    results = asyncio.run(scenario())
+    assert sorted(r if isinstance(r, int) else 101 for r in results) == [101, 101, 503, 503, 503]
+
+
 def test_tunnels_work_with_two_workers(tmp_path: Path, upstream: WsUpstream) -> None:
     async def scenario(gw: Gateway) -> None:
         async with contextlib.AsyncExitStack() as opened:

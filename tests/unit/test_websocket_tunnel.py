@@ -308,3 +308,38 @@ def test_handler_leaves_a_declined_handshake_to_the_proxy() -> None:
         assert request.exchange.status == 0
 
     run(scenario)
+
+
+class SlowProxy(FakeProxy):
+    """A handshake that takes a while: the upstream has not answered yet."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(None)
+        self.loop = loop
+        self.answer_now = asyncio.Event()
+
+    async def handshake(self, request: Any) -> FakeSwitchedConnection | None:
+        self.handshakes += 1
+        await self.answer_now.wait()
+        return FakeSwitchedConnection(MockTransport(self.loop))
+
+
+def test_concurrent_handshakes_cannot_exceed_the_limit() -> None:
+    """Three upgrades at once with room for two: the slot is taken when the handshake starts,
+    not when the tunnel opens, so exactly one is refused."""
+
+    async def scenario(loop: asyncio.AbstractEventLoop) -> None:
+        proxy = SlowProxy(loop)
+        handler = handler_for(proxy, max_tunnels=2)  # type: ignore[arg-type]
+        tasks = [asyncio.create_task(handler(fake_request(MockTransport(loop)))) for _ in range(3)]
+        await asyncio.sleep(0)
+        proxy.answer_now.set()
+        await asyncio.sleep(0.01)
+        refused = [t for t in tasks if t.done() and isinstance(t.exception(), TooManyTunnels)]
+        assert len(refused) == 1 and proxy.handshakes == 2
+        assert len(handler.tunnels) == 2
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    run(scenario)
