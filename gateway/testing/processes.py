@@ -94,14 +94,19 @@ class GatewayProcess:
             text=True,
             errors="replace",
         )
-        # Joins the gateway's group, so the group's stop signals end it too.
-        self.watchdog = subprocess.Popen(
-            [sys.executable, "-I", "-S", "-c", WATCHDOG, str(self.proc.pid)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            process_group=self.proc.pid,
-        )
+        try:
+            # Joins the gateway's group, so the group's stop signals end it too.
+            self.watchdog = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", WATCHDOG, str(self.proc.pid)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                process_group=self.proc.pid,
+            )
+        except BaseException:  # no watchdog, no gateway: nothing may run unwatched
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+            raise
         self._reader = threading.Thread(
             target=self._read, name=f"pygateway-log:{self.proc.pid}", daemon=True
         )
