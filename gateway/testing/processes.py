@@ -106,6 +106,8 @@ class GatewayProcess:
         except BaseException:  # no watchdog, no gateway: nothing may run unwatched
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
+            if self.proc.stdout is not None:
+                self.proc.stdout.close()
             raise
         self._reader = threading.Thread(
             target=self._read, name=f"pygateway-log:{self.proc.pid}", daemon=True
