@@ -5,6 +5,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway.cache.conditional import freshen, not_modified, updates_entry
 from gateway.cache.decisions import Action, lookup_decision
@@ -91,6 +93,12 @@ def test_rfc9111_4_1_equivalent_preference_lists_select_the_same_variant(
 )
 def test_rfc9111_4_1_different_preferences_stay_apart(a: bytes, b: bytes) -> None:
     assert normalized_preferences([a]) != normalized_preferences([b])
+
+
+@given(st.lists(st.binary(max_size=40), max_size=3))
+def test_preference_normalisation_never_raises_and_is_idempotent(lines: list[bytes]) -> None:
+    once = normalized_preferences(lines)
+    assert normalized_preferences([once]) == once
 
 
 def test_normalised_form() -> None:
