@@ -28,6 +28,8 @@ class Exchange:
         "aborted",
         "cache",
         "upstream_5xx",
+        "request_id",
+        "upstream_seconds",
     )
 
     def __init__(self, scope: MutableMapping[str, Any]) -> None:
@@ -40,6 +42,9 @@ class Exchange:
         self.aborted = False
         self.cache = "-"
         self.upstream_5xx = False
+        self.request_id = ""  # X-Request-ID, set by GatewayApp
+        # Time from writing the request upstream to its response head, all attempts.
+        self.upstream_seconds = 0.0
 
     @property
     def target(self) -> str:
@@ -119,7 +124,7 @@ class AccessLog:
         scope = exchange.scope
         client = scope.get("client")
         elapsed = time.perf_counter() - exchange.started
-        line = '%s %s "%s %s HTTP/%s" %d %d upstream=%s cache=%s rt=%.3f%s\n' % (  # noqa: UP031
+        line = '%s %s "%s %s HTTP/%s" %d %d upstream=%s cache=%s rt=%.3f id=%s%s\n' % (  # noqa: UP031
             self._stamp,
             client[0] if client else "-",
             scope["method"],
@@ -130,6 +135,7 @@ class AccessLog:
             exchange.upstream,
             exchange.cache,
             elapsed,
+            exchange.request_id or "-",
             " aborted" if exchange.aborted else "",
         )
         self._lines.append(line)

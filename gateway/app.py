@@ -8,19 +8,27 @@ Theory of operation.  For each request:
    ``ProxyHandler`` (perhaps wrapped by the cache), a ``StaticHandler`` or a
    ``RedirectHandler``; a WebSocket upgrade on a proxy route goes to the ``WebSocketHandler``;
 3. the handler answers through ``ClientSend``, the one outer ``send`` wrapper: it adds the
-   gateway's own response headers (Via, HSTS) and records status, bytes and whether the
-   response started, for the access log and for the error handling below;
+   gateway's own response headers (Via, HSTS, X-Request-ID, Server-Timing) and records
+   status, bytes and whether the response started, for the access log and for the error
+   handling below;
 4. a ``GatewayError`` becomes the client's error response (``errors`` decides the status),
    or, once the response has started, an aborted connection; the access log gets one line.
 
 Wrappers (the cache, the middlewares) wrap a handler and may hand it a copy of the request
 with their own ``send``: they see the handler's messages before ``ClientSend`` does, so what
-they store or transform never contains the gateway's own headers.
+they store or transform never contains the gateway's own headers.  A route's middlewares
+(``gateway.middleware``) wrap its handler in the order the route lists them; a route without
+any runs its handler unwrapped.
+
+Every request gets an X-Request-ID (a trusted proxy's is kept, else a new one): sent upstream,
+returned to the client, in the access log and in every error body the gateway makes.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import time
 from dataclasses import dataclass
 
 from gateway.access_log import AccessLog, Exchange
@@ -38,7 +46,8 @@ from gateway.handlers.proxy import ProxyHandler
 from gateway.handlers.redirect import RedirectHandler
 from gateway.handlers.static import StaticHandler
 from gateway.handlers.websocket import WebSocketHandler
-from gateway.headers import VIA, Headers
+from gateway.headers import VIA, Headers, TrustedProxies
+from gateway.middleware import build_middlewares
 from gateway.request import Handler, Request
 from gateway.routing import Route, Router
 from gateway.upstream.group import Upstream
@@ -50,12 +59,15 @@ log = logging.getLogger("gateway.app")
 class ClientSend:
     """The ``send`` every handler answers through (see the module docstring, step 3)."""
 
-    __slots__ = ("send", "exchange", "extra_headers")
+    __slots__ = ("send", "exchange", "extra_headers", "server_timing")
 
-    def __init__(self, send: Send, exchange: Exchange, extra_headers: Headers) -> None:
+    def __init__(
+        self, send: Send, exchange: Exchange, extra_headers: Headers, server_timing: bool = False
+    ) -> None:
         self.send = send
         self.exchange = exchange
         self.extra_headers = extra_headers
+        self.server_timing = server_timing
 
     async def __call__(self, message: Message) -> None:
         exchange = self.exchange
@@ -63,10 +75,40 @@ class ClientSend:
             exchange.status = message["status"]
             exchange.response_started = True
             # A new list: the handler's may be a stored cache entry's.
-            message["headers"] = message["headers"] + self.extra_headers
+            headers = message["headers"] + self.extra_headers
+            headers.append((b"x-request-id", exchange.request_id.encode()))
+            if self.server_timing:
+                headers.append((b"server-timing", server_timing(exchange)))
+            message["headers"] = headers
         else:
             exchange.bytes_sent += len(message.get("body", b""))
         await self.send(message)
+
+
+def server_timing(exchange: Exchange) -> bytes:
+    """The Server-Timing value (W3C Server Timing): time to the response head, the part of it
+    spent waiting for the upstream, and how the cache answered."""
+    total = (time.perf_counter() - exchange.started) * 1000
+    parts = [f"total;dur={total:.1f}"]
+    if exchange.upstream != "-":
+        parts.append(f"upstream;dur={exchange.upstream_seconds * 1000:.1f}")
+    if exchange.cache != "-":
+        parts.append(f"cache;desc={exchange.cache}")
+    return ", ".join(parts).encode()
+
+
+def request_id(scope: Scope, trusted: TrustedProxies) -> str:
+    """A trusted proxy's X-Request-ID (sane ones only: it ends up in logs), else a new one
+    of 32 hex digits, like Nginx's ``$request_id``."""
+    if trusted:
+        client = scope.get("client")
+        if client and trusted.contains(client[0]):
+            for name, value in scope["headers"]:
+                if name == b"x-request-id" and 0 < len(value) <= 200:
+                    text: str = value.decode("latin-1")
+                    if text.isascii() and text.isprintable() and " " not in text:
+                        return text
+    return os.urandom(16).hex()
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,30 +130,55 @@ class GatewayApp:
             extra.append((b"strict-transport-security", gateway.hsts_header.encode()))
         self.extra_headers = extra
         self.access_log = AccessLog(enabled=gateway.access_log)
+        self.server_timing = gateway.server_timing
         self.proxy = ProxyHandler(settings, upstreams)
+        self.trusted = self.proxy.trusted
         self.websocket = WebSocketHandler(settings, self.proxy)
         self.cache = CacheLayer(settings.cache) if settings.cache.enabled else None
+        self.middlewares = build_middlewares(settings)
         self.router: Router[RouteHandlers] = Router(
             (Route.from_settings(r), self._handlers(r)) for r in settings.routes
         )
 
     def _handlers(self, settings: RouteSettings) -> RouteHandlers:
+        names = settings.middlewares
         if settings.static is not None:
-            return RouteHandlers(StaticHandler(settings.static, settings.static_cache_control))
-        if settings.redirect is not None:
-            return RouteHandlers(
+            handlers = RouteHandlers(StaticHandler(settings.static, settings.static_cache_control))
+        elif settings.redirect is not None:
+            handlers = RouteHandlers(
                 RedirectHandler(settings.redirect, self.settings.gateway.redirect_status)
             )
-        http: Handler = self.proxy
-        if self.cache is not None and settings.cache:
-            http = self.cache.wrap(self.proxy.forward)
-        return RouteHandlers(http, self.websocket)
+        elif self.cache is not None and settings.cache:
+            # compress goes between the cache and the proxy, whatever its place in the list:
+            # the cache then stores each encoding once and a hit costs no compression.
+            forward = self.proxy.forward
+            outer: list[str] = []
+            for name in reversed(names):
+                wrap_forward = getattr(self.middlewares[name], "wrap_forward", None)
+                if wrap_forward is None:
+                    outer.insert(0, name)
+                else:
+                    forward = wrap_forward(forward)
+            names = tuple(outer)
+            handlers = RouteHandlers(self.cache.wrap(forward), self.websocket)
+        else:
+            handlers = RouteHandlers(self.proxy, self.websocket)
+        if not names:
+            return handlers
+        http, websocket = handlers.http, handlers.websocket
+        for name in reversed(names):  # the first listed ends up outermost
+            middleware = self.middlewares[name]
+            http = middleware.wrap(http)
+            if websocket is not None and middleware.applies_to_websocket:
+                websocket = middleware.wrap(websocket)
+        return RouteHandlers(http, websocket)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
         exchange = Exchange(scope)
-        client_send = ClientSend(send, exchange, self.extra_headers)
+        exchange.request_id = request_id(scope, self.trusted)
+        client_send = ClientSend(send, exchange, self.extra_headers, self.server_timing)
         try:
             facts = check_request(scope, self.hosts)
             found = self.router.match(facts.hostname, scope["path"])
@@ -144,7 +211,9 @@ class GatewayApp:
     async def _send_error(self, send: ClientSend, exc: GatewayError, exchange: Exchange) -> None:
         if exc.status >= 500:
             log.warning("%s %s -> %d: %s", *exchange.line, exc.status, exc.message)
-        headers, body = error_response(exc.status, exc.message, exc.response_headers())
+        headers, body = error_response(
+            exc.status, exc.message, exc.response_headers(), exchange.request_id
+        )
         if exc.close_connection:
             headers.append((b"connection", b"close"))
         await send({"type": "http.response.start", "status": exc.status, "headers": headers})

@@ -64,6 +64,8 @@ class GatewaySettings:
     # At start-up, how long to wait for each upstream's first passing health check before
     # announcing "ready" anyway; requests arriving meanwhile are held (not answered 502/503).
     ready_timeout: float = 10.0
+    # Server-Timing on every response (total, upstream, cache), for browsers' devtools.
+    server_timing: bool = False
 
     @property
     def hsts_header(self) -> str | None:
@@ -223,10 +225,21 @@ class RouteSettings:
     cache: bool = True
     # Cache-Control of static files: revalidate each time by default (ETag makes it cheap).
     static_cache_control: str = "no-cache"
+    # Names of [middlewares.NAME] tables, first = outermost.
+    middlewares: tuple[str, ...] = ()
 
     @property
     def handler(self) -> str:
         return "static" if self.static else "redirect" if self.redirect else "proxy"
+
+
+@dataclass(frozen=True, slots=True)
+class MiddlewareSettings:
+    """A ``[middlewares.NAME]`` table: its ``type`` and the converted keys of that type."""
+
+    name: str
+    type: str
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,6 +265,7 @@ class Settings:
     routes: tuple[RouteSettings, ...] = ()
     cache: CacheSettings = field(default_factory=CacheSettings)
     services: dict[str, ServiceSettings] = field(default_factory=dict)
+    middlewares: dict[str, MiddlewareSettings] = field(default_factory=dict)
 
     def summary(self) -> str:
         g = self.gateway
@@ -466,7 +480,9 @@ GATEWAY_KEYS: dict[str, Check | str] = {
     "workers": _int(1, 64),
     "websocket_idle_timeout": _number(0),
     "max_websocket_tunnels": _int(1, 1_000_000),
+    "http2": _bool,
     "ready_timeout": _number(0, 300, lo_exclusive=False),
+    "server_timing": _bool,
 }
 TLS_KEYS: dict[str, Check | str] = {"dir": _PATH, "cert_file": _PATH, "key_file": _PATH}
 ACME_KEYS: dict[str, Check | str] = {
@@ -480,7 +496,6 @@ BACKEND_KEYS: dict[str, Check | str] = {
     "base_port": _int(1, 65535),
     "workers": _int(1, 64),
     "database": _DATABASE,
-    "http2": _bool,
     "outbox": _PATH,
     "public_url": _str,
     "smtp_host": _str,
@@ -519,6 +534,7 @@ ROUTE_KEYS: dict[str, Check | str] = {
     "strip_prefix": _bool,
     "cache": _bool,
     "static_cache_control": _header_value,
+    "middlewares": _list_of(_name, non_empty=False),
 }
 ROUTE_HANDLERS = ("upstream", "static", "redirect")
 
@@ -546,6 +562,70 @@ CACHE_KEYS: dict[str, Check | str] = {
     "heuristic_max_seconds": _number(0, lo_exclusive=False),
 }
 ROUTE_REQUIRED = ("path_prefix",)
+
+
+def _realm(value: Any) -> tuple[Any, str | None]:
+    if isinstance(value, str) and value and value.isprintable() and '"' not in value:
+        return value, None
+    return None, "must be a non-empty printable string without '\"'"
+
+
+def _header_names(*, request: bool) -> Check:
+    """A list of field names a headers middleware may touch (see ``_settable_field``)."""
+    return _list_of(lambda value: _settable_field(value, request=request))
+
+
+def _header_set(*, request: bool) -> Check:
+    allowed = 'must be a table of Name = "value" (e.g. {X-Frame-Options = "DENY"})'
+
+    def check(value: Any) -> tuple[Any, str | None]:
+        if not isinstance(value, dict) or not value:
+            return None, allowed
+        out: dict[str, str] = {}
+        for name, item in value.items():
+            problem = _settable_field(name, request=request)[1] or _header_value(item)[1]
+            if problem:
+                return None, f"{name!r}: {problem}"
+            out[name] = item
+        return out, None
+
+    return check
+
+
+def _settable_field(value: Any, *, request: bool) -> tuple[Any, str | None]:
+    """Hop-by-hop and framing fields belong to each connection, and the forwarding family is
+    rewritten by the proxy itself: a rule for them would silently break framing or never
+    take effect, so it is refused."""
+    from gateway.headers import FORWARDING, HOP_BY_HOP
+
+    converted, problem = _field_name(value)
+    if problem:
+        return None, problem
+    name = converted.lower().encode()
+    if name in HOP_BY_HOP or name == b"content-length":
+        return None, f"{value} is a hop-by-hop or framing header, which each connection sets"
+    if request and (name in FORWARDING or name in (b"host", b"x-request-id")):
+        return None, f"{value} is set by the gateway for every forwarded request"
+    return converted, None
+
+
+MIDDLEWARE_TYPES: dict[str, dict[str, Check | str]] = {
+    "compress": {"min_bytes": _int(0)},
+    "basic_auth": {
+        "htpasswd": _PATH,
+        "realm": _realm,
+        "max_failures": _int(1, 10000),
+        "failure_window": _number(0),
+    },
+    "rate_limit": {"average": _number(0), "burst": _int(1, 1_000_000)},
+    "headers": {
+        "request_set": _header_set(request=True),
+        "request_remove": _header_names(request=True),
+        "response_set": _header_set(request=False),
+        "response_remove": _header_names(request=False),
+    },
+}
+MIDDLEWARE_REQUIRED = {"basic_auth": ("htpasswd",)}
 
 
 def is_database_url(value: str) -> bool:
@@ -675,7 +755,7 @@ def load_settings(path: str | Path) -> Settings:
 
 def parse_settings(data: dict[str, Any], path: Path) -> Settings:
     r = _Reader(path)
-    top = {"gateway", "tls", "backend", "upstreams", "routes", "cache", "services"}
+    top = {"gateway", "tls", "backend", "upstreams", "routes", "cache", "services", "middlewares"}
     for key in data:
         if key not in top:
             r.error(f"[{key}]", f"unknown table (allowed: {', '.join(sorted(top))})")
@@ -738,11 +818,61 @@ def parse_settings(data: dict[str, Any], path: Path) -> Settings:
         elif "path_prefix" in values and given[0] in values:
             routes.append(RouteSettings(**values))
 
+    middlewares = _read_middlewares(r, data.get("middlewares", {}), routes)
     _check_relations(r, gateway, tls, backend, upstreams, declared, routes, cache)
     _check_ports(r, gateway, backend, services)
     if r.errors:
         raise ConfigError(r.errors)
-    return Settings(path, gateway, tls, backend, upstreams, tuple(routes), cache, services)
+    return Settings(
+        path, gateway, tls, backend, upstreams, tuple(routes), cache, services, middlewares
+    )
+
+
+def _read_middlewares(
+    r: _Reader, raw_middlewares: Any, routes: list[RouteSettings]
+) -> dict[str, MiddlewareSettings]:
+    """The [middlewares.NAME] tables (keys checked per ``type``) and the routes' references."""
+    if not isinstance(raw_middlewares, dict):
+        r.error("[middlewares]", "must be a table of [middlewares.NAME] tables")
+        raw_middlewares = {}
+    middlewares: dict[str, MiddlewareSettings] = {}
+    types = ", ".join(MIDDLEWARE_TYPES)
+    for name, raw in raw_middlewares.items():
+        where = f"[middlewares.{name}]"
+        if _name(name)[1]:
+            r.error(where, "the middleware name must be letters, digits, '_' or '-'")
+            continue
+        if not isinstance(raw, dict):
+            r.error(where, f"must be a table, got {raw!r}")
+            continue
+        kind = raw.get("type")
+        if kind not in MIDDLEWARE_TYPES:
+            shown = f" = {_show(kind)}" if "type" in raw else ""
+            r.error(f"{where} type{shown}", f"must be one of: {types}")
+            continue
+        options = {key: value for key, value in raw.items() if key != "type"}
+        required = MIDDLEWARE_REQUIRED.get(kind, ())
+        before = len(r.errors)
+        values = r.table(options, where, MIDDLEWARE_TYPES[kind], required=required)
+        if kind == "basic_auth" and "htpasswd" in values:
+            from gateway.middleware.htpasswd import HtpasswdError, read_htpasswd
+
+            try:
+                read_htpasswd(values["htpasswd"])
+            except HtpasswdError as exc:
+                r.error(f"{where} htpasswd = {str(values['htpasswd'])!r}", str(exc))
+        if len(r.errors) == before:
+            middlewares[name] = MiddlewareSettings(name, kind, values)
+    for i, route in enumerate(routes):
+        for name in route.middlewares:
+            if name not in raw_middlewares:
+                known = ", ".join(sorted(raw_middlewares)) or "none defined"
+                r.error(
+                    f"[[routes]] #{i + 1} middlewares = {list(route.middlewares)!r}",
+                    f"no such middleware {name!r} (defined: {known}); "
+                    f"add a [middlewares.{name}] table",
+                )
+    return middlewares
 
 
 def _read_services(r: _Reader, raw_services: Any) -> dict[str, ServiceSettings]:

@@ -7,6 +7,8 @@
     │   ├── MisdirectedRequest          421    Host is not a name this gateway serves
     │   └── ContentTooLarge             413    body over max_body_bytes (closes)
     ├── ClientDisconnected              499    the client left (only ever in the access log)
+    ├── Unauthorized                    401    basic_auth: missing or wrong credentials
+    ├── TooManyRequests                 429    rate_limit, or too many failed logins
     ├── NotFound                        404    no route matches, or a static file is missing
     ├── MethodNotAllowed                405    e.g. POST to a static route
     ├── RangeNotSatisfiable             416    a Range outside a static file
@@ -22,6 +24,7 @@
 
 Every response the gateway makes itself is one of these, rendered by ``error_response``:
 the listener's parser errors (400/431), the app's refusals and the handlers' failures alike.
+Its JSON body carries the request's X-Request-ID (``request_id``) when there is one.
 
 Upstream errors also record how far the exchange got (``request_sent``): the retry policy
 reads that to decide whether another server may safely be tried (see ``gateway.retry``).
@@ -85,6 +88,30 @@ class ClientDisconnected(GatewayError):
     """The client went away; nothing more can be sent to it."""
 
     status = 499  # Nginx's code for it, only ever seen in the access log
+
+
+class Unauthorized(GatewayError):
+    status = 401  # RFC 9110 §15.5.2: must carry a challenge
+
+    def __init__(self, message: str, realm: str) -> None:
+        super().__init__(message)
+        self.realm = realm
+
+    def response_headers(self) -> list[tuple[bytes, bytes]]:
+        # RFC 7617 §2.1: charset="UTF-8" says how the client should encode user and password.
+        challenge = f'Basic realm="{self.realm}", charset="UTF-8"'
+        return [(b"www-authenticate", challenge.encode())]
+
+
+class TooManyRequests(GatewayError):
+    status = 429  # RFC 6585 §4
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def response_headers(self) -> list[tuple[bytes, bytes]]:
+        return [(b"retry-after", b"%d" % self.retry_after)]
 
 
 class NotFound(GatewayError):
@@ -171,11 +198,13 @@ class NoUpstreamAvailable(UpstreamError):
 
 REASONS = {
     400: "Bad Request",
+    401: "Unauthorized",
     404: "Not Found",
     405: "Method Not Allowed",
     413: "Content Too Large",
     416: "Range Not Satisfiable",
     421: "Misdirected Request",
+    429: "Too Many Requests",
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",
     502: "Bad Gateway",
@@ -185,10 +214,14 @@ REASONS = {
 
 
 def error_response(
-    status: int, message: str, extra_headers: list[tuple[bytes, bytes]] | None = None
+    status: int,
+    message: str,
+    extra_headers: list[tuple[bytes, bytes]] | None = None,
+    request_id: str = "",
 ) -> tuple[list[tuple[bytes, bytes]], bytes]:
     """The headers and JSON body of a response the gateway generates itself."""
-    body = json.dumps({"message": message}).encode() + b"\n"
+    payload = {"message": message, "request_id": request_id} if request_id else {"message": message}
+    body = json.dumps(payload).encode() + b"\n"
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),

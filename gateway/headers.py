@@ -35,6 +35,7 @@ FORWARDING = frozenset(
         b"x-forwarded-port",
         b"x-real-ip",
         b"forwarded",
+        b"x-request-id",  # the app's own (see GatewayApp), sent upstream by the proxy
     }
 )
 # Handled by the gateway's own listener (uvicorn answers 100-continue when the body is read).
@@ -87,6 +88,7 @@ def upstream_request_headers(
     host: bytes,
     trusted: TrustedProxies,
     proto: bytes = b"https",
+    request_id: bytes = b"",
 ) -> Headers:
     """The request headers to send upstream.
 
@@ -122,6 +124,8 @@ def upstream_request_headers(
     out.append((b"x-forwarded-proto", proto))
     out.append((b"x-forwarded-host", host))
     out.append((b"via", VIA if prior_via is None else prior_via + b", " + VIA))
+    if request_id:
+        out.append((b"x-request-id", request_id))
     return out
 
 
@@ -136,8 +140,8 @@ def client_response_headers(
     listed = connection_listed(headers)
     out: Headers = []
     for name, value in headers:
-        if name in HOP_BY_HOP:
-            continue
+        if name in HOP_BY_HOP or name == b"x-request-id":
+            continue  # the client gets the gateway's own X-Request-ID (GatewayApp)
         if listed and name in listed:
             continue
         out.append((name, value))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from gateway.asgi import INTERIM, INTERIM_SCOPE_KEY, Receive, Send
 from gateway.config import Settings, UpstreamServer
@@ -145,6 +146,7 @@ class ProxyHandler:
             client=client[0] if client else "unknown",
             host=request.facts.host.encode(),
             trusted=self.trusted,
+            request_id=request.exchange.request_id.encode(),
         )
 
     async def forward(
@@ -278,6 +280,7 @@ class ProxyHandler:
         pump: asyncio.Task[None] | None = None
         watcher: asyncio.Task[None] | None = None
         try:
+            started = time.perf_counter()
             conn.start(
                 head,
                 head_request=method == "HEAD",
@@ -300,6 +303,7 @@ class ProxyHandler:
                     await send({"type": INTERIM, "status": response.status, "headers": hints})
                 response = await conn.receive_interim_or_head()
             relay.status = response.status
+            exchange.upstream_seconds += time.perf_counter() - started  # Server-Timing
             if conn.switched:
                 relay.switched = conn
                 return
