@@ -116,7 +116,7 @@ BAD = {
     ),
     "unknown-table": (
         {"proxy": {}},
-        ["[proxy]", "unknown table", "allowed: backend, cache, gateway, routes"],
+        ["[proxy]", "unknown table", "allowed: backend, cache, gateway, middlewares, routes"],
     ),
     "table-not-a-table": ({"gateway": 5}, ["[gateway]", "must be a table, got 5"]),
     "tls-empty-path": ({"tls__dir": ""}, ["[tls] dir", "''", "non-empty path string"]),
