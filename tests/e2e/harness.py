@@ -450,7 +450,7 @@ class KeepAliveRaceUpstream:
 
     @property
     def url(self) -> str:
-        return f"{self.scheme}://127.0.0.1:{self.port}"
+        return f"http://127.0.0.1:{self.port}"
 
     def __enter__(self) -> KeepAliveRaceUpstream:
         self._acceptor.start()
