@@ -40,6 +40,7 @@ from typing import Any
 
 from gateway.asgi import INTERIM, INTERIM_SCOPE_KEY, Message
 from gateway.errors import parse_error, raw_error_response
+from gateway.http2.limits import Http2Limits
 
 try:
     import httptools
@@ -48,14 +49,21 @@ except ImportError:  # pragma: no cover - httptools not installed
     HttpToolsProtocol = None  # type: ignore[assignment,misc]
 
 
-def http_protocol_class(max_header_bytes: int = 64 * 1024) -> type[asyncio.Protocol] | str:
+def http_protocol_class(
+    max_header_bytes: int = 64 * 1024, http2: Http2Limits | None = None
+) -> type[asyncio.Protocol] | str:
+    """The listener's protocol class; with ``http2``, one that serves a connection that
+    negotiated ALPN h2 with ``gateway/http2`` instead (HTTP/2 needs httptools too)."""
     if HttpToolsProtocol is None:
         return "h11"
-    return type(
-        "GatewayHttpToolsProtocol",
-        (GatewayHttpToolsProtocol,),
-        {"max_header_bytes": max_header_bytes},
-    )
+    base: type[asyncio.Protocol] = GatewayHttpToolsProtocol
+    attrs: dict[str, Any] = {"max_header_bytes": max_header_bytes}
+    if http2 is not None:
+        from gateway.http2.dispatch import ALPNDispatchProtocol
+
+        base = ALPNDispatchProtocol
+        attrs["http2_limits"] = http2
+    return type("GatewayHttpToolsProtocol", (base,), attrs)
 
 
 class CorkedTransport:

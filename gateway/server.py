@@ -23,6 +23,7 @@ import uvicorn
 from gateway.app import GatewayApp
 from gateway.config import Settings
 from gateway.handlers.redirect import HTTPSRedirectApp
+from gateway.http2.limits import DEFAULT_HEADER_TIMEOUT, Http2Limits
 from gateway.listener import http_protocol_class
 from gateway.listeners import bind_listeners
 from gateway.tls.service import TLSService
@@ -60,7 +61,7 @@ class Gateway:
             app,
             host=g.host,
             port=port,
-            http=http_protocol_class(g.max_header_bytes),
+            http=http_protocol_class(g.max_header_bytes, self._http2_limits(ssl_context)),
             ws="none",
             proxy_headers=False,  # X-Forwarded-* from clients are handled (not trusted) by us
             lifespan="off",
@@ -72,6 +73,17 @@ class Gateway:
             timeout_graceful_shutdown=int(g.graceful_timeout),
             ssl_context_factory=factory,
             backlog=2048,
+        )
+
+    def _http2_limits(self, ssl_context: ssl.SSLContext | None) -> Http2Limits | None:
+        """HTTP/2 on the TLS listener when ``[gateway] http2`` (ALPN decides per connection)."""
+        g = self.settings.gateway
+        if ssl_context is None or not g.http2:
+            return None
+        return Http2Limits(
+            max_header_bytes=g.max_header_bytes,
+            idle_timeout=g.keepalive_timeout,
+            header_timeout=getattr(g, "header_timeout", DEFAULT_HEADER_TIMEOUT),
         )
 
     async def serve(

@@ -54,14 +54,18 @@ INTERMEDIATE_CIPHERS = ":".join(
 INTERMEDIATE_GROUPS = "X25519:P-256:P-384"
 # The application protocols offered by the listener: the one list to extend (h2 goes first).
 ALPN_PROTOCOLS = ["http/1.1"]
+# With [gateway] http2 (the listener then picks HTTP/2 or HTTP/1.1 per connection).
+ALPN_PROTOCOLS_H2 = ["h2", *ALPN_PROTOCOLS]
 # RFC 8737: a TLS-ALPN-01 validation offers only this protocol.
 ACME_TLS_ALPN = "acme-tls/1"
 
 
-def server_ssl_context(cert_file: str | Path, key_file: str | Path) -> ssl.SSLContext:
+def server_ssl_context(
+    cert_file: str | Path, key_file: str | Path, http2: bool = False
+) -> ssl.SSLContext:
     """The context for the HTTPS listener, serving ``cert_file`` (leaf first) and ``key_file``."""
     context = _intermediate_context()
-    context.set_alpn_protocols(ALPN_PROTOCOLS)
+    context.set_alpn_protocols(ALPN_PROTOCOLS_H2 if http2 else ALPN_PROTOCOLS)
     load_certificate(context, cert_file, key_file)
     return context
 
@@ -197,8 +201,11 @@ class CertificateSelector:
     TLS-ALPN-01 validation for a name while it runs.
     """
 
-    def __init__(self, default: ssl.SSLContext, served: ServedCertificate) -> None:
+    def __init__(
+        self, default: ssl.SSLContext, served: ServedCertificate, http2: bool = False
+    ) -> None:
         self.default = default
+        self.http2 = http2  # every context made for a name offers what the default offers
         self.default_served = served
         self._by_name: dict[str, tuple[ssl.SSLContext, ServedCertificate]] = {}
         self._challenges: dict[str, ssl.SSLContext] = {}
@@ -206,9 +213,11 @@ class CertificateSelector:
         default.sni_callback = self._select
 
     @classmethod
-    def from_files(cls, cert_file: Path, key_file: Path, source: str) -> CertificateSelector:
-        context = server_ssl_context(cert_file, key_file)
-        return cls(context, ServedCertificate.from_file(cert_file, source))
+    def from_files(
+        cls, cert_file: Path, key_file: Path, source: str, http2: bool = False
+    ) -> CertificateSelector:
+        context = server_ssl_context(cert_file, key_file, http2)
+        return cls(context, ServedCertificate.from_file(cert_file, source), http2)
 
     def replace_default(self, cert_file: Path, key_file: Path, source: str) -> None:
         """Serve a renewed default certificate to every new handshake from now on."""
@@ -217,7 +226,7 @@ class CertificateSelector:
 
     def set_name(self, name: str, cert_file: Path, key_file: Path, source: str) -> None:
         """Serve ``cert_file`` to handshakes naming ``name`` (replacing any earlier one)."""
-        context = server_ssl_context(cert_file, key_file)
+        context = server_ssl_context(cert_file, key_file, self.http2)
         self._by_name[name.lower()] = (context, ServedCertificate.from_file(cert_file, source))
 
     def set_challenge(self, name: str, context: ssl.SSLContext) -> None:

@@ -58,7 +58,9 @@ class TLSService:
         tls, hostnames = self.settings.tls, self.settings.gateway.hostnames
         paths = ensure_certificates(tls, hostnames)
         self.local = paths.ca_file is not None
-        selector = CertificateSelector.from_files(paths.cert_file, paths.key_file, self._source)
+        selector = CertificateSelector.from_files(
+            paths.cert_file, paths.key_file, self._source, self.settings.gateway.http2
+        )
         self.selector = selector
         if self.local:
             self._spawn(self._keep_local_leaf(paths), "local leaf renewal")

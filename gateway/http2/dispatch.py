@@ -1,0 +1,40 @@
+"""The HTTPS listener's protocol: HTTP/1.1 or HTTP/2, chosen per connection by ALPN.
+
+asyncio calls ``connection_made`` once the TLS handshake is done, so the protocol the client
+and the server agreed on is known there.  A connection that negotiated ``h2`` hands its
+transport to an ``H2Protocol``; every other one (``http/1.1``, or a client that offered no
+ALPN at all) stays this very object, the listener's httptools protocol, so the HTTP/1.1 path
+costs one ``selected_alpn_protocol()`` call per connection and nothing per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from uvicorn.protocols.utils import get_local_addr, get_remote_addr
+
+from gateway.http2.limits import Http2Limits
+from gateway.http2.protocol import H2Protocol
+from gateway.listener import GatewayHttpToolsProtocol
+
+
+class ALPNDispatchProtocol(GatewayHttpToolsProtocol):
+    http2_limits = Http2Limits()
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is None or ssl_object.selected_alpn_protocol() != "h2":
+            super().connection_made(transport)
+            return
+        protocol = H2Protocol(
+            self.app,
+            self.http2_limits,
+            self.server_state,
+            self.app_state,
+            self.loop,
+            server=get_local_addr(transport),  # type: ignore[arg-type]
+            client=get_remote_addr(transport),
+            root_path=self.root_path,
+        )
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)

@@ -1,0 +1,528 @@
+"""The HTTP/2 connection: h2's state machine on an asyncio transport, one ASGI task per stream.
+
+Theory of operation.  ``H2Protocol`` feeds every byte the client sends to an
+``h2.connection.H2Connection`` and acts on the events it returns; whatever h2 wants to send is
+written once per read, or once per event-loop iteration for the app's messages (so the
+responses of ten streams finishing together leave in one TLS write).  Each request becomes a
+``Stream``: its scope is the one the HTTP/1.1 listener builds (``gateway/http2/request.py``),
+and it runs through the same ASGI app, ``GatewayApp``, with the stream's ``receive`` and
+``send``.
+
+Flow control is back-pressure, both ways:
+
+- request bodies: a stream may have at most ``stream_window`` bytes (a connection
+  ``connection_window``) sent and not yet read by the app; the window is re-opened
+  (WINDOW_UPDATE) only as ``receive`` hands the bytes to the app, that is as the proxy
+  writes them upstream;
+- responses: ``send`` returns only once its body has been handed to h2 within the client's
+  window and the transport is not over its high-water mark, so a slow reader makes the proxy
+  stop reading from the upstream instead of the gateway buffering the response.
+
+Limits (see ``limits.py`` for rapid reset): SETTINGS_MAX_CONCURRENT_STREAMS, the header list
+size (HPACK decoding stops at ``max_header_bytes``: a connection error, as is h2's bound of 64
+CONTINUATION frames), an idle timeout (no open stream), a header timeout (a header block left
+unfinished).  Graceful shutdown sends GOAWAY with the last stream id taken: those streams
+finish, later ones are refused (REFUSED_STREAM, safe for the client to retry), and the
+connection closes when the last one is done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+import h2.settings
+from h2.errors import ErrorCodes
+from hyperframe.frame import GoAwayFrame
+
+from gateway.asgi import Message
+from gateway.http2.limits import Http2Limits, ResetBudget
+from gateway.http2.request import MalformedRequest, request_scope, response_headers
+
+log = logging.getLogger("gateway.http2")
+
+_CONFIG = h2.config.H2Configuration(
+    client_side=False,
+    header_encoding=None,
+    # request.py validates and normalises in the pass that builds the scope, and makes a
+    # malformed request the stream error RFC 9113 asks for (h2 would end the connection).
+    validate_inbound_headers=False,
+    normalize_inbound_headers=False,
+    validate_outbound_headers=False,
+    normalize_outbound_headers=False,
+)
+_DISCONNECT: Message = {"type": "http.disconnect"}
+
+
+class Stream:
+    """One request/response exchange: the ASGI ``receive`` and ``send`` of its task."""
+
+    __slots__ = (
+        "protocol",
+        "stream_id",
+        "scope",
+        "chunks",
+        "ended",
+        "body_done",
+        "disconnected",
+        "started",
+        "response_started",
+        "response_complete",
+        "pending_head",
+        "readable",
+        "writable",
+    )
+
+    def __init__(self, protocol: H2Protocol, stream_id: int, scope: Any, ended: bool) -> None:
+        self.protocol = protocol
+        self.stream_id = stream_id
+        self.scope = scope
+        self.chunks: list[tuple[bytes, int]] = []  # (data, flow-controlled length)
+        self.ended = ended  # the client sent END_STREAM
+        self.body_done = False  # the app has had the last http.request message
+        self.disconnected = False  # reset by either side, or the connection is gone
+        self.started = False  # the app task exists
+        self.response_started = False
+        self.response_complete = False
+        self.pending_head: list[tuple[bytes, bytes]] | None = None
+        self.readable = asyncio.Event()
+        self.writable = asyncio.Event()
+
+    def feed(self, data: bytes, flow_length: int) -> None:
+        self.chunks.append((data, flow_length))
+        self.readable.set()
+
+    def end(self) -> None:
+        self.ended = True
+        self.readable.set()
+
+    def gone(self) -> None:
+        self.disconnected = True
+        self.readable.set()
+        self.writable.set()
+
+    async def receive(self) -> Message:
+        while True:
+            chunks = self.chunks
+            if chunks:
+                data = chunks[0][0] if len(chunks) == 1 else b"".join(c[0] for c in chunks)
+                consumed = sum(c[1] for c in chunks)
+                self.chunks = []
+                self.protocol.consumed(self.stream_id, consumed)
+                self.body_done = self.ended
+                return {"type": "http.request", "body": data, "more_body": not self.ended}
+            if self.ended and not self.body_done:
+                self.body_done = True
+                return {"type": "http.request", "body": b"", "more_body": False}
+            if self.disconnected or self.response_complete:
+                return _DISCONNECT
+            self.readable.clear()
+            await self.readable.wait()
+
+    async def send(self, message: Message) -> None:
+        if self.disconnected or self.response_complete:
+            return  # like uvicorn: the app learns of it from receive()
+        kind = message["type"]
+        protocol = self.protocol
+        if kind == "http.response.start":
+            if self.response_started:
+                raise RuntimeError("http.response.start sent twice")
+            self.response_started = True
+            # Held until the first body message, so a bodiless response is one HEADERS frame.
+            self.pending_head = response_headers(message["status"], message.get("headers", []))
+            return
+        if kind != "http.response.body":
+            return  # nothing else (interim responses, WebSocket) is offered on HTTP/2
+        if not self.response_started:
+            raise RuntimeError("http.response.body before http.response.start")
+        body: bytes = message.get("body", b"")
+        more: bool = message.get("more_body", False)
+        conn = protocol.conn
+        head = self.pending_head
+        if head is not None:
+            self.pending_head = None
+            conn.send_headers(self.stream_id, head, end_stream=not body and not more)
+        if body:
+            await self._send_data(body, not more)
+        elif not more and head is None:
+            conn.end_stream(self.stream_id)
+        if not more and not self.disconnected:
+            self.response_complete = True
+            self.readable.set()  # a receive() waiting for a disconnect returns now
+        protocol.schedule_flush()
+
+    async def _send_data(self, body: bytes, end: bool) -> None:
+        protocol = self.protocol
+        conn = protocol.conn
+        stream_id = self.stream_id
+        total = len(body)
+        view = memoryview(body) if total > conn.max_outbound_frame_size else None
+        sent = 0
+        while True:
+            if protocol.write_paused:
+                await protocol.drain()
+            if self.disconnected:
+                return
+            size = min(
+                conn.local_flow_control_window(stream_id),
+                conn.max_outbound_frame_size,
+                total - sent,
+            )
+            if size <= 0:
+                # The client's window is shut: wait for its WINDOW_UPDATE (or a reset).
+                protocol.schedule_flush()
+                self.writable.clear()
+                protocol.blocked.add(self)
+                try:
+                    await self.writable.wait()
+                finally:
+                    protocol.blocked.discard(self)
+                continue
+            chunk = body if view is None else view[sent : sent + size]
+            sent += size
+            conn.send_data(stream_id, chunk, end_stream=end and sent == total)
+            if sent == total:
+                return
+            protocol.schedule_flush()
+
+
+class H2Protocol(asyncio.Protocol):
+    """An HTTP/2 server connection running ``app`` (see the module docstring)."""
+
+    def __init__(
+        self,
+        app: Any,
+        limits: Http2Limits,
+        server_state: Any,
+        app_state: dict[str, Any],
+        loop: asyncio.AbstractEventLoop,
+        server: tuple[str, int] | None = None,
+        client: tuple[str, int] | None = None,
+        root_path: str = "",
+    ) -> None:
+        self.app = app
+        self.limits = limits
+        self.server_state = server_state
+        self.app_state = app_state
+        self.loop = loop
+        self.base_scope: dict[str, Any] = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": "2",
+            "server": server,
+            "client": client,
+            "scheme": "https",
+            "root_path": root_path,
+        }
+        self.conn = h2.connection.H2Connection(config=_CONFIG)
+        self.transport: asyncio.Transport | None = None
+        self.streams: dict[int, Stream] = {}
+        self.running = 0  # app tasks alive, streams reset or not (limits.py, defence 2)
+        self.blocked: set[Stream] = set()  # streams waiting for the client's window
+        self.budget = ResetBudget(limits.reset_burst, limits.reset_rate)
+        self.write_paused = False
+        self.drain_waiters: list[asyncio.Future[None]] = []
+        self.flush_scheduled = False
+        self.closed = False
+        self.goaway_last: int | None = None  # set once we said GOAWAY (graceful shutdown)
+        self.client_left = False  # the client said GOAWAY
+        self.idle_timer: asyncio.TimerHandle | None = None
+        self.header_timer: asyncio.TimerHandle | None = None
+
+    # --- asyncio protocol -----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's TLS transport is not an asyncio.Transport subclass, but behaves as one.
+        self.transport = transport  # type: ignore[assignment]
+        self.server_state.connections.add(self)
+        limits, conn = self.limits, self.conn
+        codes = h2.settings.SettingCodes
+        conn.local_settings = h2.settings.Settings(
+            client=False,
+            initial_values={
+                codes.MAX_CONCURRENT_STREAMS: limits.max_concurrent_streams,
+                codes.MAX_HEADER_LIST_SIZE: limits.max_header_bytes,
+                codes.INITIAL_WINDOW_SIZE: limits.stream_window,
+            },
+        )
+        # In force from the first frame, not only once the client acknowledges the SETTINGS.
+        conn.decoder.max_header_list_size = limits.max_header_bytes
+        conn.initiate_connection()
+        conn.increment_flow_control_window(limits.connection_window - 65535)
+        self._flush()
+        self._arm_idle()
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        try:
+            events = self.conn.receive_data(data)
+        except h2.exceptions.ProtocolError as exc:
+            # h2 has queued the GOAWAY with the right error code; send it and close.
+            log.info("%s: HTTP/2 connection error: %s", self._peer(), exc)
+            self._close()
+            return
+        new: list[Stream] = []
+        for event in events:
+            kind = type(event)
+            if kind is h2.events.RequestReceived:
+                stream = self._request(event)  # type: ignore[arg-type]
+                if stream is not None:
+                    new.append(stream)
+            elif kind is h2.events.DataReceived:
+                self._data(event)  # type: ignore[arg-type]
+            elif kind is h2.events.StreamEnded:
+                found = self.streams.get(event.stream_id)  # type: ignore[attr-defined]
+                if found is not None:
+                    found.end()
+            elif kind is h2.events.StreamReset:
+                self._reset_by_client(event.stream_id)  # type: ignore[attr-defined]
+                if self.closed:
+                    return
+            elif kind is h2.events.WindowUpdated:
+                self._window_opened(event.stream_id)  # type: ignore[attr-defined]
+            elif kind is h2.events.RemoteSettingsChanged:
+                if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:  # type: ignore[attr-defined]
+                    self._window_opened(0)
+            elif kind is h2.events.ConnectionTerminated:
+                self.client_left = True
+            # Trailers, PING, SETTINGS acks and priorities need nothing from us (h2 answers
+            # PING and SETTINGS itself); request trailers are dropped (the HTTP/1.1 upstream
+            # request is sent chunked without them).
+        for stream in new:
+            # Opened and reset within this read: the app never runs (rapid reset, defence 1).
+            if stream.disconnected:
+                self.streams.pop(stream.stream_id, None)
+            else:
+                self._start(stream)
+        self._check_header_block()
+        self._flush()
+        if (self.client_left or self.goaway_last is not None) and not self.streams:
+            self._close()
+        elif not self.streams:
+            self._arm_idle()
+
+    def eof_received(self) -> bool | None:
+        return None  # close the transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.server_state.connections.discard(self)
+        self._cancel_timers()
+        for stream in self.streams.values():
+            stream.gone()
+        self._release_drain()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self._release_drain()
+
+    # --- called by uvicorn -----------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """Graceful shutdown: GOAWAY naming the last stream we took; those streams finish."""
+        if self.closed or self.goaway_last is not None:
+            return
+        self.goaway_last = self.conn.highest_inbound_stream_id
+        self._flush()  # h2's queued frames go first
+        assert self.transport is not None
+        # Written by hand: h2's close_connection would also forbid sending on open streams.
+        frame = GoAwayFrame(0, last_stream_id=self.goaway_last, error_code=ErrorCodes.NO_ERROR)
+        self.transport.write(frame.serialize())
+        if not self.streams:
+            self._close()
+
+    # --- called by streams -----------------------------------------------------------------
+
+    def consumed(self, stream_id: int, size: int) -> None:
+        """The app has read ``size`` bytes of request body: let the client send more."""
+        if size and not self.closed:
+            self.conn.acknowledge_received_data(size, stream_id)
+            self.schedule_flush()
+
+    def schedule_flush(self) -> None:
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
+    async def drain(self) -> None:
+        if self.write_paused and not self.closed:
+            waiter = self.loop.create_future()
+            self.drain_waiters.append(waiter)
+            await waiter
+
+    # --- events ----------------------------------------------------------------------------
+
+    def _request(self, event: h2.events.RequestReceived) -> Stream | None:
+        stream_id = event.stream_id
+        assert stream_id is not None
+        conn = self.conn
+        refused = self.goaway_last is not None and stream_id > self.goaway_last
+        if refused or self.running >= self.limits.max_concurrent_streams:
+            # Not processed at all, so the client may safely retry it (RFC 9113 §8.7).
+            conn.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
+            return None
+        try:
+            scope = request_scope(event.headers, event.stream_ended is not None, self.base_scope)
+        except MalformedRequest as exc:
+            log.info("%s: stream %d refused: %s", self._peer(), stream_id, exc)
+            conn.reset_stream(stream_id, ErrorCodes.PROTOCOL_ERROR)
+            return None
+        scope["state"] = self.app_state.copy()
+        stream = Stream(self, stream_id, scope, event.stream_ended is not None)
+        self.streams[stream_id] = stream
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+            self.idle_timer = None
+        return stream
+
+    def _data(self, event: h2.events.DataReceived) -> None:
+        stream_id = event.stream_id
+        assert stream_id is not None
+        stream = self.streams.get(stream_id)
+        if stream is None or stream.disconnected or stream.body_done:
+            # Nobody will read it: give the window back at once.
+            self.conn.acknowledge_received_data(event.flow_controlled_length or 0, stream_id)
+            return
+        stream.feed(event.data or b"", event.flow_controlled_length or 0)
+
+    def _reset_by_client(self, stream_id: int) -> None:
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            return
+        if not stream.response_complete and not self.budget.spend():
+            log.warning(
+                "%s: too many streams reset by the client (rapid reset); closing", self._peer()
+            )
+            self.conn.close_connection(ErrorCodes.ENHANCE_YOUR_CALM, b"too many stream resets")
+            self._close()
+            return
+        stream.gone()
+        if stream.started:
+            return  # the task ends when the app notices; it is removed then
+        self.streams.pop(stream_id, None)
+
+    def _window_opened(self, stream_id: int) -> None:
+        if stream_id == 0:
+            for stream in self.blocked:
+                stream.writable.set()
+            return
+        found = self.streams.get(stream_id)
+        if found is not None:
+            found.writable.set()
+
+    # --- streams' tasks --------------------------------------------------------------------
+
+    def _start(self, stream: Stream) -> None:
+        stream.started = True
+        self.running += 1
+        task = self.loop.create_task(self._run(stream))
+        tasks = self.server_state.tasks
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    async def _run(self, stream: Stream) -> None:
+        try:
+            await self.app(stream.scope, stream.receive, stream.send)
+        except Exception:
+            log.exception("%s: stream %d: the app failed", self._peer(), stream.stream_id)
+        finally:
+            self.running -= 1
+            self._finished(stream)
+
+    def _finished(self, stream: Stream) -> None:
+        stream_id = stream.stream_id
+        self.streams.pop(stream_id, None)
+        if self.closed:
+            return
+        if not stream.disconnected:
+            if not stream.response_complete:
+                # The app gave up mid-response (or never answered): the client must not take
+                # a truncated body for a whole one.
+                self.conn.reset_stream(stream_id, ErrorCodes.INTERNAL_ERROR)
+            elif not stream.ended:
+                # Answered before the whole request body came: no need to send the rest.
+                self.conn.reset_stream(stream_id, ErrorCodes.NO_ERROR)
+            self.schedule_flush()
+        if self.streams:
+            return
+        if self.goaway_last is not None or self.client_left:
+            self._flush()
+            self._close()
+        else:
+            self._arm_idle()
+
+    # --- timers and closing ----------------------------------------------------------------
+
+    def _arm_idle(self) -> None:
+        if self.idle_timer is None and not self.closed:
+            self.idle_timer = self.loop.call_later(self.limits.idle_timeout, self._idle)
+
+    def _idle(self) -> None:
+        self.idle_timer = None
+        if self.streams or self.closed:
+            return
+        self.conn.close_connection(ErrorCodes.NO_ERROR, b"idle")
+        self._close()
+
+    def _check_header_block(self) -> None:
+        # h2 keeps a HEADERS frame without END_HEADERS, and its CONTINUATIONs, in the read
+        # buffer until the block is complete: that is a request head in progress.
+        pending = bool(getattr(self.conn.incoming_buffer, "_headers_buffer", None))
+        if pending and self.header_timer is None:
+            self.header_timer = self.loop.call_later(
+                self.limits.header_timeout, self._header_timeout
+            )
+        elif not pending and self.header_timer is not None:
+            self.header_timer.cancel()
+            self.header_timer = None
+
+    def _header_timeout(self) -> None:
+        self.header_timer = None
+        if self.closed:
+            return
+        log.info("%s: request head not complete within the header timeout", self._peer())
+        self.conn.close_connection(ErrorCodes.PROTOCOL_ERROR, b"header timeout")
+        self._close()
+
+    def _cancel_timers(self) -> None:
+        for timer in (self.idle_timer, self.header_timer):
+            if timer is not None:
+                timer.cancel()
+        self.idle_timer = self.header_timer = None
+
+    def _flush(self) -> None:
+        self.flush_scheduled = False
+        data = self.conn.data_to_send()
+        if data and not self.closed and self.transport is not None:
+            self.transport.write(data)
+
+    def _close(self) -> None:
+        if self.closed:
+            return
+        self._flush()
+        self.closed = True
+        self._cancel_timers()
+        for stream in self.streams.values():
+            stream.gone()
+        self._release_drain()
+        if self.transport is not None:
+            self.transport.close()
+
+    def _release_drain(self) -> None:
+        waiters, self.drain_waiters = self.drain_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _peer(self) -> str:
+        client = self.base_scope["client"]
+        return f"{client[0]}:{client[1]}" if client else "client"
