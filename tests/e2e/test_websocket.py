@@ -173,6 +173,8 @@ def test_text_and_binary_messages_echo(site: Site) -> None:
             await echo(ws, "héllo, wörld")
             await echo(ws, bytes(range(256)))
             await echo(ws, "")
+            pong = await ws.ping(b"are you there")  # answered by the upstream, through the tunnel
+            await asyncio.wait_for(pong, PROMPT)
 
     asyncio.run(scenario())
     line = site.gateway.wait_for_log(f'"GET {path} HTTP/1.1" 101 ')
@@ -296,7 +298,13 @@ def test_upstream_killed_closes_the_client_side(site: Site) -> None:
             started = time.monotonic()
             await asyncio.wait_for(ws.wait_closed(), PROMPT)
             assert ws.close_code == 1006
-            return time.monotonic() - started
+            elapsed = time.monotonic() - started
+        # The next upgrade there gets the gateway's error, not a hang.
+        with pytest.raises(InvalidStatus) as refused:
+            async with open_ws(site.gateway, "/victim/echo"):
+                pass
+        assert refused.value.response.status_code in (502, 503)
+        return elapsed
 
     assert asyncio.run(scenario()) < PROMPT
 
@@ -417,7 +425,12 @@ def limited(tmp_path_factory: pytest.TempPathFactory, upstream: WsUpstream) -> I
         yield gw
 
 
-def test_idle_tunnel_is_closed_and_an_active_one_stays_open(limited: Gateway) -> None:
+def test_idle_tunnel_is_closed_and_an_active_one_stays_open(
+    limited: Gateway, upstream: WsUpstream
+) -> None:
+    """The idle tunnel is closed on both sides; the one with a message every 0.1 s lives on."""
+    idle_id = uuid.uuid4().hex
+
     async def keep_talking(ws: ClientConnection, seconds: float) -> int:
         rounds = 0
         deadline = time.monotonic() + seconds
@@ -430,7 +443,7 @@ def test_idle_tunnel_is_closed_and_an_active_one_stays_open(limited: Gateway) ->
     async def scenario() -> float:
         started = time.monotonic()  # before the tunnel exists, so idle_for >= the timeout
         async with (
-            open_ws(limited, "/echo") as idle,
+            open_ws(limited, f"/echo?id={idle_id}") as idle,
             open_ws(limited, "/echo") as active,
         ):
             talking = asyncio.create_task(keep_talking(active, 1.5))
@@ -442,6 +455,7 @@ def test_idle_tunnel_is_closed_and_an_active_one_stays_open(limited: Gateway) ->
 
     idle_for = asyncio.run(scenario())
     assert 0.5 <= idle_for < PROMPT
+    assert upstream.wait_closed(idle_id)
     limited.wait_for_log("idle for 0.5s closed (websocket_idle_timeout)")
 
 
