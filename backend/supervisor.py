@@ -3,8 +3,9 @@ under the shared supervisor (``gateway/runtime/supervisor.py``).
 
 Each worker is a spawned process running ``worker.run_worker`` on ``base_port + index``; it
 says READY on a pipe once uvicorn listens, and counts as up once ``GET /health`` answers with
-its own pid.  A worker that dies is restarted with back-off, SIGHUP restarts them one at a time,
-SIGTERM/SIGINT stops them gracefully (``graceful_timeout``).
+its own pid.  A worker that dies is restarted with back-off, SIGHUP restarts them one at a time
+(giving the gateway one health period to see each replacement), SIGTERM/SIGINT stops them
+gracefully (``graceful_timeout``).
 """
 
 from __future__ import annotations
@@ -54,7 +55,21 @@ def worker_group(settings: Settings) -> Group:
         health_path="/health",
         check_pid=True,  # a GET answered by the worker we just started, not a leftover
         grace=backend.graceful_timeout,
+        settle=health_period(settings),
     )
+
+
+def health_period(settings: Settings) -> float:
+    """How long the gateway may take to see a restarted worker UP again: the longest health
+    interval (plus timeout) of the pools that hold the backend's workers.  A rolling restart
+    waits this long before stopping the next worker, so the pool never runs out of servers."""
+    ports = set(settings.backend.worker_ports())
+    periods = [
+        pool.health_interval + pool.health_timeout
+        for pool in settings.upstreams.values()
+        if any(server.port in ports for server in pool.servers)
+    ]
+    return max(periods, default=0.0)
 
 
 def run(settings: Settings) -> int:

@@ -6,9 +6,10 @@ answer the ones in flight):
 
 * ``backend``: ``run_backend.py`` (itself a supervisor of ``[backend].workers``), healthy once
   its first worker answers ``GET /health``; SIGHUP is passed on (it rolls its workers);
-* every ``[services.NAME]``: ``workers`` processes of ``command``, ``{port}`` replaced by
-  ``base_port + i`` (also given as ``PORT``), in ``cwd``, with ``env_file`` then ``env`` over our
-  environment, healthy once ``health_path`` answers 2xx; SIGHUP restarts them one at a time;
+* every ``[services.NAME]``, once the backend is healthy: ``workers`` processes of ``command``,
+  ``{port}`` replaced by ``base_port + i`` (also given as ``PORT``), in ``cwd``, with ``env_file``
+  then ``env`` over our environment, healthy once ``health_path`` answers 2xx; SIGHUP restarts
+  them one at a time;
 * ``gateway``: ``run_gateway.py``, started once everything above is healthy; up once it
   prints "gateway ready".
 
@@ -104,7 +105,7 @@ def build_groups(settings: Settings, config: Path, output: OutputPrefixer) -> li
             numbered=False,
         )
     ]
-    for service in settings.services.values():
+    for position, service in enumerate(settings.services.values()):
         names = [service.name] * service.workers
         if service.workers > 1:
             names = [f"{service.name}-{i}" for i in range(service.workers)]
@@ -132,6 +133,9 @@ def build_groups(settings: Settings, config: Path, output: OutputPrefixer) -> li
                 start_timeout=service.start_timeout,
                 grace=service.graceful_timeout,
                 on_hup="roll",
+                # After the backend, whose database (sessions, roles) services may read; the
+                # services themselves start together.
+                after_previous=position == 0,
                 numbered=service.workers > 1,
                 settle=_health_period(settings, service.name),
             )

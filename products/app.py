@@ -175,6 +175,9 @@ def create_app(
 ) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if isinstance(backend.database, Path) and not backend.database.exists():
+            # Opening it would create an empty file with the wrong mode, before the backend.
+            raise RuntimeError(f"{backend.database}: no such file; start the backend first")
         key = await asyncio.to_thread(load_signing_key, backend.state_dir, environ)
         products = database.connect(products_database, schema=catalogue.SCHEMA)
         accounts = database.connect(backend.database, pool_size=2, migrate=False)

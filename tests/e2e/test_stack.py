@@ -276,7 +276,8 @@ def test_kill_9_and_sighup_of_a_service_under_load_lose_no_get(tmp_path: Path) -
             steady_gets(s.gateway, rate=100, seconds=6, during=hup, at=0.5, path="/products/health")
         )
         assert result.failures == 0, result.statuses
-        wait_until(lambda: "rolling restart complete" in s.output_after(mark), 20, "the roll")
+        done = re.compile(r"^stack +\| rolling restart complete", re.MULTILINE)
+        wait_until(lambda: done.search(s.output_after(mark)), 30, "the stack's roll")
         after = {i: s.products_pid(i) for i in range(2)}
         assert all(after[i] not in (None, before[i]) for i in range(2)), (before, after)
         rolled = s.output_after(mark)

@@ -96,3 +96,19 @@ def test_service_command_and_environment(tmp_path: Path) -> None:
     (tmp_path / "app.env").unlink()
     with pytest.raises(OSError, match="no such file"):
         service_env(service, 9002, base={})
+
+
+def test_a_backend_roll_waits_for_the_gateways_health_period(tmp_path: Path) -> None:
+    from backend.supervisor import health_period
+    from gateway.config import parse_settings
+
+    data = {
+        "backend": {"base_port": 8001, "workers": 2},
+        "upstreams": {
+            "api": {"servers": ["http://127.0.0.1:8002"], "health_interval": 3.0},
+            "other": {"servers": ["http://127.0.0.1:9000"], "health_interval": 9.0},
+        },
+    }
+    assert health_period(parse_settings(data, tmp_path / "c.toml")) == 4.0  # 3 + timeout 1
+    del data["upstreams"]["api"]
+    assert health_period(parse_settings(data, tmp_path / "c.toml")) == 0.0
