@@ -399,6 +399,40 @@ def test_slow_reader_does_not_make_the_gateway_buffer(site: Site) -> None:
     assert growth < 64 * MiB, f"gateway RSS grew {growth / MiB:.0f} MiB"
 
 
+def test_slow_upstream_does_not_make_the_gateway_buffer(site: Site) -> None:
+    """The other direction: the client sends 128 MiB to an upstream that reads nothing for
+    2 s.  Back-pressure holds the client's sends back meanwhile, the gateway's RSS stays flat,
+    and afterwards the upstream counts every byte."""
+    total = 128 * MiB
+    chunk = os.urandom(MiB)
+    gw = site.gateway
+
+    async def scenario() -> tuple[int, int, int]:
+        sent = 0
+
+        async def send_all(ws: ClientConnection) -> None:
+            nonlocal sent
+            for _ in range(total // MiB):
+                await ws.send(chunk)
+                sent += len(chunk)
+            await ws.send("done")
+
+        with RssSampler(gw.process.pid) as rss:
+            baseline = rss.peak
+            async with open_ws(gw, "/stall?s=2") as ws:
+                sending = asyncio.create_task(send_all(ws))
+                await asyncio.sleep(1.5)  # the upstream is still not reading
+                sent_while_stalled = sent
+                await asyncio.wait_for(sending, 30)
+                report = json.loads(await asyncio.wait_for(ws.recv(), 30))
+        return sent_while_stalled, report["received"], rss.peak - baseline
+
+    sent_while_stalled, received, growth = asyncio.run(scenario())
+    assert received == total
+    assert sent_while_stalled < 64 * MiB, f"client sent {sent_while_stalled / MiB:.0f} MiB"
+    assert growth < 64 * MiB, f"gateway RSS grew {growth / MiB:.0f} MiB"
+
+
 # --- gateways with their own settings -----------------------------------------------------------
 
 

@@ -6,6 +6,8 @@ WebSocket paths (any other path upgrades to the echo too):
   /headers         first message: JSON of the handshake's request headers, then the echo
   /close?code=C&reason=R   closes at once with that code and reason
   /push?mib=N      sends N binary messages of 1 MiB (counted in /_stats), then "done"
+  /stall?s=S       reads nothing for S seconds, then counts the bytes of the messages up to
+                   a text "done" and answers {"received": N}
   ?id=X on any of them names the connection for /_stats and /_wait_closed
 
 Subprotocols ``chat.v1`` / ``chat.v2`` are accepted (the client's first supported one), and
@@ -114,6 +116,12 @@ async def handler(ws: ServerConnection) -> None:
         if path == "/headers":
             assert ws.request is not None
             await ws.send(json.dumps([[k.lower(), v] for k, v in ws.request.headers.raw_items()]))
+        if path == "/stall":
+            await asyncio.sleep(float(query.get("s", "1")))  # websockets stops reading too
+            received = 0
+            while (message := await ws.recv()) != "done":
+                received += len(message)
+            await ws.send(json.dumps({"received": received}))
         if path == "/push":
             for _ in range(int(query.get("mib", "1"))):
                 await ws.send(PUSH_CHUNK)
