@@ -1,0 +1,544 @@
+"""The HTTP/2 connection protocol driven in-process: a fake transport on one side, an h2
+client connection object on the other, a small ASGI app in the middle (no sockets).
+
+Pins the decisions an e2e test only sees from outside: what flow control lets through before
+the app reads or the client acknowledges, which streams never reach the app, which frames
+end a connection and with what error code."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from types import SimpleNamespace
+from typing import Any
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.settings
+import hpack
+from h2.errors import ErrorCodes
+from hyperframe.frame import ContinuationFrame, DataFrame, Frame, HeadersFrame, RstStreamFrame
+
+from gateway.http2.dispatch import ALPNDispatchProtocol
+from gateway.http2.limits import Http2Limits
+from gateway.http2.protocol import H2Protocol
+from gateway.listener import http_protocol_class
+
+App = Callable[[Any, Any, Any], Awaitable[None]]
+GET = [(":method", "GET"), (":scheme", "https"), (":authority", "localhost"), (":path", "/")]
+
+
+class FakeTransport:
+    """What the protocol uses of an asyncio transport; closing reports connection_lost."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, alpn: str | None = "h2") -> None:
+        self.loop = loop
+        self.written = bytearray()
+        self.closed = asyncio.Event()
+        self.protocol: Any = None
+        self.alpn = alpn
+
+    def write(self, data: bytes) -> None:
+        if not self.closed.is_set():
+            self.written += data
+
+    def close(self) -> None:
+        if not self.closed.is_set():
+            self.closed.set()
+            if self.protocol is not None:
+                self.loop.call_soon(self.protocol.connection_lost, None)
+
+    def is_closing(self) -> bool:
+        return self.closed.is_set()
+
+    def set_protocol(self, protocol: Any) -> None:
+        self.protocol = protocol
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "ssl_object":
+            return SimpleNamespace(selected_alpn_protocol=lambda: self.alpn)
+        return default
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+
+class Peer:
+    """An h2 client talking to an ``H2Protocol`` through a ``FakeTransport``."""
+
+    def __init__(self, app: App, limits: Http2Limits | None = None) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.transport = FakeTransport(self.loop)
+        self.state = SimpleNamespace(connections=set(), tasks=set())
+        self.server = H2Protocol(
+            app, limits or Http2Limits(), self.state, {}, self.loop, client=("127.0.0.1", 1)
+        )
+        self.transport.protocol = self.server
+        self.server.connection_made(self.transport)  # type: ignore[arg-type]
+        self.client = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
+        )
+        self.client.initiate_connection()
+        self.events: list[h2.events.Event] = []
+        self.send()
+
+    def send(self, raw: bytes = b"") -> None:
+        """What the client has queued (plus ``raw`` frames), as one read on the server."""
+        self.server.data_received(self.client.data_to_send() + raw)
+
+    async def settle(self) -> list[h2.events.Event]:
+        """Let the server's tasks run, then read everything it wrote."""
+        for _ in range(5):
+            await asyncio.sleep(0)
+        data = bytes(self.transport.written)
+        self.transport.written.clear()
+        if data:
+            new = self.client.receive_data(data)
+            self.events += new
+            self.server.data_received(self.client.data_to_send())  # acks
+        return self.events
+
+    async def wire(self) -> list[Frame]:
+        """Let the server's tasks run, then parse what it wrote as raw frames (for a client
+        whose frames were built by hand, which h2's client state machine has not seen)."""
+        for _ in range(5):
+            await asyncio.sleep(0)
+        data = bytes(self.transport.written)
+        self.transport.written.clear()
+        return frames(data)
+
+    def of(self, kind: type, stream_id: int | None = None) -> list[Any]:
+        return [
+            e
+            for e in self.events
+            if isinstance(e, kind) and (stream_id is None or e.stream_id == stream_id)
+        ]
+
+    def body(self, stream_id: int) -> bytes:
+        return b"".join(e.data for e in self.of(h2.events.DataReceived, stream_id))
+
+
+def frames(raw: bytes) -> list[Frame]:
+    parsed = []
+    while raw:
+        frame, length = Frame.parse_frame_header(memoryview(raw[:9]))
+        frame.parse_body(memoryview(raw[9 : 9 + length]))
+        parsed.append(frame)
+        raw = raw[9 + length :]
+    return parsed
+
+
+def run(scenario: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(scenario())
+
+
+async def hello(scope: Any, receive: Any, send: Any) -> None:
+    await receive()
+    headers = [(b"content-type", b"text/plain"), (b"connection", b"close")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": b"hello " + scope["path"].encode()})
+
+
+def test_a_stream_runs_through_the_app_with_the_http11_scope() -> None:
+    seen: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(scope)
+        await hello(scope, receive, send)
+
+    async def scenario() -> None:
+        peer = Peer(app)
+        peer.client.send_headers(1, [*GET[:3], (":path", "/x?q=1"), ("x-a", "1")], end_stream=True)
+        peer.send()
+        await peer.settle()
+        (response,) = peer.of(h2.events.ResponseReceived, 1)
+        assert dict(response.headers)[":status"] == "200"
+        assert "connection" not in dict(response.headers)  # HTTP/1.1-only field dropped
+        assert peer.body(1) == b"hello /x"
+        assert peer.of(h2.events.StreamEnded, 1)
+        (scope,) = seen
+        assert scope["http_version"] == "2" and scope["scheme"] == "https"
+        assert scope["headers"] == [(b"host", b"localhost"), (b"x-a", b"1")]
+        assert scope["query_string"] == b"q=1"
+        # The SETTINGS the client was told.
+        remote = peer.client.remote_settings
+        assert remote.max_concurrent_streams == 100
+        assert remote.max_header_list_size == 64 * 1024
+
+    run(scenario)
+
+
+def test_request_body_window_reopens_only_as_the_app_reads() -> None:
+    limits = Http2Limits(stream_window=65536, connection_window=1 << 20)
+    release = asyncio.Event()
+    received: list[int] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await release.wait()
+        while True:
+            message = await receive()
+            received.append(len(message["body"]))
+            if not message["more_body"]:
+                break
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"%d" % sum(received)})
+
+    async def scenario() -> None:
+        peer = Peer(app, limits)
+        await peer.settle()  # the server's SETTINGS (stream window 64 KiB) reach the client
+        post = [(":method", "POST"), *GET[1:]]
+        peer.client.send_headers(1, post)
+        window = peer.client.local_flow_control_window(1)
+        assert window == 65536
+        for _ in range(window // 16384):
+            peer.client.send_data(1, b"x" * 16384)
+        peer.send()
+        await peer.settle()
+        # The app has not read anything: the client may not send one more byte.
+        assert peer.client.local_flow_control_window(1) == 0
+        assert not peer.of(h2.events.WindowUpdated, 1)
+        release.set()
+        await peer.settle()
+        assert peer.client.local_flow_control_window(1) > 0  # reopened by the app's read
+        peer.client.send_data(1, b"y" * 1000, end_stream=True)
+        peer.send()
+        await peer.settle()
+        assert peer.body(1) == b"%d" % (65536 + 1000)
+
+    run(scenario)
+
+
+def test_a_client_that_does_not_read_holds_the_app_at_its_window() -> None:
+    progress: list[int] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for i in range(16):  # 1 MiB in 64 KiB chunks
+            await send({"type": "http.response.body", "body": b"z" * 65536, "more_body": True})
+            progress.append(i)
+        await send({"type": "http.response.body", "body": b""})
+
+    async def scenario() -> None:
+        peer = Peer(app)
+        peer.client.send_headers(1, GET, end_stream=True)
+        peer.send()
+        await peer.settle()
+        # The client's default window is 65,535 bytes: that much is sent, the app's second
+        # chunk waits, nothing is buffered beyond it.
+        assert len(peer.body(1)) == 65535
+        assert progress == []
+        assert not peer.of(h2.events.StreamEnded, 1)
+        # Acknowledging lets the rest through, chunk by chunk.
+        for _ in range(40):
+            got = sum(e.flow_controlled_length for e in peer.of(h2.events.DataReceived, 1))
+            peer.client.acknowledge_received_data(got, 1)
+            peer.events = [e for e in peer.events if not isinstance(e, h2.events.DataReceived)]
+            peer.send()
+            await peer.settle()
+            if peer.of(h2.events.StreamEnded, 1):
+                break
+        assert progress == list(range(16))
+
+    run(scenario)
+
+
+def test_transport_back_pressure_holds_send() -> None:
+    sent = asyncio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"a", "more_body": True})
+        await send({"type": "http.response.body", "body": b"b"})
+        sent.set()
+
+    async def scenario() -> None:
+        peer = Peer(app)
+        peer.server.pause_writing()
+        peer.client.send_headers(1, GET, end_stream=True)
+        peer.send()
+        await peer.settle()
+        assert not sent.is_set()  # waiting for the transport to drain
+        peer.server.resume_writing()
+        await peer.settle()
+        assert sent.is_set() and peer.body(1) == b"ab"
+
+    run(scenario)
+
+
+def test_malformed_request_resets_only_its_stream() -> None:
+    calls: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        calls.append(scope["path"])
+        await hello(scope, receive, send)
+
+    async def scenario() -> None:
+        peer = Peer(app)
+        # h2's client would refuse to send these, so the block is encoded by hand.
+        encoder = hpack.Encoder()
+        bad = HeadersFrame(1, flags=["END_HEADERS", "END_STREAM"])
+        bad.data = encoder.encode([*GET, ("connection", "keep-alive")])
+        peer.send(bad.serialize())
+        good = HeadersFrame(3, flags=["END_HEADERS", "END_STREAM"])
+        good.data = encoder.encode([*GET[:3], (":path", "/ok")])
+        peer.send(good.serialize())
+        out = await peer.wire()
+        resets = [(f.stream_id, f.error_code) for f in out if isinstance(f, RstStreamFrame)]
+        assert resets == [(1, ErrorCodes.PROTOCOL_ERROR)]
+        body = b"".join(f.data for f in out if isinstance(f, DataFrame) and f.stream_id == 3)
+        assert calls == ["/ok"] and body == b"hello /ok"
+        assert not peer.transport.closed.is_set()
+
+    run(scenario)
+
+
+def test_rapid_reset_costs_nothing_and_ends_the_connection() -> None:
+    calls: list[int] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        calls.append(1)
+        await hello(scope, receive, send)
+
+    async def scenario() -> None:
+        peer = Peer(app, Http2Limits(reset_burst=50, reset_rate=1.0))
+        raw = bytearray()
+        for i in range(100):
+            stream_id = 2 * i + 1
+            peer.client.send_headers(stream_id, GET, end_stream=True)
+            raw += peer.client.data_to_send()
+            raw += RstStreamFrame(stream_id, error_code=ErrorCodes.CANCEL).serialize()
+        peer.server.data_received(bytes(raw))  # one burst, one read
+        await peer.settle()
+        assert calls == []  # opened and reset in the same read: the app never ran
+        (goaway,) = peer.of(h2.events.ConnectionTerminated)
+        assert goaway.error_code == ErrorCodes.ENHANCE_YOUR_CALM
+        assert peer.transport.closed.is_set()
+
+    run(scenario)
+
+
+def test_reset_streams_keep_counting_until_their_app_is_done() -> None:
+    release = asyncio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await release.wait()
+
+    async def scenario() -> None:
+        peer = Peer(app, Http2Limits(max_concurrent_streams=2))
+        for stream_id in (1, 3):
+            peer.client.send_headers(stream_id, GET, end_stream=True)
+            peer.send()
+            await peer.settle()
+            peer.client.reset_stream(stream_id)
+            peer.send()
+        assert peer.server.running == 2  # reset, but their apps still run
+        peer.client.send_headers(5, GET, end_stream=True)
+        peer.send()
+        await peer.settle()
+        (refused,) = peer.of(h2.events.StreamReset, 5)
+        assert refused.error_code == ErrorCodes.REFUSED_STREAM
+        release.set()
+        await peer.settle()
+        assert peer.server.running == 0 and not peer.server.streams
+
+    run(scenario)
+
+
+def test_more_streams_than_advertised_is_refused() -> None:
+    release = asyncio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await release.wait()
+
+    async def scenario() -> None:
+        peer = Peer(app, Http2Limits(max_concurrent_streams=3))
+        await peer.settle()
+        encoder = hpack.Encoder()
+        raw = bytearray()
+        for stream_id in (1, 3, 5, 7):  # the fourth ignores the client's SETTINGS
+            frame = HeadersFrame(stream_id, flags=["END_HEADERS", "END_STREAM"])
+            frame.data = encoder.encode(GET)
+            raw += frame.serialize()
+        peer.send(bytes(raw))
+        await peer.settle()
+        assert peer.server.running <= 3
+        (goaway,) = peer.of(h2.events.ConnectionTerminated)
+        assert goaway.error_code == ErrorCodes.PROTOCOL_ERROR
+        release.set()
+
+    run(scenario)
+
+
+def test_hpack_bomb_is_a_connection_error_before_the_app() -> None:
+    calls: list[int] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        calls.append(1)
+
+    async def scenario() -> None:
+        peer = Peer(app, Http2Limits(max_header_bytes=4096))
+        # One 2 KiB value indexed in the dynamic table, then referenced over and over: a
+        # small frame that decodes to far more than max_header_bytes.
+        encoder = hpack.Encoder()
+        frame = HeadersFrame(1, flags=["END_HEADERS", "END_STREAM"])
+        frame.data = encoder.encode([*GET, *[("x-bomb", "b" * 2048)] * 50])
+        assert len(frame.data) < 4096
+        peer.send(frame.serialize())
+        await peer.settle()
+        (goaway,) = peer.of(h2.events.ConnectionTerminated)
+        assert goaway.error_code in (ErrorCodes.ENHANCE_YOUR_CALM, ErrorCodes.COMPRESSION_ERROR)
+        assert calls == [] and peer.transport.closed.is_set()
+
+    run(scenario)
+
+
+def test_continuation_flood_is_bounded_then_the_connection_closed() -> None:
+    async def scenario() -> None:
+        peer = Peer(hello)
+        encoder = hpack.Encoder()
+        first = HeadersFrame(1, flags=["END_STREAM"])  # no END_HEADERS
+        first.data = encoder.encode(GET)
+        raw = bytearray(first.serialize())
+        for _ in range(100):
+            raw += ContinuationFrame(1, data=encoder.encode([("x-c", "c" * 100)])).serialize()
+        peer.send(bytes(raw))
+        await peer.settle()
+        (goaway,) = peer.of(h2.events.ConnectionTerminated)
+        assert goaway.error_code == ErrorCodes.PROTOCOL_ERROR
+        assert peer.transport.closed.is_set()
+
+    run(scenario)
+
+
+def test_unfinished_header_block_hits_the_header_timeout() -> None:
+    async def scenario() -> None:
+        peer = Peer(hello, Http2Limits(header_timeout=0.05, idle_timeout=60))
+        frame = HeadersFrame(1, flags=["END_STREAM"])  # never finished
+        frame.data = hpack.Encoder().encode(GET)
+        peer.send(frame.serialize())
+        assert peer.server.header_timer is not None
+        await asyncio.wait_for(peer.transport.closed.wait(), 5)
+        await peer.settle()
+        assert peer.of(h2.events.ConnectionTerminated)
+
+    run(scenario)
+
+
+def test_idle_connection_gets_goaway_and_is_closed() -> None:
+    async def scenario() -> None:
+        peer = Peer(hello, Http2Limits(idle_timeout=0.05))
+        peer.client.send_headers(1, GET, end_stream=True)
+        peer.send()
+        await peer.settle()
+        assert peer.body(1) == b"hello /"
+        await asyncio.wait_for(peer.transport.closed.wait(), 5)
+        await peer.settle()
+        (goaway,) = peer.of(h2.events.ConnectionTerminated)
+        assert goaway.error_code == ErrorCodes.NO_ERROR and goaway.last_stream_id == 1
+
+    run(scenario)
+
+
+def test_graceful_shutdown_finishes_streams_taken_and_refuses_later_ones() -> None:
+    release = asyncio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await release.wait()
+        await hello(scope, receive, send)
+
+    async def scenario() -> None:
+        peer = Peer(app)
+        peer.client.send_headers(1, GET, end_stream=True)
+        peer.send()
+        await peer.settle()
+        peer.server.shutdown()
+        await peer.settle()
+        (goaway,) = peer.of(h2.events.ConnectionTerminated)
+        assert goaway.last_stream_id == 1 and goaway.error_code == ErrorCodes.NO_ERROR
+        # A stream the client opened before it saw the GOAWAY: refused, safe to retry.
+        encoder = hpack.Encoder()
+        late = HeadersFrame(3, flags=["END_HEADERS", "END_STREAM"])
+        late.data = encoder.encode(GET)
+        peer.server.data_received(late.serialize())
+        assert not peer.transport.closed.is_set()
+        release.set()
+        await asyncio.wait_for(peer.transport.closed.wait(), 5)
+        # After a GOAWAY h2's client state machine accepts no frame, so read the wire itself.
+        after = frames(bytes(peer.transport.written))
+        refused = [f for f in after if isinstance(f, RstStreamFrame) and f.stream_id == 3]
+        assert refused and refused[0].error_code == ErrorCodes.REFUSED_STREAM
+        data = [f for f in after if isinstance(f, DataFrame) and f.stream_id == 1]
+        assert b"".join(f.data for f in data) == b"hello /" and "END_STREAM" in data[-1].flags
+        await asyncio.sleep(0)
+        assert not peer.state.connections  # uvicorn's graceful wait is over
+
+    run(scenario)
+
+
+def test_app_giving_up_mid_response_resets_the_stream() -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"part", "more_body": True})
+
+    async def scenario() -> None:
+        peer = Peer(app)
+        peer.client.send_headers(1, GET, end_stream=True)
+        peer.send()
+        await peer.settle()
+        (reset,) = peer.of(h2.events.StreamReset, 1)
+        assert reset.error_code == ErrorCodes.INTERNAL_ERROR
+        assert not peer.of(h2.events.StreamEnded, 1)
+
+    run(scenario)
+
+
+def test_client_reset_is_a_disconnect_for_the_app() -> None:
+    got: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        got.append((await receive())["type"])
+
+    async def scenario() -> None:
+        peer = Peer(app)
+        peer.client.send_headers(1, GET, end_stream=True)
+        peer.send()
+        await peer.settle()
+        peer.client.reset_stream(1)
+        peer.send()
+        await peer.settle()
+        assert got == ["http.disconnect"]
+
+    run(scenario)
+
+
+def test_alpn_decides_the_protocol_per_connection() -> None:
+    import uvicorn
+    from uvicorn.server import ServerState
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        cls = http_protocol_class(64 * 1024, Http2Limits())
+        assert isinstance(cls, type) and issubclass(cls, ALPNDispatchProtocol)
+        config = uvicorn.Config(hello, lifespan="off", log_config=None)
+        for alpn, expected in (("h2", H2Protocol), ("http/1.1", None), (None, None)):
+            state = ServerState()
+            protocol = cls(config=config, server_state=state, app_state={}, _loop=loop)  # type: ignore[call-arg]
+            transport = FakeTransport(loop, alpn)
+            transport.protocol = protocol
+            protocol.connection_made(transport)
+            if expected is None:
+                # HTTP/1.1 stays on this very object, the listener's httptools protocol.
+                assert transport.protocol is protocol and protocol in state.connections
+            else:
+                assert isinstance(transport.protocol, expected)
+                assert transport.protocol in state.connections
+            transport.close()
+            await asyncio.sleep(0)
+        # Without http2 the listener's class is the plain HTTP/1.1 one.
+        plain = http_protocol_class(64 * 1024)
+        assert isinstance(plain, type) and not issubclass(plain, ALPNDispatchProtocol)
+
+    run(scenario)
