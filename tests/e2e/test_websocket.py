@@ -322,6 +322,28 @@ def test_client_gone_closes_the_upstream_side(site: Site) -> None:
     assert site.upstream.wait_closed(conn_id), "the upstream connection is still open"
 
 
+@pytest.mark.parametrize("pipelined", [False, True], ids=["after-a-response", "pipelined"])
+def test_upgrade_on_a_keep_alive_connection(site: Site, pipelined: bool) -> None:
+    """An upgrade as the second request of a connection, sent after the first response or
+    together with the first request, still becomes a tunnel."""
+    first = b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n"
+    upgrade = upgrade_request("/echo") + masked_frame(b"second")
+    with site.gateway.tls_socket() as tls:
+        if pipelined:
+            tls.sendall(first + upgrade)
+        else:
+            tls.sendall(first)
+            assert read_response(tls)[0] == 200
+            tls.sendall(upgrade)
+        received = b""
+        while not received.endswith(b"\x81\x06second"):
+            chunk = tls.recv(65536)
+            assert chunk, f"closed before the echo: {received!r}"
+            received += chunk
+    assert b"HTTP/1.1 101 " in received
+    assert received.startswith(b"HTTP/1.1 200 " if pipelined else b"HTTP/1.1 101 ")
+
+
 @pytest.mark.parametrize("status", [403, 426])
 def test_refused_upgrade_reaches_the_client_and_closes(site: Site, status: int) -> None:
     """A request pipelined after the refused upgrade is never answered: what follows an
