@@ -97,12 +97,17 @@ def test_tls_12_and_13_are_served_with_aead(gw: Gateway, version: ssl.TLSVersion
             assert name.startswith("ECDHE-")
 
 
-def test_alpn_selects_http11(gw: Gateway) -> None:
-    """Offered h2 and http/1.1, the gateway picks http/1.1 (it speaks HTTP/1.1 only)."""
+@pytest.mark.parametrize(
+    ("offered", "selected"),
+    [(["h2", "http/1.1"], "h2"), (["http/1.1"], "http/1.1"), (["http/1.1", "h2"], "h2")],
+)
+def test_alpn_prefers_h2_and_keeps_http11(gw: Gateway, offered: list[str], selected: str) -> None:
+    """With ``[gateway] http2`` (the default) the server's preference decides: h2 when the
+    client offers it, HTTP/1.1 for a client that offers only that."""
     context = verifying_context(gw)
-    context.set_alpn_protocols(["h2", "http/1.1"])
+    context.set_alpn_protocols(offered)
     with handshake(gw, context, "localhost") as tls:
-        assert tls.selected_alpn_protocol() == "http/1.1"
+        assert tls.selected_alpn_protocol() == selected
 
 
 def test_tls11_client_is_refused(gw: Gateway) -> None:
