@@ -41,7 +41,7 @@ BACKEND_BASE_PORT = 1
 # max_body_bytes of the session-wide stack (see conftest.shared_config).
 SHARED_MAX_BODY = 1024 * 1024
 
-TomlValue = str | int | float | bool | Sequence[Any]
+TomlValue = str | int | float | bool | Sequence[Any] | Mapping[str, Any]
 
 
 def free_port() -> int:
@@ -199,6 +199,8 @@ def toml_value(value: TomlValue) -> str:
         return repr(value)
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, Mapping):  # an inline table
+        return "{" + ", ".join(f"{toml_value(k)} = {toml_value(v)}" for k, v in value.items()) + "}"
     return "[" + ", ".join(toml_value(v) for v in value) + "]"
 
 
@@ -219,6 +221,8 @@ class StackConfig:
     gateway: dict[str, TomlValue] = field(default_factory=dict)
     pool_options: dict[str, dict[str, TomlValue]] = field(default_factory=dict)
     cache: dict[str, TomlValue] = field(default_factory=dict)
+    # [middlewares.NAME] tables, by NAME
+    middlewares: dict[str, dict[str, TomlValue]] = field(default_factory=dict)
 
     def render(self, directory: Path, http_port: int, https_port: int) -> str:
         gateway: dict[str, TomlValue] = {
@@ -242,6 +246,8 @@ class StackConfig:
             parts.append(toml_table("[[routes]]", route))
         if self.cache:
             parts.append(toml_table("[cache]", self.cache))
+        for name, values in self.middlewares.items():
+            parts.append(toml_table(f"[middlewares.{name}]", values))
         return "\n".join(parts)
 
 

@@ -12,6 +12,8 @@ GET  /hold            -> answers once POST /hold/release is called (requests kep
 GET  /forever         -> streams 16 KiB chunks until the client goes away, like a live feed
 GET  /status/N        -> an empty response with status N
 GET  /reflect-host    -> body echoes X-Forwarded-Host (a cache-poisoning probe)
+GET  /json?n=N        -> a JSON document of N bytes (compressible, Content-Length, strong ETag
+                         "json-N"); type= Content-Type, cc= Cache-Control, ce= Content-Encoding
 GET  /health          -> {"status": "ok"} (or 500 after POST /health/fail until /health/ok)
 GET  /hop             -> a response carrying hop-by-hop headers (Connection: x-hop, X-Hop,
                          Keep-Alive) next to an end-to-end X-Kept header
@@ -199,6 +201,8 @@ async def respond(scope: dict[str, Any], receive: Any, send: Any) -> None:
             await send({"type": "http.response.body", "body": part, "more_body": n > 0})
         if int(query.get("n", ["0"])[0]) == 0:
             await send({"type": "http.response.body", "body": b""})
+    elif path == "/json":
+        await _json_document(send, query)
     elif path == "/upload":
         size = await _read_body(receive)
         await _json(send, 200, {"received": size, "server": NAME})
@@ -261,6 +265,37 @@ async def respond(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await _json(send, 200, {"host": xfh}, [(b"cache-control", b"max-age=60")])
     else:
         await _json(send, 404, {"message": "not found", "server": NAME})
+
+
+def json_document(size: int) -> bytes:
+    """A JSON array of records, exactly ``size`` bytes (at least 8): compressible like real
+    API output, padded to the byte with a final string."""
+    items: list[str] = []
+    total = 1  # "["
+    while True:
+        item = json.dumps({"id": len(items), "name": f"user{len(items)}", "email": "u@x.org"})
+        if total + len(item) + 1 > size - 8:
+            break
+        items.append(item)
+        total += len(item) + 1
+    pad = size - total - 3  # the padding string's quotes and the closing "]"
+    text = "[" + "".join(item + "," for item in items) + '"' + "x" * pad + '"]'
+    return text.encode()
+
+
+async def _json_document(send: Any, query: dict[str, list[str]]) -> None:
+    n = int(query.get("n", ["4096"])[0])
+    headers = [
+        (b"content-type", query.get("type", ["application/json"])[0].encode()),
+        (b"etag", b'"json-%d"' % n),
+    ]
+    for param, name in (("cc", b"cache-control"), ("ce", b"content-encoding")):
+        if param in query:
+            headers.append((name, query[param][0].encode()))
+    body = json_document(n)
+    headers.append((b"content-length", b"%d" % len(body)))
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 async def cache_family(
