@@ -12,6 +12,8 @@ import contextlib
 import json
 import os
 import signal
+import socket
+import struct
 import time
 import uuid
 from collections.abc import Iterator
@@ -342,6 +344,19 @@ def test_upgrade_on_a_keep_alive_connection(site: Site, pipelined: bool) -> None
             received += chunk
     assert b"HTTP/1.1 101 " in received
     assert received.startswith(b"HTTP/1.1 200 " if pipelined else b"HTTP/1.1 101 ")
+
+
+@pytest.mark.parametrize("how", ["close", "reset"])
+def test_client_gone_during_the_handshake_closes_the_upstream_side(site: Site, how: str) -> None:
+    """The client leaves while the upstream is still answering (its 101 comes 0.5 s late):
+    the tunnel that then starts ends at once instead of waiting for the idle timeout."""
+    conn_id = uuid.uuid4().hex
+    tls = site.gateway.tls_socket()
+    tls.sendall(upgrade_request(f"/echo?id={conn_id}&delay=0.5"))
+    if how == "reset":
+        tls.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    tls.close()
+    assert site.upstream.wait_closed(conn_id), "the upstream connection is still open"
 
 
 @pytest.mark.parametrize("status", [403, 426])

@@ -9,6 +9,7 @@ WebSocket paths (any other path upgrades to the echo too):
   /stall?s=S       reads nothing for S seconds, then counts the bytes of the messages up to
                    a text "done" and answers {"received": N}
   ?id=X on any of them names the connection for /_stats and /_wait_closed
+  ?delay=S on any of them: the 101 is sent only after S seconds
 
 Subprotocols ``chat.v1`` / ``chat.v2`` are accepted (the client's first supported one), and
 permessage-deflate is offered with non-default parameters (window bits 11, no context
@@ -96,6 +97,8 @@ async def process_request(connection: ServerConnection, request: Request) -> Res
         except TimeoutError:
             return connection.respond(http.HTTPStatus.GATEWAY_TIMEOUT, "still open\n")
         return connection.respond(http.HTTPStatus.OK, "closed\n")
+    if "delay" in query:
+        await asyncio.sleep(float(query["delay"]))
     return None  # a WebSocket handshake (or websockets' 426 for a plain request)
 
 
