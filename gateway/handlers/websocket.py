@@ -145,7 +145,7 @@ class WebSocketHandler:
         if len(self.tunnels) + self.handshaking >= self.max_tunnels:
             raise TooManyTunnels(
                 f"this gateway process already has {self.max_tunnels} WebSocket tunnels open "
-                "(max_websocket_tunnels)"
+                "or opening (max_websocket_tunnels)"
             )
         self.handshaking += 1
         try:
