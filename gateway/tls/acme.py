@@ -22,6 +22,7 @@ Theory of operation:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import ipaddress
 import logging
@@ -31,7 +32,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import requests
@@ -276,6 +277,36 @@ class ACMEClient:
 
 # --- the manager, on the event loop ---------------------------------------------------------
 
+T = TypeVar("T")
+
+
+async def off_loop(function: Callable[..., T], *args: Any) -> T:
+    """``function(*args)`` in a daemon thread.  Unlike ``asyncio.to_thread`` the gateway's
+    shutdown never waits for it: an order hanging on an unresponsive CA must not hold up a
+    graceful stop (the thread's result is simply dropped)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def deliver(result: T | None, error: BaseException | None) -> None:
+        if future.done():
+            return  # cancelled meanwhile
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def run() -> None:
+        try:
+            result, error = function(*args), None
+        except BaseException as exc:
+            result, error = None, exc
+        with contextlib.suppress(RuntimeError):  # the loop is already closed
+            loop.call_soon_threadsafe(deliver, result, error)
+
+    threading.Thread(target=run, name="acme", daemon=True).start()
+    return await future
+
+
 Install = Callable[[str, StoredCertificate], None]
 
 
@@ -326,7 +357,7 @@ class ACMEManager:
             if stored is not None:
                 due = renewal_time(stored.certificate)
                 cert_pem = stored.cert_file.read_bytes()
-                suggested = await asyncio.to_thread(self.client.suggested_renewal, cert_pem)
+                suggested = await off_loop(self.client.suggested_renewal, cert_pem)
                 if suggested is not None:
                     due = min(due, suggested)
             wait = (due - self.clock()).total_seconds()
@@ -372,8 +403,8 @@ class ACMEManager:
         def unpublish(name: str, token: str) -> None:
             on_loop(lambda: self.challenges.unpublish(name, token))
 
-        fullchain, key_pem = await asyncio.to_thread(self.client.issue, name, publish, unpublish)
-        return await asyncio.to_thread(self.store.save, name, fullchain, key_pem)
+        fullchain, key_pem = await off_loop(self.client.issue, name, publish, unpublish)
+        return await off_loop(self.store.save, name, fullchain, key_pem)
 
     def _install(self, name: str, stored: StoredCertificate) -> None:
         try:

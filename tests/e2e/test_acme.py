@@ -9,8 +9,10 @@ validate a public name, only on loopback.
 from __future__ import annotations
 
 import contextlib
+import socket
 import ssl
 import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -89,8 +91,6 @@ def acme_settings(pebble: Pebble, challenge: str) -> dict[str, str]:
 
 def connect(gw: Gateway, name: str, cafile: Path) -> ssl.SSLSocket:
     """A verifying TLS connection with SNI ``name`` that trusts only ``cafile``."""
-    import socket
-
     context = ssl.create_default_context(cafile=str(cafile))
     raw = socket.create_connection(("127.0.0.1", gw.https_port), timeout=10)
     try:
@@ -188,3 +188,21 @@ def test_unreachable_directory_is_logged_and_local_names_are_served(
         # Until then the public name is served with the local leaf (which covers every name).
         with connect(gw, PUBLIC, gw.ca_pem) as tls:
             assert get(tls, PUBLIC) == 200
+
+
+def test_a_hanging_ca_does_not_hold_up_a_graceful_stop(
+    tmp_path: Path, upstream: EchoUpstream
+) -> None:
+    """A directory that accepts connections and never answers: the order hangs in its thread,
+    yet SIGTERM stops the gateway at once."""
+    with socket.create_server(("127.0.0.1", 0)) as black_hole:  # never accepts, never answers
+        port = black_hole.getsockname()[1]
+        settings = {"directory": f"https://127.0.0.1:{port}/dir", "challenge": "http-01"}
+        with acme_gateway(tmp_path, free_ports(), upstream, settings) as gw:
+            gw.wait_for_log("ACME (https://127.0.0.1:")
+            with connect(gw, "localhost", gw.ca_pem) as tls:
+                assert get(tls, "localhost") == 200
+            started = time.monotonic()
+            assert gw.process.stop(timeout=8) == 0, gw.process.output()
+            assert time.monotonic() - started < 8
+            assert not gw.log_lines("ACME certificate for")  # the order was still hanging
