@@ -17,6 +17,7 @@ from gateway.tls.certs import (
     ensure_certificates,
 )
 from gateway.tls.context import server_ssl_context
+from gateway.tls.pemfiles import read_certificates
 
 
 def certificate_problems(settings: Settings) -> list[str]:
@@ -29,6 +30,18 @@ def certificate_problems(settings: Settings) -> list[str]:
             CertificateAuthority.load(tls.dir)
     except CertificateError as exc:
         return [f"{settings.path}: [tls]: {exc}"]
+    return acme_problems(settings)
+
+
+def acme_problems(settings: Settings) -> list[str]:
+    """``[tls.acme] ca_file`` must hold PEM certificates (the CA itself is not contacted)."""
+    acme = settings.tls.acme
+    if acme is None or acme.ca_file is None:
+        return []
+    try:
+        read_certificates(acme.ca_file, fix="point [tls.acme] ca_file at the ACME CA's PEM root")
+    except CertificateError as exc:
+        return [f"{settings.path}: [tls.acme] ca_file: {exc}"]
     return []
 
 

@@ -16,6 +16,7 @@ from acme import messages
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from gateway.checks import acme_problems
 from gateway.config import ACMESettings, ConfigError, parse_settings
 from gateway.tls.acme import (
     ACME_IDENTIFIER_OID,
@@ -238,3 +239,20 @@ def test_failures_are_described_in_one_line() -> None:
     assert _describe(refused) == "cannot reach https://ca.example/dir: Connection refused"
     problem = messages.Error(typ="urn:ietf:params:acme:error:rateLimited", detail="too many")
     assert _describe(problem) == "urn:ietf:params:acme:error:rateLimited: too many"
+
+
+def test_check_reports_an_unreadable_acme_ca_file(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    good, bad = tmp_path / "good.pem", tmp_path / "bad.pem"
+    good.write_bytes(CertificateAuthority.create().cert_pem())
+    bad.write_text("not PEM")
+
+    def problems(ca_file: str) -> list[str]:
+        return acme_problems(parse_settings(with_acme({"ca_file": ca_file}), config))
+
+    assert problems("good.pem") == []
+    [line] = problems("bad.pem")
+    assert line.startswith(f"{config}: [tls.acme] ca_file: {bad} does not contain a PEM")
+    [line] = problems("missing.pem")
+    assert f"cannot read {tmp_path / 'missing.pem'}" in line
+    assert acme_problems(parse_settings(BASE, config)) == []
