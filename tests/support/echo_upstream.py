@@ -5,7 +5,7 @@ POST /echo            -> same, after reading the whole body
 GET  /bytes?n=N       -> N bytes of body, streamed in 64 KiB chunks (no Content-Length)
 GET  /blob64k         -> 64 KiB, ``Cache-Control: public, max-age=3600`` and an ETag (304 to
                          a matching If-None-Match): the benchmark's cache-hit body
-POST /upload          -> {"received": N}, counting a streamed request body
+POST /upload          -> {"received": N, "sha256": ...}, counting a streamed request body
 GET  /sse             -> text/event-stream: one event, then waits for POST /sse/release
 GET  /slow?s=S        -> answers after S seconds (for read timeouts and graceful shutdown)
 GET  /hold            -> answers once POST /hold/release is called (requests kept in flight)
@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import os
 import socket
@@ -70,13 +71,15 @@ def _hold_event() -> asyncio.Event:
     return event
 
 
-async def _read_body(receive: Any) -> int:
+async def _read_body(receive: Any, digest: Any = None) -> int:
     size = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             return size
         size += len(message.get("body", b""))
+        if digest is not None:
+            digest.update(message.get("body", b""))
         if not message.get("more_body"):
             return size
 
@@ -204,8 +207,9 @@ async def respond(scope: dict[str, Any], receive: Any, send: Any) -> None:
     elif path == "/json":
         await _json_document(send, query)
     elif path == "/upload":
-        size = await _read_body(receive)
-        await _json(send, 200, {"received": size, "server": NAME})
+        digest = hashlib.sha256()  # proves a body arrived intact, not only its length
+        size = await _read_body(receive, digest)
+        await _json(send, 200, {"received": size, "server": NAME, "sha256": digest.hexdigest()})
     elif path == "/sse":
         state["release"] = asyncio.Event()
         await send(
