@@ -22,6 +22,7 @@ run: install
 test: install lint
 	.ci/install-postgresql
 	.ci/install-tls-tools
+	.ci/install-http2-tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install
