@@ -161,7 +161,7 @@ class Stream:
         conn = protocol.conn
         stream_id = self.stream_id
         total = len(body)
-        view = memoryview(body) if total > conn.max_outbound_frame_size else None
+        view: memoryview | None = None
         sent = 0
         while True:
             if protocol.write_paused:
@@ -183,7 +183,12 @@ class Stream:
                 finally:
                     protocol.blocked.discard(self)
                 continue
-            chunk = body if view is None else view[sent : sent + size]
+            if size == total:
+                chunk: bytes | memoryview = body  # the common case: one frame, no copy
+            else:
+                if view is None:
+                    view = memoryview(body)
+                chunk = view[sent : sent + size]
             sent += size
             conn.send_data(stream_id, chunk, end_stream=end and sent == total)
             if sent == total:

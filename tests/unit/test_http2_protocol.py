@@ -17,6 +17,7 @@ import h2.connection
 import h2.events
 import h2.settings
 import hpack
+import pytest
 from h2.errors import ErrorCodes
 from hyperframe.frame import ContinuationFrame, DataFrame, Frame, HeadersFrame, RstStreamFrame
 
@@ -210,13 +211,15 @@ def test_request_body_window_reopens_only_as_the_app_reads() -> None:
     run(scenario)
 
 
-def test_a_client_that_does_not_read_holds_the_app_at_its_window() -> None:
+@pytest.mark.parametrize("chunk", [65536, 16384])  # 16384: one frame, split at the window edge
+def test_a_client_that_does_not_read_holds_the_app_at_its_window(chunk: int) -> None:
     progress: list[int] = []
+    chunks = (1 << 20) // chunk
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})
-        for i in range(16):  # 1 MiB in 64 KiB chunks
-            await send({"type": "http.response.body", "body": b"z" * 65536, "more_body": True})
+        for i in range(chunks):  # 1 MiB
+            await send({"type": "http.response.body", "body": b"z" * chunk, "more_body": True})
             progress.append(i)
         await send({"type": "http.response.body", "body": b""})
 
@@ -228,10 +231,10 @@ def test_a_client_that_does_not_read_holds_the_app_at_its_window() -> None:
         # The client's default window is 65,535 bytes: that much is sent, the app's second
         # chunk waits, nothing is buffered beyond it.
         assert len(peer.body(1)) == 65535
-        assert progress == []
+        assert progress == list(range(65535 // chunk))
         assert not peer.of(h2.events.StreamEnded, 1)
         # Acknowledging lets the rest through, chunk by chunk.
-        for _ in range(40):
+        for _ in range(100):
             got = sum(e.flow_controlled_length for e in peer.of(h2.events.DataReceived, 1))
             peer.client.acknowledge_received_data(got, 1)
             peer.events = [e for e in peer.events if not isinstance(e, h2.events.DataReceived)]
@@ -239,7 +242,7 @@ def test_a_client_that_does_not_read_holds_the_app_at_its_window() -> None:
             await peer.settle()
             if peer.of(h2.events.StreamEnded, 1):
                 break
-        assert progress == list(range(16))
+        assert progress == list(range(chunks))
 
     run(scenario)
 
