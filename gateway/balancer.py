@@ -20,13 +20,14 @@ class RoundRobin(Generic[S]):
         self.is_available = is_available
         self._next = 0
 
-    def choose(self, exclude: Collection[S] = ()) -> S | None:
+    def choose(self, exclude: Collection[S] = (), *, any_state: bool = False) -> S | None:
+        """The next server not in ``exclude`` that is available (or any, with ``any_state``)."""
         servers = self.servers
         count = len(servers)
         start = self._next
         for offset in range(count):
             server = servers[(start + offset) % count]
-            if server in exclude or not self.is_available(server):
+            if server in exclude or not (any_state or self.is_available(server)):
                 continue
             self._next = (start + offset + 1) % count
             return server

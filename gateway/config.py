@@ -66,6 +66,17 @@ class GatewaySettings:
     ready_timeout: float = 10.0
     # Server-Timing on every response (total, upstream, cache), for browsers' devtools.
     server_timing: bool = False
+    # Slow clients (Nginx's client_header_timeout / client_body_timeout, 60 s there): the
+    # request head must be complete this long after the connection (or its first byte) came,
+    # and a request body may pause at most body_timeout; else 408 and the connection closes.
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    # Open client connections per gateway process; beyond it a new one gets 503 and is closed.
+    max_connections: int = 4096
+    # Requests on one keep-alive connection before it is closed (Nginx keepalive_requests).
+    keepalive_requests: int = 1000
+    # A buffered request body is held in memory up to this, then in a temporary file.
+    body_buffer_bytes: int = 256 * 1024
 
     @property
     def hsts_header(self) -> str | None:
@@ -227,6 +238,9 @@ class RouteSettings:
     static_cache_control: str = "no-cache"
     # Names of [middlewares.NAME] tables, first = outermost.
     middlewares: tuple[str, ...] = ()
+    # Read a request body whole (memory, then a temporary file) before an upstream connection
+    # is used (Nginx proxy_request_buffering); false streams it (large uploads).
+    request_buffering: bool = True
 
     @property
     def handler(self) -> str:
@@ -483,6 +497,11 @@ GATEWAY_KEYS: dict[str, Check | str] = {
     "http2": _bool,
     "ready_timeout": _number(0, 300, lo_exclusive=False),
     "server_timing": _bool,
+    "header_timeout": _number(0, 3600),
+    "body_timeout": _number(0, 3600),
+    "max_connections": _int(1, 1_000_000),
+    "keepalive_requests": _int(1, 1_000_000),
+    "body_buffer_bytes": _int(0, 1 << 30),
 }
 TLS_KEYS: dict[str, Check | str] = {"dir": _PATH, "cert_file": _PATH, "key_file": _PATH}
 ACME_KEYS: dict[str, Check | str] = {
@@ -535,6 +554,7 @@ ROUTE_KEYS: dict[str, Check | str] = {
     "cache": _bool,
     "static_cache_control": _header_value,
     "middlewares": _list_of(_name, non_empty=False),
+    "request_buffering": _bool,
 }
 ROUTE_HANDLERS = ("upstream", "static", "redirect")
 
@@ -962,6 +982,8 @@ def _check_relations(
             r.error(f"{where} static = {str(route.static)!r}", "no such directory")
         if route.static is None and "static_cache_control" in _given(route):
             r.error(f"{where} static_cache_control", "only applies to a route with static")
+        if route.upstream is None and "request_buffering" in _given(route):
+            r.error(f"{where} request_buffering", "only applies to a route with upstream")
         identity = (frozenset(route.hosts), route.path_prefix)
         if identity in seen:
             hosts = f"hosts {list(route.hosts)}" if route.hosts else "no hosts"
@@ -1007,11 +1029,8 @@ def _check_relations(
         )
     for upstream in upstreams.values():
         where = f"[upstreams.{upstream.name}]"
-        if upstream.health_timeout > upstream.health_interval:
-            r.error(
-                f"{where} health_timeout = {upstream.health_timeout}",
-                f"must not exceed health_interval ({upstream.health_interval})",
-            )
+        # health_timeout may exceed health_interval: a round of checks waits for the last
+        # one before the next starts, so checks never overlap (and no default can clash).
         uses_tls = any(server.scheme == "https" for server in upstream.servers)
         for key in ("tls_ca_file", "tls_server_name", "tls_insecure_skip_verify"):
             if not uses_tls and getattr(upstream, key) not in (None, False):

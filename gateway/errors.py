@@ -3,9 +3,14 @@
     GatewayError                      status  body says
     ├── RequestRejected                 400    the request is malformed or ambiguous (closes)
     │   ├── MalformedRequest            400    the HTTP parser refused the bytes (closes)
-    │   ├── RequestHeadTooLarge         431    request head over max_header_bytes (closes)
-    │   ├── MisdirectedRequest          421    Host is not a name this gateway serves
-    │   └── ContentTooLarge             413    body over max_body_bytes (closes)
+    │   ├── RequestHeadTooLarge         431    head over max_header_bytes, or too many fields
+    │   ├── URITooLong                  414    request line over 8 KiB (closes)
+    │   ├── RequestTimeout              408    head or body not sent in time (closes)
+    │   ├── MisdirectedRequest          421    Host (or SNI) is not a name this gateway serves
+    │   ├── ContentTooLarge             413    body over max_body_bytes (closes)
+    │   ├── LoopDetected                508    the request already passed this gateway (Via)
+    │   └── NotImplementedMethod        501    CONNECT: a reverse proxy is not a tunnel
+    ├── TooManyConnections              503    max_connections reached (answered, then closed)
     ├── ClientDisconnected              499    the client left (only ever in the access log)
     ├── Unauthorized                    401    basic_auth: missing or wrong credentials
     ├── TooManyRequests                 429    rate_limit, or too many failed logins
@@ -66,8 +71,35 @@ class RequestHeadTooLarge(RequestRejected):
     status = 431  # RFC 6585 §5
 
 
-def parse_error(head_too_large: bool, max_header_bytes: int) -> RequestRejected:
-    """The answer to a request the listener's parser could not take."""
+class URITooLong(RequestRejected):
+    status = 414  # RFC 9110 §15.5.15
+
+
+class RequestTimeout(RequestRejected):
+    status = 408  # RFC 9110 §15.5.9
+
+
+class LoopDetected(RequestRejected):
+    status = 508  # RFC 5842 §7.2
+
+
+class NotImplementedMethod(RequestRejected):
+    status = 501  # RFC 9110 §15.6.2: a method the server does not support for any resource
+
+
+def parse_error(
+    head_too_large: bool,
+    max_header_bytes: int,
+    *,
+    uri_too_long: int = 0,
+    too_many_fields: int = 0,
+) -> RequestRejected:
+    """The answer to a request the listener's parser could not take (``uri_too_long`` and
+    ``too_many_fields`` carry the limit that was exceeded, 0 when it was not)."""
+    if uri_too_long:
+        return URITooLong(f"request target longer than {uri_too_long} bytes")
+    if too_many_fields:
+        return RequestHeadTooLarge(f"more than {too_many_fields} header fields")
     if head_too_large:
         return RequestHeadTooLarge(
             f"request head larger than {max_header_bytes} bytes (max_header_bytes)"
@@ -82,6 +114,16 @@ class MisdirectedRequest(RequestRejected):
 
 class ContentTooLarge(RequestRejected):
     status = 413
+
+
+class TooManyConnections(GatewayError):
+    """Answered by the listener to a connection beyond max_connections, which it then closes."""
+
+    status = 503
+    close_connection = True
+
+    def response_headers(self) -> list[tuple[bytes, bytes]]:
+        return [(b"retry-after", b"1")]
 
 
 class ClientDisconnected(GatewayError):
@@ -201,15 +243,19 @@ REASONS = {
     401: "Unauthorized",
     404: "Not Found",
     405: "Method Not Allowed",
+    408: "Request Timeout",
     413: "Content Too Large",
+    414: "URI Too Long",
     416: "Range Not Satisfiable",
     421: "Misdirected Request",
     429: "Too Many Requests",
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",
+    501: "Not Implemented",
     502: "Bad Gateway",
     503: "Service Unavailable",
     504: "Gateway Timeout",
+    508: "Loop Detected",
 }
 
 

@@ -38,6 +38,37 @@ FORWARDING = frozenset(
         b"x-request-id",  # the app's own (see GatewayApp), sent upstream by the proxy
     }
 )
+# Fields that frameworks read to rewrite the URL, host, scheme, port or client address
+# (Symfony/Zend/IIS X-Original-URL and X-Rewrite-URL, Rails/Rack X-Forwarded-Scheme and
+# X-Forwarded-Ssl, Django/Flask ProxyFix X-Forwarded-Prefix, ...).  From an arbitrary client
+# they poison caches and bypass path-based rules, so, like X-Forwarded-For, they are removed
+# unless the client is a trusted proxy.
+URL_REWRITING = frozenset(
+    {
+        b"x-original-url",
+        b"x-rewrite-url",
+        b"x-original-host",
+        b"x-forwarded-scheme",
+        b"x-forwarded-server",
+        b"x-forwarded-prefix",
+        b"x-forwarded-ssl",
+        b"x-forwarded-uri",
+        b"x-forwarded-path",
+        b"x-host",
+        b"x-http-host-override",
+        b"front-end-https",
+        b"x-url-scheme",
+        b"x-client-ip",
+        b"true-client-ip",
+        b"x-cluster-client-ip",
+        b"x-originating-ip",
+        b"x-remote-ip",
+        b"x-remote-addr",
+        b"client-ip",
+        b"cf-connecting-ip",
+        b"fastly-client-ip",
+    }
+)
 # Handled by the gateway's own listener (uvicorn answers 100-continue when the body is read).
 REQUEST_ONLY_LOCAL = frozenset({b"expect", b"content-length"})
 
@@ -94,15 +125,21 @@ def upstream_request_headers(
 
     Keeps the original Host (RFC 9110 §7.2), drops hop-by-hop and framing headers, replaces
     the forwarding family unless the peer is a trusted proxy, and appends Via (§7.6.3).
+    Names with an underscore are dropped (Nginx's ``underscores_in_headers off``): CGI and
+    WSGI map ``X_Forwarded_For`` and ``X-Forwarded-For`` onto the same variable, so an
+    underscore spelling would slip past every rule here.
     """
     listed = connection_listed(headers)
     out: Headers = [(b"host", host)]
     prior_for: list[str] = []
     prior_via: bytes | None = None
+    from_proxy = bool(trusted) and trusted.contains(client)
     for name, value in headers:
         if name in HOP_BY_HOP or name in REQUEST_ONLY_LOCAL or name == b"host":
             continue
         if listed and name in listed:
+            continue
+        if b"_" in name or (name in URL_REWRITING and not from_proxy):
             continue
         if name in FORWARDING:
             if name == b"x-forwarded-for" and trusted:
@@ -113,7 +150,7 @@ def upstream_request_headers(
             continue
         out.append((name, value))
 
-    if trusted and trusted.contains(client):
+    if from_proxy:
         real_ip = trusted.real_client(client, prior_for)
         chain = ", ".join([*prior_for, client])
     else:

@@ -7,6 +7,17 @@ a reset marks it DOWN at once; ``max_fails`` timeouts or, if enabled, 5xx within
 ``fail_window`` do the same).  Servers start UP, so a fresh gateway never answers 503 before
 its first check (Caddy's classic complaint).  ``HealthChecker`` is the thin asyncio loop that
 sends ``GET health_path`` to every server with httpx.
+
+Three rules keep one bad exchange from taking a service down (as in Nginx):
+
+- the only server of a pool is never marked DOWN by passive failures (``passive_checks`` is
+  off for it: Nginx ignores max_fails for a lone server); taking it out of rotation would
+  turn one reset into 503s for every client until the next active check;
+- a DOWN server that answers a request well is UP again at once (``record_success``): when
+  every server is DOWN the pool still tries them (see ``Upstream.choose``), and one that
+  answers is proof enough;
+- failures the client caused (a stalled body, a disconnect) are never reported at all: the
+  proxy decides that (``gateway.handlers.proxy``), this module only counts what it is told.
 """
 
 from __future__ import annotations
@@ -49,6 +60,8 @@ class ServerHealth:
     max_fails: int = 3
     fail_window: float = 10.0
     passive_5xx: bool = False
+    # False for a pool's only server: traffic failures never take it out of rotation.
+    passive_checks: bool = True
     status: ServerStatus = ServerStatus.UP
     consecutive_failures: int = 0
     consecutive_successes: int = 0
@@ -82,6 +95,8 @@ class ServerHealth:
         if not self.is_up:
             return None
         self.last_error = detail
+        if not self.passive_checks:
+            return None
         if kind in (FailureKind.CONNECT, FailureKind.RESET):
             return self._set(ServerStatus.DOWN, detail, now)
         if kind is FailureKind.STATUS_5XX and not self.passive_5xx:
@@ -95,6 +110,13 @@ class ServerHealth:
         if len(window) >= self.max_fails:
             return self._set(ServerStatus.DOWN, f"{len(window)} failures: {detail}", now)
         return None
+
+    def record_success(self, now: float) -> ServerStatus | None:
+        """A request to this server was answered well: a DOWN server is UP again at once
+        (it was tried only because every server of its pool was DOWN)."""
+        if self.is_up:
+            return None
+        return self._set(ServerStatus.UP, "answered a request", now)
 
     def _set(self, status: ServerStatus, detail: str, now: float) -> ServerStatus:
         self.status = status
@@ -129,6 +151,7 @@ def new_server_health(settings: UpstreamSettings, server: UpstreamServer) -> Ser
         max_fails=settings.max_fails,
         fail_window=settings.fail_window,
         passive_5xx=settings.passive_5xx,
+        passive_checks=len(settings.servers) > 1,
     )
 
 

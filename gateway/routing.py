@@ -27,6 +27,7 @@ class Route:
     handler: str = "proxy"  # "proxy", "static" or "redirect"
     strip_prefix: bool = False
     cache: bool = True
+    request_buffering: bool = True  # read the body whole before contacting the upstream
 
     @classmethod
     def from_settings(cls, settings: RouteSettings) -> Route:
@@ -37,6 +38,7 @@ class Route:
             settings.handler,
             settings.strip_prefix,
             settings.cache,
+            settings.request_buffering,
         )
 
     def matches(self, path: str) -> bool:

@@ -10,13 +10,28 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.errors import MisdirectedRequest, RequestRejected
+from gateway.errors import (
+    LoopDetected,
+    MethodNotAllowed,
+    MisdirectedRequest,
+    NotImplementedMethod,
+    RequestRejected,
+)
+from gateway.headers import VIA
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1"})
+
+# What the gateway answers itself for ``OPTIONS`` with ``Max-Forwards: 0`` (RFC 9110 §7.6.2).
+ALLOWED_METHODS = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+# Percent-encodings the router (which matches the decoded path) and an upstream (which gets the
+# raw one) could read differently: "/" and "\" (a new segment for one of them), and control
+# characters such as NUL (a C string's end).  Nginx also refuses an encoded NUL.
+_AMBIGUOUS_ESCAPE = re.compile(rb"%(2[fF]|5[cC]|[01][0-9a-fA-F]|7[fF])")
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +120,12 @@ def check_request(scope: Mapping[str, Any], hosts: HostPolicy) -> RequestFacts:
     """
     method = scope["method"]
     if method == "CONNECT":
-        raise RequestRejected("CONNECT is not supported: this is a reverse proxy, not a tunnel")
+        raise NotImplementedMethod(
+            "CONNECT is not supported: this is a reverse proxy, not a tunnel"
+        )
+    if method == "TRACE":
+        # Nginx answers 405 too: echoing a request back exposes cookies to scripts (XST).
+        raise MethodNotAllowed("TRACE is not allowed", ALLOWED_METHODS)
 
     host_values: list[bytes] = []
     content_lengths: list[bytes] = []
@@ -117,6 +137,8 @@ def check_request(scope: Mapping[str, Any], hosts: HostPolicy) -> RequestFacts:
             content_lengths.append(value)
         elif name == b"transfer-encoding":
             transfer_encodings.append(value)
+        elif name == b"via" and passed_here(value):
+            raise LoopDetected("the request has already passed this gateway (Via): a loop")
 
     # Request smuggling guards (RFC 9112 §6.1, §6.3): exactly one way to find the body's end.
     content_length: int | None = None
@@ -131,6 +153,9 @@ def check_request(scope: Mapping[str, Any], hosts: HostPolicy) -> RequestFacts:
         content_length = int(text)
     chunked = False
     if transfer_encodings:
+        if scope.get("http_version") == "1.0":
+            # RFC 9112 §6.1: a 1.0 message with Transfer-Encoding has faulty framing.
+            raise RequestRejected("Transfer-Encoding in an HTTP/1.0 request")
         if len(transfer_encodings) > 1 or transfer_encodings[0].strip().lower() != b"chunked":
             raise RequestRejected('Transfer-Encoding must be exactly "chunked"')
         chunked = True
@@ -156,13 +181,50 @@ def check_request(scope: Mapping[str, Any], hosts: HostPolicy) -> RequestFacts:
         if absolute:
             raise RequestRejected(f"not an open proxy: {hostname!r} is not served here")
         raise MisdirectedRequest(f"host {hostname!r} is not served here")
+    sni: str | None = scope.get("gateway.sni")
+    if sni is not None and sni.lower().rstrip(".") != hostname:
+        # RFC 9110 §7.4: the connection was set up (certificate, ALPN) for another name.
+        raise MisdirectedRequest(f"host {hostname!r} differs from the TLS server name {sni!r}")
 
     path: str = scope["path"]
     if not path.startswith("/") and not absolute:
         raise RequestRejected("the request target must be an absolute path")
     if has_dot_segments(path):
         raise RequestRejected('the path must not contain "." or ".." segments')
+    problem = ambiguous_path(scope.get("raw_path") or b"", path)
+    if problem:
+        raise RequestRejected(f"the path must not contain {problem}")
     return RequestFacts(host_value, hostname, content_length, chunked)
+
+
+def ambiguous_path(raw_path: bytes, path: str) -> str | None:
+    """What makes a path mean one thing to the router and another to the upstream, or None.
+
+    The router matches the decoded path while the upstream is sent the raw one, so any
+    encoding that decodes to a separator, a control character or invalid UTF-8 (overlong
+    forms such as ``%c0%af`` for "/") would let the two disagree (path-based rules bypassed).
+    """
+    if b"\\" in raw_path:
+        return "a backslash"
+    match = _AMBIGUOUS_ESCAPE.search(raw_path)
+    if match:
+        return f"the encoded character %{match.group(1).decode().upper()}"
+    if "\ufffd" in path and b"%ef%bf%bd" not in raw_path.lower():
+        return "percent-encoded bytes that are not UTF-8"
+    return None
+
+
+def passed_here(via: bytes) -> bool:
+    """Whether a Via value lists this gateway (RFC 9110 §7.6.3): the request is looping."""
+    return any(part.strip() == VIA for part in via.split(b","))
+
+
+def answers_options_itself(scope: Mapping[str, Any]) -> bool:
+    """``OPTIONS`` with ``Max-Forwards: 0``: the gateway is the final recipient and must not
+    forward it (RFC 9110 §7.6.2); Nginx forwards it regardless."""
+    if scope["method"] != "OPTIONS":
+        return False
+    return any(n == b"max-forwards" and v.strip() == b"0" for n, v in scope["headers"])
 
 
 def has_dot_segments(path: str) -> bool:

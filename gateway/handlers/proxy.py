@@ -1,10 +1,16 @@
 """The proxy handler: streams each request to a server of the route's upstream pool.
 
 Per request the route's ``Upstream`` picks a server (round robin over healthy ones) and one
-exchange runs over a pooled keep-alive connection.  Bodies are streamed both ways with
-back-pressure (never buffered whole); a failed attempt is retried on another server only
-when ``retry.may_retry`` says the upstream cannot have acted on it.  Failures are raised as
-``gateway.errors`` types; ``GatewayApp`` turns them into the client's answer.
+exchange runs over a pooled keep-alive connection.  A request body is read whole first
+(``gateway.handlers.buffering``, memory then a temporary file) unless the route sets
+``request_buffering = false``, in which case it is streamed like the response, with
+back-pressure; a failed attempt is retried on another server only when ``retry.may_retry``
+says the upstream cannot have acted on it.  Failures are raised as ``gateway.errors`` types;
+``GatewayApp`` turns them into the client's answer.
+
+Health reporting counts only what the server did: a failure while the client's body was still
+incomplete (a stalled upload, a client that left) is the client's and is never reported; a
+server that was DOWN and answers well is UP again at once (see ``gateway.health``).
 
 This is the hot path, so it works on raw ASGI messages (no Starlette request objects) and
 avoids per-request tasks unless a body actually has to flow in both directions at once.
@@ -28,6 +34,7 @@ from gateway.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
+from gateway.handlers.buffering import BufferedBody
 from gateway.headers import (
     Headers,
     TrustedProxies,
@@ -69,6 +76,7 @@ class RequestBody:
     """
 
     __slots__ = ("receive", "limit", "chunked", "received", "pending", "more", "sent")
+    in_memory = False  # never held whole: see BufferedBody
 
     def __init__(self, receive: Receive, limit: int, chunked: bool) -> None:
         self.receive = receive
@@ -132,6 +140,7 @@ class ProxyHandler:
         self.upstreams = upstreams
         self.trusted = TrustedProxies(settings.gateway.trusted_proxies)
         self.max_body = settings.gateway.max_body_bytes
+        self.body_memory = settings.gateway.body_buffer_bytes
 
     async def __call__(self, request: Request) -> None:
         await self.forward(request, request.send, None)
@@ -172,12 +181,17 @@ class ProxyHandler:
         self, request: Request, relay: Relay, request_headers: Headers | None
     ) -> None:
         scope, facts, route = request.scope, request.facts, request.route
-        method, exchange = request.method, request.exchange
+        method = request.method
         upstream = self.upstreams[route.upstream]  # type: ignore[index]
         headers = self.upstream_headers(request, request_headers)
         target = route.upstream_target(scope["raw_path"], scope["query_string"])
         has_body = facts.chunked or bool(facts.content_length)
-        if facts.chunked:
+        body: RequestBody | BufferedBody | None = None
+        if has_body and route.request_buffering and not relay.upgrade:
+            # Before any upstream connection is used (see gateway.handlers.buffering).
+            body = await BufferedBody.read(request.receive, self.max_body, self.body_memory)
+            headers.append((b"content-length", b"%d" % body.size))
+        elif facts.chunked:
             headers.append((b"transfer-encoding", b"chunked"))
         elif facts.content_length is not None:
             headers.append((b"content-length", b"%d" % facts.content_length))
@@ -189,15 +203,33 @@ class ProxyHandler:
             + [b"%s: %s\r\n" % pair for pair in headers]
             + [b"\r\n"]
         )
-        body = RequestBody(request.receive, self.max_body, facts.chunked) if has_body else None
+        if has_body and body is None:
+            body = RequestBody(request.receive, self.max_body, facts.chunked)
+        try:
+            await self._attempts(upstream, head, body, request, relay)
+        finally:
+            if isinstance(body, BufferedBody):
+                body.close()
 
+    async def _attempts(
+        self,
+        upstream: Upstream,
+        head: bytes,
+        body: RequestBody | BufferedBody | None,
+        request: Request,
+        relay: Relay,
+    ) -> None:
+        """Try servers of the pool until one answers or ``retry.may_retry`` says stop."""
+        method, exchange = request.method, request.exchange
         if not upstream.ready.is_set():
             await upstream.wait_ready()  # start-up: the first health check has not passed yet
         tried: list[UpstreamServer] = []
+        all_down = True  # every server tried was DOWN when chosen (see Upstream.choose)
         attempts_left = upstream.retries
         while True:
             server = upstream.choose(tried)
             tried.append(server)
+            all_down = all_down and not upstream.is_up(server)
             exchange.upstream = server.address
             try:
                 await self._exchange(upstream, server, head, body, request, relay)
@@ -205,10 +237,13 @@ class ProxyHandler:
                     upstream.report_failure(
                         server, FailureKind.STATUS_5XX, f"responded {relay.status}"
                     )
+                else:
+                    upstream.report_success(server)
                 return
             except UpstreamError as exc:
                 kind = failure_kind(exc)
-                if kind is not None:
+                # A failure while the client's body was incomplete is the client's doing.
+                if kind is not None and (body is None or not body.more):
                     upstream.report_failure(server, kind, exc.message)
                 if not may_retry(
                     exc,
@@ -217,6 +252,9 @@ class ProxyHandler:
                     body_sent=body is not None and body.sent,
                     attempts_left=attempts_left,
                 ):
+                    if all_down and not relay.started and len(tried) == len(upstream.health):
+                        # Each server was DOWN and failed again: the pool is down, not one try.
+                        raise upstream.all_down() from exc
                     raise
                 attempts_left -= 1
                 log.warning("%s %s: %s; retrying on another server", *exchange.line, exc.message)
@@ -226,7 +264,7 @@ class ProxyHandler:
         upstream: Upstream,
         server: UpstreamServer,
         head: bytes,
-        body: RequestBody | None,
+        body: RequestBody | BufferedBody | None,
         request: Request,
         relay: Relay,
     ) -> None:
@@ -271,7 +309,7 @@ class ProxyHandler:
         self,
         conn: UpstreamConnection,
         head: bytes,
-        body: RequestBody | None,
+        body: RequestBody | BufferedBody | None,
         request: Request,
         relay: Relay,
     ) -> None:
@@ -287,7 +325,10 @@ class ProxyHandler:
                 has_body=body is not None,
                 upgrade=relay.upgrade,
             )
-            if body is not None:
+            if isinstance(body, BufferedBody):
+                if not body.write_to(conn):  # held in memory: written at once
+                    pump = asyncio.create_task(body.pump(conn))
+            elif body is not None:
                 # The common small body arrives in one piece: write it inline, no task.
                 data, more = await body.next_chunk()
                 body.write_to(conn, data, more)

@@ -234,6 +234,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def finish_request(self) -> None:
         self._request_complete = True
+        self._last_read = self.loop.time()  # read_timeout counts from the request's end
 
     # -- response side -----------------------------------------------------------------------
     async def receive_head(self) -> ResponseHead:
@@ -336,6 +337,10 @@ class UpstreamConnection(asyncio.Protocol):
         if self._waiter is None or self._complete:
             return
         deadline = self._last_read + self.read_timeout
+        if not self._request_complete and not self._write_paused:
+            # Still waiting for the client's (streamed) body, not for the server: a slow
+            # client is the listener's body_timeout (408), never a 504 blamed on the server.
+            deadline = self.loop.time() + self.read_timeout
         if self.loop.time() < deadline:
             self._timer = self.loop.call_at(deadline, self._on_timer)
             return

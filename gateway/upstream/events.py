@@ -49,3 +49,10 @@ ResponseEvent = ResponseHead | bytes | EndOfMessage | Upgraded | Interim
 
 class ProtocolError(Exception):
     """The upstream sent bytes that are not a valid HTTP/1.1 response."""
+
+
+# The longest response head (status line and fields, interim heads included) an upstream may
+# send; Nginx's equivalent is proxy_buffer_size ("upstream sent too big header").  Both parsers
+# enforce it, so neither relays a head the other would refuse.
+MAX_RESPONSE_HEAD = 64 * 1024
+HEAD_TOO_BIG = f"upstream sent too big a head (over {MAX_RESPONSE_HEAD} bytes)"

@@ -55,18 +55,32 @@ class Upstream:
                     await self.ready.wait()
 
     def choose(self, exclude: Collection[UpstreamServer] = ()) -> UpstreamServer:
-        server = self.balancer.choose(exclude)
+        """The next UP server this request has not tried; when none is left, a DOWN one it has
+        not tried (Nginx resets the failure state of a pool whose servers are all down, "for
+        quick recovery": a server that is back answers at once instead of after the next
+        active check).  NoUpstreamAvailable once every server has been tried."""
+        server = self.balancer.choose(exclude) or self.balancer.choose(exclude, any_state=True)
         if server is None:
-            down = sum(1 for h in self.health.values() if not h.is_up)
-            if exclude and down < len(self.health):
+            if any(h.is_up for h in self.health.values()):
                 raise NoUpstreamAvailable(
                     f"upstream {self.name!r}: every available server failed this request"
                 )
-            raise NoUpstreamAvailable(
-                f"upstream {self.name!r}: all {len(self.health)} servers are DOWN",
-                retry_after=max(1, round(self.settings.health_interval)),
-            )
+            raise self.all_down()
         return server
+
+    def is_up(self, server: UpstreamServer) -> bool:
+        return self.health[server].is_up
+
+    def all_down(self) -> NoUpstreamAvailable:
+        return NoUpstreamAvailable(
+            f"upstream {self.name!r}: all {len(self.health)} servers are DOWN",
+            retry_after=max(1, round(self.settings.health_interval)),
+        )
+
+    def report_success(self, server: UpstreamServer) -> None:
+        health = self.health[server]
+        if not health.is_up:
+            health.record_success(time.monotonic())
 
     def report_failure(self, server: UpstreamServer, kind: FailureKind, detail: str) -> None:
         self.health[server].record_failure(kind, detail, time.monotonic())

@@ -6,6 +6,8 @@ import h11
 
 from gateway.upstream.events import (
     END_OF_MESSAGE,
+    HEAD_TOO_BIG,
+    MAX_RESPONSE_HEAD,
     RELAYED_INTERIM,
     Interim,
     ProtocolError,
@@ -32,10 +34,12 @@ class H11ResponseParser:
     stand-in request with the right method; the real request bytes are written elsewhere.
     """
 
-    __slots__ = ("_conn", "must_close")
+    __slots__ = ("_conn", "_head_bytes", "must_close")
 
     def __init__(self) -> None:
-        self._conn = h11.Connection(h11.CLIENT)
+        # h11's own bound on an incomplete event is the head bound: the same as httptools'.
+        self._conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_RESPONSE_HEAD)
+        self._head_bytes = 0
         self.must_close = False
 
     def start(self, *, head_request: bool, upgrade: bool = False) -> None:
@@ -48,13 +52,19 @@ class H11ResponseParser:
             headers += [(b"connection", b"upgrade"), (b"upgrade", b"websocket")]
         conn.send(h11.Request(method=method, target=b"/", headers=headers))
         conn.send(h11.EndOfMessage())
+        self._head_bytes = 0
 
     def feed(self, data: bytes) -> list[ResponseEvent]:
         conn = self._conn
         if conn.their_state is h11.DONE:
             raise ProtocolError("upstream sent data after the end of the response")
+        in_head = conn.their_state is h11.SEND_RESPONSE
         conn.receive_data(data)
         events = self._drain()
+        if in_head and conn.their_state is h11.SEND_RESPONSE:
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_RESPONSE_HEAD:
+                raise ProtocolError(HEAD_TOO_BIG)
         if conn.their_state is h11.DONE and conn.trailing_data[0]:
             # Junk after a complete response: deliver the response, never reuse the
             # connection (the junk must not be read as the next response).
@@ -77,12 +87,16 @@ class H11ResponseParser:
             try:
                 event = conn.next_event()
             except h11.RemoteProtocolError as exc:
+                if exc.error_status_hint == 431:  # h11's incomplete-event bound
+                    raise ProtocolError(HEAD_TOO_BIG) from exc
                 raise ProtocolError(f"invalid response from upstream: {exc}") from exc
             if event is h11.NEED_DATA or event is h11.PAUSED:
                 return events
             if isinstance(event, h11.Response):
                 headers = [(name.lower(), value) for name, value in event.headers.raw_items()]
                 _refuse_what_httptools_refuses(headers)
+                if sum(len(n) + len(v) + 4 for n, v in headers) > MAX_RESPONSE_HEAD:
+                    raise ProtocolError(HEAD_TOO_BIG)
                 close = any(
                     name == b"connection" and b"close" in value.lower() for name, value in headers
                 )

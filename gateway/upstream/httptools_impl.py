@@ -6,6 +6,8 @@ import httptools
 
 from gateway.upstream.events import (
     END_OF_MESSAGE,
+    HEAD_TOO_BIG,
+    MAX_RESPONSE_HEAD,
     RELAYED_INTERIM,
     Interim,
     ProtocolError,
@@ -34,6 +36,11 @@ class HttpToolsResponseParser:
     Interim 1xx responses (102-199) become ``Interim`` events; 100 is dropped.  A request
     started with ``upgrade=True`` (a WebSocket handshake) may instead get ``101``: its head is
     delivered, followed by ``Upgraded`` with the bytes after it, and the parser is done.
+
+    Nothing may follow a complete response before the next request: a second response in the
+    same read (or body bytes after a 204/304 or a HEAD response) ends parsing there, the first
+    response is delivered intact and ``must_close`` keeps the connection from being reused;
+    bytes in a later read are a ``ProtocolError``.  Heads are bounded by MAX_RESPONSE_HEAD.
     """
 
     __slots__ = (
@@ -46,6 +53,7 @@ class HttpToolsResponseParser:
         "_framed",
         "_upgrade",
         "_switched",
+        "_head_bytes",
         "must_close",
     )
 
@@ -59,6 +67,7 @@ class HttpToolsResponseParser:
         self._framed = True
         self._upgrade = False
         self._switched = False
+        self._head_bytes = 0  # bytes of the response head(s) so far
         # Set when the connection must not carry another exchange (junk after a response).
         self.must_close = False
 
@@ -72,12 +81,14 @@ class HttpToolsResponseParser:
         self._done = False
         self._framed = True
         self._headers = []
+        self._head_bytes = 0
 
     def feed(self, data: bytes) -> list[ResponseEvent]:
         events: list[ResponseEvent] = []
         self._events = events
         if self._done:
             raise ProtocolError("upstream sent data after the end of the response")
+        in_head = not self._in_message
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -91,7 +102,14 @@ class HttpToolsResponseParser:
                 # connection (the junk must not be read as the next response).
                 self.must_close = True
                 return events
+            if isinstance(exc.__context__, ProtocolError):
+                raise exc.__context__ from None
             raise ProtocolError(f"invalid response from upstream: {exc}") from exc
+        if in_head and not self._in_message and not self._done:
+            # A head arriving in many small reads: bound what llhttp is holding for us.
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_RESPONSE_HEAD:
+                raise ProtocolError(HEAD_TOO_BIG)
         return events
 
     def feed_eof(self) -> list[ResponseEvent]:
@@ -102,7 +120,17 @@ class HttpToolsResponseParser:
         return []
 
     # -- llhttp callbacks --------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        if self._done:
+            # A second response to one request (RFC 9112 §9.3: responses answer requests in
+            # order, one each): stop here, keep the first, never reuse the connection.
+            self.must_close = True
+            raise ProtocolError("upstream sent a response nobody asked for")
+
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_bytes > MAX_RESPONSE_HEAD:
+            raise ProtocolError(HEAD_TOO_BIG)
         self._headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
@@ -130,6 +158,8 @@ class HttpToolsResponseParser:
     def on_body(self, body: bytes) -> None:
         if not self._done:
             self._events.append(body)
+        else:
+            self.must_close = True  # a body after a HEAD response's head: junk
 
     def on_message_complete(self) -> None:
         if self._in_message and not self._done:

@@ -149,9 +149,21 @@ BAD = {
         {"upstreams__app__health_status": [200, 99]},
         ["[upstreams.app] health_status", "item 1 (99)", "an integer from 100 to 599"],
     ),
-    "health-timeout-over-interval": (
-        {"upstreams__app__health_timeout": 5.0},
-        ["[upstreams.app] health_timeout", "5.0", "must not exceed health_interval (2.0)"],
+    "header-timeout-negative": (
+        {"gateway__header_timeout": -1},
+        ["[gateway] header_timeout", "-1", "a number"],
+    ),
+    "max-connections-zero": (
+        {"gateway__max_connections": 0},
+        ["[gateway] max_connections", "0", "an integer from 1"],
+    ),
+    "request-buffering-on-a-static-route": (
+        {
+            "routes": [
+                {"path_prefix": "/", "redirect": "https://a.test", "request_buffering": False}
+            ]
+        },
+        ["[[routes]] #1 request_buffering", "only applies to a route with upstream"],
     ),
     "forwarding-loop": (
         {"upstreams__app__servers": ["http://127.0.0.1:18443"]},
@@ -431,3 +443,42 @@ def test_any_value_gives_settings_or_config_error(key: tuple[str, str], value: A
         assert exc.errors and all(line.startswith(f"{PATH}: ") for line in exc.errors)
     else:
         assert isinstance(settings, Settings)
+
+
+@pytest.mark.parametrize(
+    "pool",
+    [
+        {"health_interval": 0.5},  # the default health_timeout (1.0) is larger: accepted
+        {"health_interval": 1.0, "health_timeout": 5.0},
+    ],
+)
+def test_health_timeout_may_exceed_the_interval(pool: dict[str, float]) -> None:
+    """Issue 13: a round of checks finishes before the next starts, so checks never overlap;
+    a key the user did not write (the default health_timeout) never causes an error."""
+    changes = {f"upstreams__app__{key}": value for key, value in pool.items()}
+    app = parse_settings(config(**changes), PATH).upstreams["app"]
+    assert app.health_interval == pool["health_interval"]
+
+
+def test_abuse_limits_defaults_and_values() -> None:
+    g = parse_settings({}, PATH).gateway
+    assert (g.header_timeout, g.body_timeout, g.max_connections) == (10.0, 30.0, 4096)
+    assert (g.keepalive_requests, g.body_buffer_bytes) == (1000, 256 * 1024)
+    settings = parse_settings(
+        config(
+            gateway__header_timeout=2,
+            gateway__body_timeout=3,
+            gateway__max_connections=10,
+            gateway__keepalive_requests=5,
+            routes=[{"path_prefix": "/", "upstream": "app", "request_buffering": False}],
+        ),
+        PATH,
+    )
+    g = settings.gateway
+    assert (g.header_timeout, g.body_timeout, g.max_connections, g.keepalive_requests) == (
+        2.0,
+        3.0,
+        10,
+        5,
+    )
+    assert settings.routes[0].request_buffering is False

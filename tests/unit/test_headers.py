@@ -214,3 +214,50 @@ def test_response_rewrite_invariants(headers: Headers) -> None:
     out = client_response_headers(headers)
     dropped = HOP_BY_HOP | listed | {b"x-request-id"}
     assert out == [p for p in headers if p[0] not in dropped]
+
+
+# -- issue 13: the URL-rewriting family and underscore names ------------------------------------
+
+REWRITING = [
+    "X-Original-URL",
+    "X-Rewrite-URL",
+    "X-Forwarded-Scheme",
+    "X-Forwarded-Server",
+    "X-Host",
+    "X-Forwarded-Port",
+    "X-Forwarded-Prefix",
+    "X-Forwarded-Ssl",
+    "Front-End-Https",
+    "X-Url-Scheme",
+    "X-Client-IP",
+    "True-Client-IP",
+]
+
+
+@pytest.mark.parametrize("name", REWRITING)
+def test_url_rewriting_headers_from_a_client_are_removed(name: str) -> None:
+    """Frameworks rewrite the URL, host or scheme from these: from an arbitrary client they
+    are web cache poisoning and path-rule bypasses, so they never reach the upstream."""
+    out = rewrite([(name.lower().encode(), b"/admin"), (b"accept", b"*/*")])
+    assert name.lower().encode() not in names(out)
+    assert values(out, b"accept") == [b"*/*"]
+
+
+@pytest.mark.parametrize("name", [n for n in REWRITING if n != "X-Forwarded-Port"])
+def test_url_rewriting_headers_from_a_trusted_proxy_pass(name: str) -> None:
+    trusted = TrustedProxies(["10.0.0.0/8"])
+    out = rewrite([(name.lower().encode(), b"v")], client="10.1.2.3", trusted=trusted)
+    assert values(out, name.lower().encode()) == [b"v"]
+    out = rewrite([(name.lower().encode(), b"v")], client="203.0.113.9", trusted=trusted)
+    assert name.lower().encode() not in names(out)
+
+
+@pytest.mark.parametrize("name", [b"x_forwarded_for", b"x_original_url", b"my_header"])
+def test_header_names_with_underscores_are_dropped(name: bytes) -> None:
+    """Nginx drops them (underscores_in_headers off): WSGI/CGI map X_Forwarded_For onto the
+    same variable as X-Forwarded-For, which would slip past the forwarding rules."""
+    trusted = TrustedProxies(["10.0.0.0/8"])
+    for client in ("203.0.113.9", "10.1.2.3"):
+        out = rewrite([(name, b"1.2.3.4"), (b"my-header", b"ok")], client=client, trusted=trusted)
+        assert name not in names(out)
+        assert values(out, b"my-header") == [b"ok"]

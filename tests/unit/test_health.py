@@ -193,3 +193,30 @@ def test_check_transport_errors_mark_down(exc: Exception, detail: str) -> None:
     h = run_check(handler)
     assert h.status is DOWN
     assert detail in (h.last_error or "")
+
+
+# -- issue 13: one bad exchange must not take the service down ---------------------------------
+
+
+@pytest.mark.parametrize("kind", list(FailureKind))
+def test_a_lone_server_ignores_passive_failures(kind: FailureKind) -> None:
+    h = health(passive_checks=False, max_fails=1, passive_5xx=True)
+    for t in range(10):
+        assert h.record_failure(kind, "boom", float(t)) is None
+    assert h.is_up and h.last_error == "boom"
+    assert h.record_check(False, "check failed", 11.0) is None
+    assert h.record_check(False, "check failed", 12.0) is DOWN  # active checks still count
+
+
+def test_new_server_health_turns_passive_checks_off_for_a_lone_server() -> None:
+    two = UpstreamSettings("app", (SERVER, UpstreamServer("127.0.0.1", 9002)))
+    assert new_server_health(two, SERVER).passive_checks
+    assert not new_server_health(UpstreamSettings("app", (SERVER,)), SERVER).passive_checks
+
+
+def test_a_down_server_that_answers_is_up_at_once() -> None:
+    h = health(healthy_threshold=3)
+    assert h.record_failure(FailureKind.CONNECT, "refused", 1.0) is DOWN
+    assert h.record_success(2.0) is UP  # no waiting for healthy_threshold checks
+    assert h.record_success(3.0) is None
+    assert h.is_up and h.last_change == 2.0

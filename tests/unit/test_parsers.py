@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from gateway.upstream.events import (
     END_OF_MESSAGE,
+    MAX_RESPONSE_HEAD,
     EndOfMessage,
     Interim,
     ProtocolError,
@@ -355,3 +356,68 @@ def test_parser_class_auto_prefers_httptools() -> None:
 
 def test_end_of_message_is_a_shared_marker() -> None:
     assert isinstance(END_OF_MESSAGE, EndOfMessage)
+
+
+# -- issue 13: responses an upstream must not be able to smuggle -------------------------------
+
+
+@pytest.mark.parametrize("parser_name", sorted(PARSERS))
+def test_a_second_response_in_the_same_read_never_replaces_the_first(parser_name: str) -> None:
+    """Two responses for one request: the first is delivered whole (its status and its body),
+    the second is dropped and the connection is never reused."""
+    parser = PARSERS[parser_name]()
+    data = (
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst"
+        b"HTTP/1.1 404 Not Found\r\nContent-Length: 6\r\n\r\nsecond"
+    )
+    events = parse(parser, data)
+    assert [e for e in events if e[0] == "head"][0][1] == 200
+    assert len([e for e in events if e[0] == "head"]) == 1
+    assert events[1:] == [("body", b"first"), ("end",)]
+    assert parser.must_close
+
+
+@pytest.mark.parametrize("parser_name", sorted(PARSERS))
+@pytest.mark.parametrize("pieces", [1, 64])
+def test_an_oversized_response_head_is_a_protocol_error(parser_name: str, pieces: int) -> None:
+    """A head over MAX_RESPONSE_HEAD is refused, whether it arrives in one read or many,
+    in one huge field or in many fields."""
+    field = b"X-Big: " + b"a" * (MAX_RESPONSE_HEAD + 10) + b"\r\n"
+    many = b"".join(b"X-%d: %s\r\n" % (i, b"b" * 100) for i in range(800))
+    for fields in (field, many):
+        parser = PARSERS[parser_name]()
+        parser.start(head_request=False)
+        data = b"HTTP/1.1 200 OK\r\n" + fields + b"Content-Length: 0\r\n\r\n"
+        size = -(-len(data) // pieces)
+        with pytest.raises(ProtocolError, match="too big a head"):
+            for i in range(0, len(data), size):
+                parser.feed(data[i : i + size])
+
+
+@pytest.mark.parametrize("parser_name", sorted(PARSERS))
+def test_a_head_just_under_the_bound_is_accepted(parser_name: str) -> None:
+    parser = PARSERS[parser_name]()
+    data = b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * (MAX_RESPONSE_HEAD - 200) + b"\r\n\r\n"
+    events = parse(parser, data.replace(b"\r\n\r\n", b"\r\nContent-Length: 0\r\n\r\n"))
+    assert events[0][1] == 200
+
+
+@pytest.mark.parametrize("parser_name", sorted(PARSERS))
+@pytest.mark.parametrize("status", [204, 304])
+def test_a_body_after_a_204_or_304_is_dropped_and_closes(parser_name: str, status: int) -> None:
+    """RFC 9112 §6.3: 204 and 304 end at their head; bytes after it are not a body and not the
+    next response: the response is delivered without them, the connection is not reused."""
+    parser = PARSERS[parser_name]()
+    data = b"HTTP/1.1 %d X\r\nContent-Length: 5\r\n\r\nhello" % status
+    events = parse(parser, data)
+    assert events[0][1] == status
+    assert events[1:] == [("end",)]
+    assert parser.must_close
+
+
+@pytest.mark.parametrize("parser_name", sorted(PARSERS))
+def test_a_body_after_a_head_response_closes(parser_name: str) -> None:
+    parser = PARSERS[parser_name]()
+    events = parse(parser, b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", head=True)
+    assert events[1:] == [("end",)]
+    assert parser.must_close

@@ -10,8 +10,21 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.errors import MisdirectedRequest, RequestRejected
-from gateway.validation import HostPolicy, check_request, has_dot_segments, parse_host
+from gateway.errors import (
+    LoopDetected,
+    MethodNotAllowed,
+    MisdirectedRequest,
+    NotImplementedMethod,
+    RequestRejected,
+)
+from gateway.validation import (
+    HostPolicy,
+    ambiguous_path,
+    answers_options_itself,
+    check_request,
+    has_dot_segments,
+    parse_host,
+)
 
 HOSTS = HostPolicy.from_hostnames(["localhost", "*.apps.test"])
 
@@ -180,7 +193,6 @@ REJECTED = {
     "two-hosts": scope(HOST, ("Host", "localhost")),
     "host-with-path": scope(("Host", "localhost/x")),
     "host-bad-port": scope(("Host", "localhost:http")),
-    "connect": scope(("Host", "evil.example:443"), method="CONNECT", path="evil.example:443"),
     "absolute-form-foreign": scope(HOST, path="/x", target=b"http://evil.example/x"),
     "absolute-form-foreign-h11": scope(HOST, path="/x", raw_path=b"http://evil.example/x"),
     "absolute-form-bad-authority": scope(HOST, path="/x", target=b"http://ev il/x"),
@@ -189,6 +201,15 @@ REJECTED = {
     "dot": scope(HOST, path="/a/./b"),
     "trailing-dot-dot": scope(HOST, path="/a/.."),
     "only-dot-dot": scope(HOST, path="/.."),
+    # Issue 13: framing of HTTP/1.0, and paths the router and the upstream could read apart.
+    "http-1.0-chunked": {**scope(HOST, ("Transfer-Encoding", "chunked")), "http_version": "1.0"},
+    "encoded-slash": scope(HOST, path="/admin/x", raw_path=b"/admin%2Fx"),
+    "encoded-slash-lower": scope(HOST, path="/a/b", raw_path=b"/a%2fb"),
+    "backslash": scope(HOST, path="/a\\b", raw_path=b"/a\\b"),
+    "encoded-backslash": scope(HOST, path="/a\\b", raw_path=b"/a%5Cb"),
+    "encoded-nul": scope(HOST, path="/a\x00", raw_path=b"/a%00"),
+    "encoded-control": scope(HOST, path="/a\x1f", raw_path=b"/a%1F"),
+    "overlong-utf8": scope(HOST, path="/a\ufffd\ufffd", raw_path=b"/a%c0%af"),
 }
 
 
@@ -246,3 +267,74 @@ def test_loopback_and_wildcard_hosts_pass(host: str) -> None:
 )
 def test_has_dot_segments(path: str, expected: bool) -> None:
     assert has_dot_segments(path) is expected
+
+
+# -- issue 13 ----------------------------------------------------------------------------------
+
+
+def test_connect_is_501_and_trace_is_405() -> None:
+    with pytest.raises(NotImplementedMethod) as connect:
+        check_request(scope(("Host", "evil.example:443"), method="CONNECT", path="x"), HOSTS)
+    assert connect.value.status == 501 and connect.value.close_connection
+    with pytest.raises(MethodNotAllowed) as trace:
+        check_request(scope(HOST, method="TRACE"), HOSTS)
+    assert trace.value.status == 405
+    allow = dict(trace.value.response_headers())[b"allow"]
+    assert b"GET" in allow and b"TRACE" not in allow
+
+
+@pytest.mark.parametrize("via", ["1.1 gateway", "1.0 a, 1.1 gateway", "1.1 gateway , 1.1 b"])
+def test_our_own_via_is_a_loop(via: str) -> None:
+    with pytest.raises(LoopDetected) as info:
+        check_request(scope(HOST, ("Via", via)), HOSTS)
+    assert info.value.status == 508
+
+
+@pytest.mark.parametrize("via", ["1.1 other", "1.1 gateway2", "1.1 my-gateway"])
+def test_other_proxies_in_via_pass(via: str) -> None:
+    assert check_request(scope(HOST, ("Via", via)), HOSTS).hostname == "localhost"
+
+
+@pytest.mark.parametrize(
+    ("sni", "host", "ok"),
+    [
+        ("localhost", "localhost:8443", True),
+        ("LOCALHOST", "localhost", True),
+        ("a.apps.test", "a.apps.test", True),
+        ("a.apps.test", "b.apps.test", False),  # both served, but not the same name
+        ("localhost", "a.apps.test", False),
+    ],
+)
+def test_sni_must_name_the_host(sni: str, host: str, ok: bool) -> None:
+    request = {**scope(("Host", host)), "gateway.sni": sni}
+    if ok:
+        assert check_request(request, HOSTS)
+    else:
+        with pytest.raises(MisdirectedRequest) as info:
+            check_request(request, HOSTS)
+        assert info.value.status == 421 and sni in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("raw", "path", "problem"),
+    [
+        (b"/a/b", "/a/b", None),
+        (b"/caf%C3%A9", "/caf\u00e9", None),  # valid UTF-8 is fine
+        (b"/a%20b", "/a b", None),
+        (b"/%EF%BF%BD", "/\ufffd", None),  # an encoded U+FFFD is a real character
+        (b"/a%2fb", "/a/b", "%2F"),
+        (b"/a%5cb", "/a\\b", "%5C"),
+        (b"/a%7f", "/a\x7f", "%7F"),
+        (b"/a%e0%80%af", "/a\ufffd\ufffd\ufffd", "not UTF-8"),
+    ],
+)
+def test_ambiguous_path(raw: bytes, path: str, problem: str | None) -> None:
+    found = ambiguous_path(raw, path)
+    assert (found is None) if problem is None else (problem in (found or ""))
+
+
+def test_options_with_max_forwards_zero_is_answered_by_the_gateway() -> None:
+    assert answers_options_itself(scope(HOST, ("Max-Forwards", "0"), method="OPTIONS"))
+    assert not answers_options_itself(scope(HOST, ("Max-Forwards", "1"), method="OPTIONS"))
+    assert not answers_options_itself(scope(HOST, method="OPTIONS"))
+    assert not answers_options_itself(scope(HOST, ("Max-Forwards", "0")))
