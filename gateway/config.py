@@ -1022,11 +1022,6 @@ def _check_relations(
         )
     if (tls.cert_file is None) != (tls.key_file is None):
         r.error("[tls] cert_file/key_file", "give both cert_file and key_file, or neither")
-    if tls.acme is not None and gateway.workers > 1:
-        r.error(
-            f"[tls.acme] with [gateway] workers = {gateway.workers}",
-            "ACME challenges are answered in one process: set workers = 1 to use [tls.acme]",
-        )
     for upstream in upstreams.values():
         where = f"[upstreams.{upstream.name}]"
         # health_timeout may exceed health_interval: a round of checks waits for the last

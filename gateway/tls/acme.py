@@ -21,18 +21,19 @@ Theory of operation:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import ipaddress
 import logging
+import os
 import re
+import sys
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlsplit
 
 import requests
@@ -188,6 +189,45 @@ class ACMEStore:
         certificate = x509.load_pem_x509_certificates(fullchain_pem)[0]
         return StoredCertificate(cert_file, key_file, certificate)
 
+    # Failures and the next attempt are shared by every gateway process on this directory,
+    # so worker processes back off together instead of taking turns at the CA.
+    def retry_state(self, name: str) -> tuple[int, datetime] | None:
+        """(failures in a row, earliest next attempt), or None after a success."""
+        try:
+            failures, when = (self.root / f"{name}.retry").read_text().split()
+            return int(failures), datetime.fromisoformat(when)
+        except (OSError, ValueError):
+            return None
+
+    def record_failure(self, name: str, failures: int, next_attempt: datetime) -> None:
+        pemfiles.make_private_dir(self.root)
+        path = self.root / f"{name}.retry"
+        pemfiles.write_file(path, f"{failures} {next_attempt.isoformat()}\n".encode(), private=True)
+
+    def clear_failures(self, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            (self.root / f"{name}.retry").unlink()
+
+    @contextlib.contextmanager
+    def order_lock(self, name: str) -> Iterator[bool]:
+        """Whether this process may order ``name`` now (no other process is ordering it)."""
+        if sys.platform == "win32":
+            yield True  # one gateway process per directory there
+            return
+        import fcntl
+
+        pemfiles.make_private_dir(self.root)
+        fd = os.open(self.root / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            yield True
+        finally:
+            os.close(fd)  # closing releases the lock
+
 
 # --- the protocol, synchronous (runs in a thread) -------------------------------------------
 
@@ -275,190 +315,7 @@ class ACMEClient:
         return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
-# --- the manager, on the event loop ---------------------------------------------------------
-
-T = TypeVar("T")
-
-
-async def off_loop(function: Callable[..., T], *args: Any) -> T:
-    """``function(*args)`` in a daemon thread.  Unlike ``asyncio.to_thread`` the gateway's
-    shutdown never waits for it: an order hanging on an unresponsive CA must not hold up a
-    graceful stop (the thread's result is simply dropped)."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[T] = loop.create_future()
-
-    def deliver(result: T | None, error: BaseException | None) -> None:
-        if future.done():
-            return  # cancelled meanwhile
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)  # type: ignore[arg-type]
-
-    def run() -> None:
-        try:
-            result, error = function(*args), None
-        except BaseException as exc:
-            result, error = None, exc
-        with contextlib.suppress(RuntimeError):  # the loop is already closed
-            loop.call_soon_threadsafe(deliver, result, error)
-
-    threading.Thread(target=run, name="acme", daemon=True).start()
-    return await future
-
-
-Install = Callable[[str, StoredCertificate], None]
-
-
-class ACMEManager:
-    """Keeps one ACME certificate per public name current while the gateway runs."""
-
-    def __init__(
-        self,
-        settings: ACMESettings,
-        tls_dir: Path,
-        names: tuple[str, ...],
-        install: Install,
-        challenges: ChallengeBoard,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-    ) -> None:
-        self.settings = settings
-        self.names = names
-        self.store = ACMEStore(tls_dir, settings.directory)
-        self.client = ACMEClient(settings, self.store)
-        self.install = install
-        self.challenges = challenges
-        self.clock = clock
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    def load_stored(self) -> None:
-        """Serve every still-valid stored certificate from the first handshake on."""
-        for name in self.names:
-            stored = self.store.load(name)
-            if stored is not None and stored.certificate.not_valid_after_utc > self.clock():
-                self._install(name, stored)
-
-    def start(self) -> None:
-        for name in self.names:
-            task = asyncio.create_task(self._keep(name), name=f"acme {name}")
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def stop(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    async def _keep(self, name: str) -> None:
-        failures = 0
-        while True:
-            stored = self.store.load(name)
-            due = self.clock()
-            if stored is not None:
-                due = renewal_time(stored.certificate)
-                cert_pem = stored.cert_file.read_bytes()
-                suggested = await off_loop(self.client.suggested_renewal, cert_pem)
-                if suggested is not None:
-                    due = min(due, suggested)
-            wait = (due - self.clock()).total_seconds()
-            if wait > 0:
-                await asyncio.sleep(min(wait, RECHECK.total_seconds()))
-                continue
-            try:
-                stored = await self._order(name)
-            except Exception as exc:
-                failures += 1
-                delay = retry_delay(failures)
-                rate_limited = isinstance(exc, messages.Error) and exc.code == "rateLimited"
-                if rate_limited:
-                    delay = max(delay, timedelta(hours=1))
-                logger.error(
-                    "ACME certificate for %s failed (attempt %d): %s; "
-                    "next attempt in %s, meanwhile served with the local CA's certificate",
-                    name,
-                    failures,
-                    _describe(exc),
-                    delay,
-                )
-                await asyncio.sleep(delay.total_seconds())
-                continue
-            failures = 0
-            self._install(name, stored)
-            logger.info(
-                "ACME certificate for %s issued by %s, valid until %s",
-                name,
-                stored.certificate.issuer.rfc4514_string(),
-                f"{stored.certificate.not_valid_after_utc:%Y-%m-%d %H:%M} UTC",
-            )
-
-    async def _order(self, name: str) -> StoredCertificate:
-        loop = asyncio.get_running_loop()
-
-        def on_loop(call: Callable[[], Coroutine[Any, Any, None]]) -> None:
-            asyncio.run_coroutine_threadsafe(call(), loop).result(timeout=30)
-
-        def publish(name: str, token: str, key_authorization: str) -> None:
-            on_loop(lambda: self.challenges.publish(name, token, key_authorization))
-
-        def unpublish(name: str, token: str) -> None:
-            on_loop(lambda: self.challenges.unpublish(name, token))
-
-        fullchain, key_pem = await off_loop(self.client.issue, name, publish, unpublish)
-        return await off_loop(self.store.save, name, fullchain, key_pem)
-
-    def _install(self, name: str, stored: StoredCertificate) -> None:
-        try:
-            self.install(name, stored)
-        except CertificateError as exc:
-            logger.error("cannot serve the ACME certificate for %s: %s", name, exc)
-
-
-class ChallengeBoard:
-    """The answers to the challenges in progress: HTTP-01 tokens and TLS-ALPN-01 certificates."""
-
-    def __init__(
-        self,
-        set_alpn_certificate: Callable[[str, bytes, bytes], None],
-        clear_alpn_certificate: Callable[[str], None],
-    ) -> None:
-        self.http01: dict[str, str] = {}
-        self._set_alpn = set_alpn_certificate
-        self._clear_alpn = clear_alpn_certificate
-
-    async def publish(self, name: str, token: str, key_authorization: str) -> None:
-        self.http01[token] = key_authorization
-        cert_pem, key_pem = tls_alpn01_certificate(name, key_authorization)
-        self._set_alpn(name, cert_pem, key_pem)
-
-    async def unpublish(self, name: str, token: str) -> None:
-        self.http01.pop(token, None)
-        self._clear_alpn(name)
-
-
-class HTTP01App:
-    """ASGI app for the plain-HTTP listener: answers ``/.well-known/acme-challenge/<token>``
-    (RFC 8555 §8.3) and hands every other request to ``app`` (the HTTPS redirect)."""
-
-    def __init__(self, app: Any, board: ChallengeBoard) -> None:
-        self.app = app
-        self.board = board
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        path = scope.get("path", "") if scope["type"] == "http" else ""
-        if path.startswith(HTTP01_PREFIX):
-            answer = self.board.http01.get(path[len(HTTP01_PREFIX) :])
-            status, body = (200, answer.encode()) if answer else (404, b"unknown token\n")
-            headers = [
-                (b"content-type", b"text/plain"),
-                (b"content-length", str(len(body)).encode()),
-            ]
-            await send({"type": "http.response.start", "status": status, "headers": headers})
-            await send({"type": "http.response.body", "body": body})
-            return
-        await self.app(scope, receive, send)
-
-
-def _describe(exc: BaseException) -> str:
+def describe_failure(exc: BaseException) -> str:
     """One readable line: the CA's own problem document, or why it could not be reached."""
     if isinstance(exc, messages.Error):
         return f"{exc.typ}: {exc.detail}" if exc.detail else str(exc)

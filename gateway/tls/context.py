@@ -70,15 +70,16 @@ def server_ssl_context(
     return context
 
 
-def challenge_ssl_context(cert_pem: bytes, key_pem: bytes) -> ssl.SSLContext:
-    """The context answering a TLS-ALPN-01 validation: its certificate, ``acme-tls/1`` only."""
+def challenge_ssl_context(pem: bytes) -> ssl.SSLContext:
+    """The context answering a TLS-ALPN-01 validation: ``pem`` holds its key and certificate,
+    and ``acme-tls/1`` is the only protocol offered."""
     context = _intermediate_context()
     context.set_alpn_protocols([ACME_TLS_ALPN])
     # ssl loads certificates from files only; a private temp file lives for the load alone.
     fd, name = tempfile.mkstemp(prefix="acme-challenge-", suffix=".pem")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(key_pem + cert_pem)
+            f.write(pem)
         context.load_cert_chain(name)
     finally:
         os.unlink(name)

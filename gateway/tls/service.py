@@ -20,15 +20,8 @@ from cryptography.hazmat.primitives import hashes
 
 from gateway.config import Settings
 from gateway.tls import pemfiles
-from gateway.tls.acme import (
-    TLS_ALPN01,
-    ACMEManager,
-    ChallengeBoard,
-    HTTP01App,
-    StoredCertificate,
-    acme_names,
-    renewal_time,
-)
+from gateway.tls.acme import TLS_ALPN01, StoredCertificate, acme_names, renewal_time
+from gateway.tls.acme_manager import ACMEManager, HTTP01App
 from gateway.tls.certs import CertificateError, CertificatePaths, ensure_certificates
 from gateway.tls.context import CertificateSelector, ServedCertificate, challenge_ssl_context
 
@@ -50,7 +43,6 @@ class TLSService:
         self.clock = clock
         self.selector: CertificateSelector | None = None
         self.acme: ACMEManager | None = None
-        self.board: ChallengeBoard | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     def start(self) -> ssl.SSLContext:
@@ -68,8 +60,14 @@ class TLSService:
             self._spawn(self._follow_files(paths), "certificate file watch")
         names = acme_names(hostnames)
         if tls.acme is not None and names:
-            self.board = ChallengeBoard(self._set_alpn_challenge, selector.clear_challenge)
-            self.acme = ACMEManager(tls.acme, tls.dir, names, self._install_acme, self.board)
+            self.acme = ACMEManager(
+                tls.acme,
+                tls.dir,
+                names,
+                self._install_acme,
+                self._set_alpn_challenge,
+                selector.clear_challenge,
+            )
             self.acme.load_stored()
             self.acme.start()
             logger.info(
@@ -82,10 +80,9 @@ class TLSService:
 
     def http_app(self, app: Any) -> Any:
         """The plain-HTTP listener's app: HTTP-01 answers first when they are needed."""
-        acme = self.settings.tls.acme
-        if self.board is None or acme is None or acme.challenge == TLS_ALPN01:
+        if self.acme is None or self.acme.settings.challenge == TLS_ALPN01:
             return app
-        return HTTP01App(app, self.board)
+        return HTTP01App(app, self.acme.challenges)
 
     def certificates(self) -> list[ServedCertificate]:
         """For ``/api/certificates``: names, expiry, issuer and source of each one served."""
@@ -111,9 +108,9 @@ class TLSService:
         assert self.selector is not None
         self.selector.set_name(name, stored.cert_file, stored.key_file, "acme")
 
-    def _set_alpn_challenge(self, name: str, cert_pem: bytes, key_pem: bytes) -> None:
+    def _set_alpn_challenge(self, name: str, pem: bytes) -> None:
         assert self.selector is not None
-        self.selector.set_challenge(name, challenge_ssl_context(cert_pem, key_pem))
+        self.selector.set_challenge(name, challenge_ssl_context(pem))
 
     async def _follow_files(self, paths: CertificatePaths) -> None:
         """Serve a replaced ``[tls] cert_file``/``key_file`` pair to new connections."""

@@ -48,7 +48,11 @@ def upstream() -> Iterator[EchoUpstream]:
 
 @contextlib.contextmanager
 def acme_gateway(
-    directory: Path, ports: tuple[int, int], upstream: EchoUpstream, acme: dict[str, str]
+    directory: Path,
+    ports: tuple[int, int],
+    upstream: EchoUpstream,
+    acme: dict[str, str],
+    workers: int = 1,
 ) -> Iterator[Gateway]:
     http_port, https_port = ports
     config = "\n".join(
@@ -60,6 +64,7 @@ def acme_gateway(
                     "http_port": http_port,
                     "https_port": https_port,
                     "hostnames": ["localhost", PUBLIC],
+                    "workers": workers,
                 },
             ),
             toml_table("[tls]", {"dir": str(directory / "certs")}),
@@ -206,3 +211,33 @@ def test_a_hanging_ca_does_not_hold_up_a_graceful_stop(
             assert gw.process.stop(timeout=8) == 0, gw.process.output()
             assert time.monotonic() - started < 8
             assert not gw.log_lines("ACME certificate for")  # the order was still hanging
+
+
+@pytest.mark.parametrize("challenge", ["http-01", "tls-alpn-01"])
+def test_worker_processes_order_once_and_all_serve_it(
+    tmp_path: Path, upstream: EchoUpstream, challenge: str
+) -> None:
+    """With 3 worker processes on one listener, whichever accepts Pebble's validation answers
+    it; one process orders, and every process then serves the certificate."""
+    ports = free_ports()
+    with pebble_server(tmp_path / "pebble", http_port=ports[0], tls_port=ports[1]) as pebble:
+        settings = acme_settings(pebble, challenge)
+        with acme_gateway(tmp_path, ports, upstream, settings, workers=3) as gw:
+            gw.wait_for_log(ISSUED, timeout=60)
+            root = tmp_path / "pebble-root.pem"
+            root.write_bytes(pebble.issuer_root())
+            serials: list[int] = []
+            deadline = time.monotonic() + 20
+            # New connections land on any worker; 30 verifying handshakes in a row must all
+            # get the ACME certificate (each worker picks it up from the store).
+            while len(serials) < 30:
+                assert time.monotonic() < deadline, "some worker still serves the local leaf"
+                try:
+                    with connect(gw, PUBLIC, root) as tls:
+                        serials.append(served_certificate(tls).serial_number)
+                except ssl.SSLCertVerificationError:
+                    serials.clear()
+                    time.sleep(0.2)  # a worker has not loaded it yet
+            assert len(set(serials)) == 1
+            assert len(gw.log_lines(ISSUED)) == 1
+            assert not gw.log_lines("failed")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import stat
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,18 +22,19 @@ from gateway.tls.acme import (
     ACME_IDENTIFIER_OID,
     TLSALPN01,
     ACMEStore,
-    ChallengeBoard,
-    HTTP01App,
-    _describe,
     acme_names,
+    describe_failure,
     is_local_name,
     renewal_time,
     retry_delay,
     tls_alpn01_certificate,
 )
+from gateway.tls.acme_manager import ChallengeFiles, HTTP01App
 from gateway.tls.certs import CertificateAuthority
+from gateway.tls.context import challenge_ssl_context
 
 PATH = Path("/srv/gw/config.toml")
+ACME = "/.well-known/acme-challenge/"
 
 
 @pytest.mark.parametrize(
@@ -159,18 +160,63 @@ async def redirect(scope: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b""})
 
 
-def test_http01_answers_published_tokens_and_passes_the_rest_on() -> None:
-    alpn: list[str] = []
-    board = ChallengeBoard(lambda name, cert, key: alpn.append(name), alpn.remove)
-    app = HTTP01App(redirect, board)
-    asyncio.run(board.publish("example.org", "tok", "tok.thumb"))
-    assert alpn == ["example.org"]
-    assert call(app, "/.well-known/acme-challenge/tok") == (200, b"tok.thumb")
-    assert call(app, "/.well-known/acme-challenge/other")[0] == 404
+def test_http01_answers_published_tokens_from_files_and_passes_the_rest_on(
+    tmp_path: Path,
+) -> None:
+    files = ChallengeFiles(tmp_path, "http-01")
+    app = HTTP01App(redirect, files)
+    files.publish("example.org", "tok-1_A", "tok-1_A.thumb")
+    # Written where every gateway process reads it, whichever accepts the validation.
+    assert (tmp_path / "challenges" / "http-01" / "tok-1_A").read_text() == "tok-1_A.thumb"
+    assert call(app, "/.well-known/acme-challenge/tok-1_A") == (200, b"tok-1_A.thumb")
+    assert (
+        call(HTTP01App(redirect, ChallengeFiles(tmp_path, "http-01")), ACME + "tok-1_A")[0] == 200
+    )
+    assert call(app, ACME + "other")[0] == 404
+    assert call(app, ACME + "..%2f..%2fetc")[0] == 404
+    assert call(app, ACME + "../../account-key.pem")[0] == 404
     assert call(app, "/anything") == (308, b"")
-    asyncio.run(board.unpublish("example.org", "tok"))
-    assert call(app, "/.well-known/acme-challenge/tok")[0] == 404
-    assert alpn == []
+    files.unpublish("example.org", "tok-1_A")
+    assert call(app, ACME + "tok-1_A")[0] == 404
+
+
+def test_tls_alpn01_answers_are_files_for_every_process(tmp_path: Path) -> None:
+    files = ChallengeFiles(tmp_path, "tls-alpn-01")
+    files.publish("example.org", "tok", "tok.thumb")
+    assert set(files.alpn_certificates()) == {"example.org"}
+    pem = (tmp_path / "challenges" / "tls-alpn-01" / "example.org.pem").read_bytes()
+    assert b"PRIVATE KEY" in pem and b"CERTIFICATE" in pem
+    assert (
+        stat.S_IMODE((tmp_path / "challenges" / "tls-alpn-01" / "example.org.pem").stat().st_mode)
+        == 0o600
+    )
+    assert challenge_ssl_context(pem) is not None
+    files.unpublish("example.org", "tok")
+    assert files.alpn_certificates() == {}
+
+
+def test_order_lock_is_exclusive_across_holders(tmp_path: Path) -> None:
+    store = ACMEStore(tmp_path, "https://ca.example/dir")
+    with store.order_lock("example.org") as first:
+        assert first
+        # flock locks belong to the open file description: a second open is another holder.
+        with store.order_lock("example.org") as second:
+            assert not second
+        with store.order_lock("other.org") as other:
+            assert other
+    with store.order_lock("example.org") as again:
+        assert again
+
+
+def test_failures_are_shared_through_the_store(tmp_path: Path) -> None:
+    store = ACMEStore(tmp_path, "https://ca.example/dir")
+    assert store.retry_state("example.org") is None
+    when = datetime(2026, 1, 1, 12, tzinfo=UTC)
+    store.record_failure("example.org", 3, when)
+    assert ACMEStore(tmp_path, "https://ca.example/dir").retry_state("example.org") == (3, when)
+    store.clear_failures("example.org")
+    store.clear_failures("example.org")
+    assert store.retry_state("example.org") is None
 
 
 # --- [tls.acme] -----------------------------------------------------------------------------
@@ -215,7 +261,6 @@ def test_acme_table_every_key() -> None:
         ({"directory": "http://ca/dir"}, {}, ["[tls.acme] directory", "https:// URL"]),
         ({"email": "nobody"}, {}, ["[tls.acme] email = 'nobody'", "e-mail address"]),
         ({"emial": "a@b.org"}, {}, ["[tls.acme] emial", "unknown key", "email"]),
-        ({}, {"workers": 2}, ["[tls.acme] with [gateway] workers = 2", "workers = 1"]),
     ],
 )
 def test_acme_table_errors_name_file_key_value_and_what_is_allowed(
@@ -236,9 +281,9 @@ def test_failures_are_described_in_one_line() -> None:
         "'<...>: Failed to establish a new connection: [Errno 111] Connection refused'))",
         request=request,
     )
-    assert _describe(refused) == "cannot reach https://ca.example/dir: Connection refused"
+    assert describe_failure(refused) == "cannot reach https://ca.example/dir: Connection refused"
     problem = messages.Error(typ="urn:ietf:params:acme:error:rateLimited", detail="too many")
-    assert _describe(problem) == "urn:ietf:params:acme:error:rateLimited: too many"
+    assert describe_failure(problem) == "urn:ietf:params:acme:error:rateLimited: too many"
 
 
 def test_check_reports_an_unreadable_acme_ca_file(tmp_path: Path) -> None:

@@ -384,7 +384,7 @@ def test_tls_alpn01_challenge_only_for_validations(
     selector.set_name("example.org", cert_file, key_file, "acme")
     challenge_pem, challenge_key = tls_alpn01_certificate("example.org", "tok.thumb")
     challenge = x509.load_pem_x509_certificate(challenge_pem).serial_number
-    selector.set_challenge("example.org", challenge_ssl_context(challenge_pem, challenge_key))
+    selector.set_challenge("example.org", challenge_ssl_context(challenge_key + challenge_pem))
 
     def client() -> ssl.SSLContext:
         context = ssl.create_default_context()
