@@ -6,9 +6,10 @@ Theory of operation:
   other ``hostnames`` entry gets its own ACME certificate, served by SNI
   (:class:`~gateway.tls.context.CertificateSelector`).  Until one is issued, the name is served
   with the local leaf, so the gateway starts at once whatever the CA does.
-* One task per name: load the stored certificate, sleep until it is due (a third of its
-  lifetime left, or earlier when the CA's renewal info, RFC 9773 "ARI", says so), order a new
-  one, store it, and hand it to the selector, which new handshakes use at once.
+* One task per name (:mod:`gateway.tls.acme_manager`): load the stored certificate, sleep
+  until it is due (a third of its lifetime left, or earlier when the CA's renewal info,
+  RFC 9773 "ARI", says so), order a new one, store it, and hand it to the selector, which new
+  handshakes use at once.
 * The ``acme`` library (certbot's, with josepy) does the protocol; it is synchronous, so each
   order runs in a thread.  It dropped its TLS-ALPN-01 challenge type in version 5, so that type
   is registered here and its certificate is built with ``cryptography`` (RFC 8737).
