@@ -34,6 +34,7 @@ class Target:
     url: str
     proxy: list[int]  # roots of the process trees that proxy (none for direct)
     origin: list[int]  # roots of the process trees that answer
+    headers: tuple[str, ...] = ()  # extra request headers ("Name: value"), wrk -H
 
 
 @dataclass

@@ -39,6 +39,9 @@ from report import (
 )
 from stack import (
     BENCH,
+    COMPRESS_CACHED_PREFIX,
+    COMPRESS_JSON_SIZE,
+    COMPRESS_PREFIX,
     REPO,
     STATIC_FILE,
     STATIC_FILE_SIZE,
@@ -49,7 +52,16 @@ from stack import (
 )
 from transfer import MIB, transfer
 
-SCENARIOS = ("json", "cache", "static", "websocket", "download", "upload")
+SCENARIOS = (
+    "json",
+    "cache",
+    "static",
+    "websocket",
+    "compress",
+    "compress-cache",
+    "download",
+    "upload",
+)
 RESULTS = BENCH / "results" / "latest.txt"
 
 
@@ -57,7 +69,7 @@ def load(target: Target, opts: argparse.Namespace, duration: int) -> wrk.WrkResu
     """wrk, or for ws:// and wss:// targets the WebSocket echo client (same -t/-c/-d)."""
     if target.url.startswith(("ws://", "wss://")):
         return wsecho.run(target.url, opts.ca_file, opts.threads, opts.connections, duration)
-    return wrk.run(opts.wrk, target.url, opts.threads, opts.connections, duration)
+    return wrk.run(opts.wrk, target.url, opts.threads, opts.connections, duration, target.headers)
 
 
 def measure(target: Target, opts: argparse.Namespace, duration: int) -> Measurement:
@@ -207,6 +219,65 @@ def websocket_scenario(stack: Stack) -> Scenario:
         "(bench/wsecho.py; -t = client processes, -c = connections)"
     )
     return scenario
+
+
+def compress_scenario(stack: Stack, cached: bool) -> Scenario:
+    """A 64 KiB JSON document gzipped for a client that accepts gzip: the gateway's compress
+    middleware vs nginx ``gzip on`` at the same level (6).  ``cached``: both proxies also
+    cache it (the gateway stores the gzip variant; nginx stores identity and gzips per hit)."""
+    assert stack.gateway is not None and stack.nginx is not None and stack.static is not None
+    p = stack.ports
+    prefix, label = (COMPRESS_CACHED_PREFIX, ", cached") if cached else (COMPRESS_PREFIX, "")
+    path = f"{prefix}/json?n={COMPRESS_JSON_SIZE}" + ("&cc=max-age%3D3600" if cached else "")
+    gzip = ("Accept-Encoding: gzip",)
+    static = [stack.static.pid]
+    targets = [
+        Target(
+            "nginx",
+            f"nginx (HTTPS, gzip on{label})",
+            f"https://127.0.0.1:{p.nginx}{path}",
+            [stack.nginx.pid],
+            static,
+            gzip,
+        ),
+        Target(
+            "gateway",
+            f"gateway (HTTPS, compress{label})",
+            f"https://127.0.0.1:{p.https}{path}",
+            [stack.gateway.pid],
+            static,
+            gzip,
+        ),
+    ]
+    name = "compress-cache" if cached else "compress"
+    return Scenario(name, f"gzip JSON 64 KiB{label}", targets)
+
+
+def check_compress(stack: Stack, scenario: Scenario) -> None:
+    """Both answer gzip that decodes to the same 64 KiB document; note the sizes."""
+    with client(stack) as http:
+        documents = set()
+        for target in scenario.targets:
+            for _ in range(3):  # the cached variant: the second answer is a hit
+                response = http.get(target.url, headers={"Accept-Encoding": "gzip"})
+            encoding = response.headers.get("content-encoding")
+            if response.status_code != 200 or encoding != "gzip":
+                raise StackError(
+                    f"{target.label}: GET {target.url} -> {response.status_code}, "
+                    f"Content-Encoding {encoding} (want 200 and gzip)"
+                )
+            documents.add(response.content)
+            scenario.notes.append(
+                f"{target.name}: {len(response.content)} bytes sent as "
+                f"{response.num_bytes_downloaded} gzip bytes"
+                + (
+                    f", X-Cache {response.headers.get('x-cache')}"
+                    if target.name == "gateway"
+                    else ""
+                )
+            )
+        if len(documents) != 1 or len(documents.pop()) != COMPRESS_JSON_SIZE:
+            raise StackError("nginx and the gateway do not send the same 64 KiB JSON document")
 
 
 def check_websocket(stack: Stack, scenario: Scenario) -> None:
@@ -397,7 +468,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if opts.connections < opts.threads:
         parser.error("--connections must be at least --threads (wrk needs one per thread)")
     chosen = opts.scenario or list(SCENARIOS)
-    opts.scenarios = [s for s in SCENARIOS if s in chosen and (s != "cache" or opts.cache)]
+    opts.scenarios = [
+        s for s in SCENARIOS if s in chosen and (s not in ("cache", "compress-cache") or opts.cache)
+    ]
     return opts
 
 
@@ -475,6 +548,12 @@ def main(argv: list[str] | None = None) -> int:
             check_websocket(stack, scenario)
             run_scenario(scenario, opts)
             scenarios.append(scenario)
+        for name, cached in (("compress", False), ("compress-cache", True)):
+            if name in opts.scenarios:
+                scenario = compress_scenario(stack, cached)
+                check_compress(stack, scenario)
+                run_scenario(scenario, opts)
+                scenarios.append(scenario)
         size = opts.transfer_mib * MIB
         for direction in ("download", "upload"):
             if direction in opts.scenarios:

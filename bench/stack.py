@@ -33,6 +33,11 @@ STATIC_PATHS = ("/blob64k", "/bytes", "/upload")
 # Nginx ``root`` semantics and the gateway's ``static`` without ``strip_prefix``.
 STATIC_FILE = "/files/blob64k.bin"
 STATIC_FILE_SIZE = 64 * 1024
+# Compression scenario: the extra origin's /json?n=65536 behind these prefixes (stripped),
+# through the gateway's compress middleware and nginx's gzip (the second one also cached).
+COMPRESS_PREFIX = "/gz"
+COMPRESS_CACHED_PREFIX = "/gzcache"
+COMPRESS_JSON_SIZE = 64 * 1024
 
 
 class StackError(Exception):
@@ -398,6 +403,22 @@ health_path = "/health"
 path_prefix = "/"
 upstream = "backend"
 {routes}
+[[routes]]
+path_prefix = "{COMPRESS_PREFIX}"
+upstream = "static"
+strip_prefix = true
+cache = false
+middlewares = ["gzip"]
+
+[[routes]]
+path_prefix = "{COMPRESS_CACHED_PREFIX}"
+upstream = "static"
+strip_prefix = true
+middlewares = ["gzip"]
+
+[middlewares.gzip]
+type = "compress"
+
 [[routes]]
 path_prefix = "{STATIC_FILE.rsplit("/", 1)[0]}"
 static = "www"

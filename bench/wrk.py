@@ -77,14 +77,19 @@ def parse(output: str) -> WrkResult:
     )
 
 
-def command(wrk: str, url: str, threads: int, connections: int, duration: int) -> list[str]:
-    return [wrk, f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency", url]
+def command(
+    wrk: str, url: str, threads: int, connections: int, duration: int, headers: tuple[str, ...] = ()
+) -> list[str]:
+    extra = [arg for header in headers for arg in ("-H", header)]
+    return [wrk, f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency", *extra, url]
 
 
-def run(wrk: str, url: str, threads: int, connections: int, duration: int) -> WrkResult:
+def run(
+    wrk: str, url: str, threads: int, connections: int, duration: int, headers: tuple[str, ...] = ()
+) -> WrkResult:
     """One wrk run; a wrk that hangs past its duration is killed (process group) after 60 s."""
     proc = subprocess.Popen(
-        command(wrk, url, threads, connections, duration),
+        command(wrk, url, threads, connections, duration, headers),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

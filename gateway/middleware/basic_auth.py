@@ -9,9 +9,11 @@ hash once, as Caddy's basic auth cache does.
 
 Brute force: failed attempts spend tokens of a per-client bucket (``max_failures`` per
 ``failure_window`` seconds, shared by all worker processes like ``rate_limit``'s); with the
-bucket empty the client gets 429 and its guesses are not even checked.  The file is re-read
-when its mtime, size or inode changes, so adding a user needs no restart; a file that turns
-invalid is logged and the previous users stay in force.
+bucket empty the client gets 429 and its guesses are not even checked.  The token is taken
+before the check and given back on success, so parallel guesses cannot overtake the count.
+
+The file is re-read when its mtime, size or inode changes, so adding a user needs no restart;
+a file that turns invalid is logged and the previous users stay in force.
 """
 
 from __future__ import annotations
@@ -123,27 +125,24 @@ class BasicAuth:
                 return
         address = client_address(request.scope, self.trusted)
         key = address.encode()
-        wait = self.failures.wait(key)
+        credentials = parse_basic_credentials(authorization)
+        if credentials is None and authorization is None:
+            raise Unauthorized("authentication required", self.realm)
+        # Every check is paid for with a token up front, so a burst of parallel guesses
+        # cannot all slip past an empty bucket; a successful one gets its token back.
+        wait = self.failures.take(key)
         if wait:
             raise TooManyRequests(
                 f"too many failed logins from {address}; try again later", retry_after(wait)
             )
-        credentials = parse_basic_credentials(authorization)
         if credentials is None:
-            message = (
-                "authentication required"
-                if authorization is None
-                else ("malformed Basic credentials")
-            )
-            if authorization is not None:
-                self.failures.take(key)
-            raise Unauthorized(message, self.realm)
+            raise Unauthorized("malformed Basic credentials", self.realm)
         user, password = credentials
         table, decoy = users.users, users.decoy
         if await asyncio.to_thread(check_user, table, user, password, decoy):
+            self.failures.give_back(key)
             if users.users is table:  # not re-read meanwhile
                 users.remember(hashlib.sha256(authorization or b"").digest(), user)
             return
-        self.failures.take(key)
         log.info("basic auth failed for user %r from %s", user, address)
         raise Unauthorized("wrong user name or password", self.realm)

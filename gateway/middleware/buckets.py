@@ -99,6 +99,22 @@ class BucketTable:
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
 
+    def give_back(self, key: bytes) -> None:
+        """Return a token taken from ``key``'s bucket (a reservation that was not needed)."""
+        fd = self.fd
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            h = key_hash(key)
+            for offset in self._offsets(h):
+                slot_hash, tokens, stamp = SLOT.unpack_from(self.memory, offset)
+                if slot_hash == h:
+                    SLOT.pack_into(self.memory, offset, h, min(self.burst, tokens + 1.0), stamp)
+                    return
+        finally:
+            if fd is not None:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+
     def wait(self, key: bytes) -> float:
         """Seconds until ``key`` has a token (0.0: it has one now); spends nothing."""
         fd = self.fd

@@ -97,3 +97,14 @@ def test_retry_after_is_whole_seconds_rounded_up() -> None:
     assert retry_after(0.01) == 1
     assert retry_after(1.0) == 1
     assert retry_after(1.2) == 2
+
+
+def test_give_back_returns_a_reserved_token() -> None:
+    clock = Clock()
+    table = BucketTable(rate=0.001, burst=2, clock=clock)
+    assert table.take(b"a") == 0.0
+    table.give_back(b"a")  # the reservation was not needed
+    assert table.take(b"a") == 0.0
+    assert table.take(b"a") == 0.0
+    assert table.take(b"a") > 0
+    table.give_back(b"nobody")  # no bucket: nothing to do
