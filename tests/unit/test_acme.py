@@ -29,7 +29,7 @@ from gateway.tls.acme import (
     retry_delay,
     tls_alpn01_certificate,
 )
-from gateway.tls.acme_manager import ChallengeFiles, HTTP01App
+from gateway.tls.acme_manager import ACMEManager, ChallengeFiles, HTTP01App, OrderFailed
 from gateway.tls.certs import CertificateAuthority
 from gateway.tls.context import challenge_ssl_context
 
@@ -301,3 +301,81 @@ def test_check_reports_an_unreadable_acme_ca_file(tmp_path: Path) -> None:
     [line] = problems("missing.pem")
     assert f"cannot read {tmp_path / 'missing.pem'}" in line
     assert acme_problems(parse_settings(BASE, config)) == []
+
+
+# --- ACMEManager._order: the decisions around one order, with a fake protocol client ---------
+
+
+class FakeClient:
+    def __init__(self, ca: CertificateAuthority, error: Exception | None = None) -> None:
+        self.ca, self.error, self.orders = ca, error, 0
+
+    def issue(self, name: str, publish: Any, unpublish: Any) -> tuple[bytes, bytes]:
+        self.orders += 1
+        if self.error is not None:
+            raise self.error
+        leaf = self.ca.issue_leaf([name])
+        return leaf.cert_pem() + self.ca.cert_pem(), leaf.key_pem()
+
+
+NOW = datetime(2030, 1, 1, tzinfo=UTC)
+
+
+def manager(tmp_path: Path, client: FakeClient) -> ACMEManager:
+    installed: list[str] = []
+    m = ACMEManager(
+        ACMESettings(directory="https://ca.example/dir"),
+        tmp_path,
+        ("example.org",),
+        lambda name, stored: installed.append(name),
+        lambda name, pem: None,
+        lambda name: None,
+        clock=lambda: NOW,
+    )
+    m.client = client  # type: ignore[assignment]
+    return m
+
+
+def test_an_order_stores_the_certificate_and_clears_failures(tmp_path: Path) -> None:
+    client = FakeClient(CertificateAuthority.create())
+    m = manager(tmp_path, client)
+    m.store.record_failure("example.org", 2, NOW)
+    issued = m._order("example.org", None)
+    assert issued is not None and client.orders == 1
+    assert m.store.load("example.org") is not None
+    assert m.store.retry_state("example.org") is None
+
+
+def test_no_order_while_another_process_holds_the_lock(tmp_path: Path) -> None:
+    client = FakeClient(CertificateAuthority.create())
+    m = manager(tmp_path, client)
+    with m.store.order_lock("example.org") as ours:
+        assert ours
+        assert m._order("example.org", None) is None
+    assert client.orders == 0
+
+
+def test_no_order_when_another_process_renewed_meanwhile(tmp_path: Path) -> None:
+    client = FakeClient(CertificateAuthority.create())
+    m = manager(tmp_path, client)
+    first = m._order("example.org", None)
+    assert first is not None
+    # This process still saw "no certificate": the stored one is newer, so no second order.
+    assert m._order("example.org", None) is None
+    assert client.orders == 1
+
+
+def test_failures_back_off_together_and_rate_limits_wait_an_hour(tmp_path: Path) -> None:
+    client = FakeClient(CertificateAuthority.create(), error=OSError("boom"))
+    m = manager(tmp_path, client)
+    delays = []
+    for _ in range(3):
+        with pytest.raises(OrderFailed) as info:
+            m._order("example.org", None)
+        delays.append(info.value.delay)
+    assert delays == [timedelta(minutes=5), timedelta(minutes=10), timedelta(minutes=20)]
+    assert m.store.retry_state("example.org") == (3, NOW + timedelta(minutes=20))
+    client.error = messages.Error(typ="urn:ietf:params:acme:error:rateLimited", detail="slow")
+    with pytest.raises(OrderFailed, match="rateLimited: slow") as info:
+        m._order("example.org", None)
+    assert info.value.failures == 4 and info.value.delay == timedelta(hours=1)
