@@ -35,6 +35,7 @@ class Target:
     proxy: list[int]  # roots of the process trees that proxy (none for direct)
     origin: list[int]  # roots of the process trees that answer
     headers: tuple[str, ...] = ()  # extra request headers ("Name: value"), wrk -H
+    client: str = "wrk"  # or "h2load": HTTP/2, h2load.CLIENTS connections x STREAMS streams
 
 
 @dataclass

@@ -24,6 +24,7 @@ from types import FrameType
 
 import httpx
 
+import h2load
 import wrk
 import wsecho
 from procstat import CpuWindow, machine_ticks
@@ -61,6 +62,8 @@ SCENARIOS = (
     "compress-cache",
     "download",
     "upload",
+    "h2",
+    "h2-cache",
 )
 RESULTS = BENCH / "results" / "latest.txt"
 
@@ -69,6 +72,8 @@ def load(target: Target, opts: argparse.Namespace, duration: int) -> wrk.WrkResu
     """wrk, or for ws:// and wss:// targets the WebSocket echo client (same -t/-c/-d)."""
     if target.url.startswith(("ws://", "wss://")):
         return wsecho.run(target.url, opts.ca_file, opts.threads, opts.connections, duration)
+    if target.client == "h2load":
+        return h2load.run(opts.h2load, target.url, opts.threads, duration)
     return wrk.run(opts.wrk, target.url, opts.threads, opts.connections, duration, target.headers)
 
 
@@ -142,6 +147,44 @@ def json_scenario(stack: Stack, echo_backend: bool) -> Scenario:
         ),
     ]
     return Scenario("json", f"small JSON (GET {path})", targets)
+
+
+def h2_scenario(stack: Stack, echo_backend: bool, cached: bool, threads: int) -> Scenario:
+    """Small JSON or a cache hit over HTTP/2: h2load with h2load.STREAMS streams on each of
+    h2load.CLIENTS connections, nginx ("listen ... ssl http2") next to the gateway."""
+    assert stack.gateway is not None and stack.nginx is not None and stack.static is not None
+    p = stack.ports
+    if cached:
+        path, origin = "/blob64k", [stack.static.pid]
+        key, title = "h2-cache", "h2 cache hit 64 KiB"
+    else:
+        path = "/health" if echo_backend else "/status"
+        origin = [proc.pid for proc in stack.backend]
+        key, title = "h2", f"h2 small JSON (GET {path})"
+    targets = [
+        Target(
+            "nginx",
+            "nginx (HTTPS, http2)",
+            f"https://127.0.0.1:{p.nginx_h2}{path}",
+            [stack.nginx.pid],
+            origin,
+            client="h2load",
+        ),
+        Target(
+            "gateway",
+            "gateway (HTTPS, h2)",
+            f"https://127.0.0.1:{p.https}{path}",
+            [stack.gateway.pid],
+            origin,
+            client="h2load",
+        ),
+    ]
+    scenario = Scenario(key, title, targets)
+    scenario.notes.append(
+        f"h2load -c{h2load.CLIENTS} -m{h2load.STREAMS} -t{threads}: "
+        f"{h2load.CLIENTS} connections x {h2load.STREAMS} streams"
+    )
+    return scenario
 
 
 def cache_scenario(stack: Stack) -> Scenario:
@@ -469,7 +512,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--connections must be at least --threads (wrk needs one per thread)")
     chosen = opts.scenario or list(SCENARIOS)
     opts.scenarios = [
-        s for s in SCENARIOS if s in chosen and (s not in ("cache", "compress-cache") or opts.cache)
+        s
+        for s in SCENARIOS
+        if s in chosen and (s not in ("cache", "compress-cache", "h2-cache") or opts.cache)
     ]
     return opts
 
@@ -552,6 +597,18 @@ def main(argv: list[str] | None = None) -> int:
             if name in opts.scenarios:
                 scenario = compress_scenario(stack, cached)
                 check_compress(stack, scenario)
+                run_scenario(scenario, opts)
+                scenarios.append(scenario)
+        for name, cached in (("h2", False), ("h2-cache", True)):
+            if name in opts.scenarios:
+                opts.h2load = find_tool("h2load")
+                if opts.h2load is None:
+                    raise StackError("h2load not found: apt-get install -y nghttp2-client")
+                scenario = h2_scenario(stack, opts.echo_backend, cached, opts.threads)
+                if cached:
+                    warm_cache(stack, scenario)
+                else:
+                    check_json(stack, scenario)
                 run_scenario(scenario, opts)
                 scenarios.append(scenario)
         size = opts.transfer_mib * MIB

@@ -101,6 +101,7 @@ class Ports:
     nginx: int
     static: int
     ws: int  # the WebSocket echo upstream (websocket scenario)
+    nginx_h2: int = 0  # nginx's second listener, "ssl http2" (the h2 scenarios)
 
     @property
     def backend(self) -> list[int]:
@@ -108,8 +109,8 @@ class Ports:
 
     @classmethod
     def allocate(cls, workers: int) -> Ports:
-        base, (https, http, nginx, static, ws) = allocate_ports(5, workers)
-        return cls(base, workers, https, http, nginx, static, ws)
+        base, (https, http, nginx, static, ws, nginx_h2) = allocate_ports(6, workers)
+        return cls(base, workers, https, http, nginx, static, ws, nginx_h2)
 
 
 # --- processes --------------------------------------------------------------------------------
@@ -448,6 +449,7 @@ enabled = {json.dumps(self.options.cache)}
             "static_port": str(p.static),
             "ws_port": str(p.ws),
             "port": str(p.nginx),
+            "h2_port": str(p.nginx_h2),
             "cert_file": str(self.certs / "cert.pem"),
             "key_file": str(self.certs / "key.pem"),
             "ciphers": INTERMEDIATE_CIPHERS,

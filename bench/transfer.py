@@ -61,7 +61,8 @@ def _generate(size: int) -> Iterator[bytes]:
 
 
 def _curl_base(curl: str, ca_file: Path, timeout: float) -> list[str]:
-    return [curl, "-sS", "--cacert", str(ca_file), "--max-time", str(int(timeout))]
+    # --http1.1: curl would pick h2 by ALPN on the gateway; the transfers compare HTTP/1.1.
+    return [curl, "-sS", "--http1.1", "--cacert", str(ca_file), "--max-time", str(int(timeout))]
 
 
 def _curl_download(curl: str, url: str, ca_file: Path, timeout: float) -> tuple[int, float]:
