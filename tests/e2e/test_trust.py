@@ -147,7 +147,8 @@ def test_trust_then_untrust_everywhere(home: Path, gateway_stack: Stack, tmp_pat
         assert system_trusts(gw)
         for db in (home / ".pki" / "nssdb", home / ".mozilla/firefox/abcd.default-release"):
             assert nss_has(db, nickname)
-        assert any("pygateway-local-ca" in alias for alias in java_aliases() - before_java)
+        slug = trust.RootCA.from_file(gw.ca_pem).slug
+        assert any(slug in alias for alias in java_aliases() - before_java)
         loaded, said = chromium_loads(gw, home, tmp_path / "chromium-2")
         assert loaded, said
 
@@ -163,10 +164,10 @@ def test_trust_then_untrust_everywhere(home: Path, gateway_stack: Stack, tmp_pat
         loaded, said = chromium_loads(gw, home, tmp_path / "chromium-3")
         assert not loaded, said
         # Exactly what trust added is gone: no dangling link, no Java copy, other roots kept.
-        assert changes_besides_others(before_system, trust.RootCA.from_file(gw.ca_pem).slug) == []
+        assert changes_besides_others(before_system, slug) == []
         after_java = java_aliases()
         assert before_java <= after_java
-        assert not [alias for alias in after_java - before_java if "pygateway" in alias]
+        assert not [alias for alias in after_java - before_java if slug in alias]
     finally:
         if nickname:  # never leave the test root trusted, whatever failed above
             pygateway("untrust", "--config", str(gw.config_path), home=home)
