@@ -40,7 +40,7 @@ import h2.settings
 from h2.errors import ErrorCodes
 from hyperframe.frame import GoAwayFrame
 
-from gateway.asgi import Message
+from gateway.asgi import INTERIM, INTERIM_SCOPE_KEY, Message
 from gateway.http2.limits import Http2Limits, ResetBudget
 from gateway.http2.request import MalformedRequest, request_scope, response_headers
 
@@ -136,8 +136,15 @@ class Stream:
             # Held until the first body message, so a bodiless response is one HEADERS frame.
             self.pending_head = response_headers(message["status"], message.get("headers", []))
             return
+        if kind == INTERIM:
+            # 103 Early Hints and the like: a HEADERS frame of its own, before the response.
+            if not self.response_started:
+                hints = response_headers(message["status"], message.get("headers", []))
+                protocol.conn.send_headers(self.stream_id, hints)
+                protocol.schedule_flush()
+            return
         if kind != "http.response.body":
-            return  # nothing else (interim responses, WebSocket) is offered on HTTP/2
+            return  # nothing else (WebSocket, trailers) is offered on HTTP/2
         if not self.response_started:
             raise RuntimeError("http.response.body before http.response.start")
         body: bytes = message.get("body", b"")
@@ -223,6 +230,7 @@ class H2Protocol(asyncio.Protocol):
             "client": client,
             "scheme": "https",
             "root_path": root_path,
+            INTERIM_SCOPE_KEY: True,  # 1xx responses are fine for any HTTP/2 client
         }
         self.conn = h2.connection.H2Connection(config=_CONFIG)
         self.transport: asyncio.Transport | None = None

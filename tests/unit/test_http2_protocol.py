@@ -545,3 +545,24 @@ def test_alpn_decides_the_protocol_per_connection() -> None:
         assert isinstance(plain, type) and not issubclass(plain, ALPNDispatchProtocol)
 
     run(scenario)
+
+
+def test_interim_response_goes_out_before_the_final_one() -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        assert scope["gateway.interim"] is True
+        hints = [(b"Link", b"</app.js>; rel=preload"), (b"connection", b"x")]
+        await send({"type": "gateway.response.interim", "status": 103, "headers": hints})
+        await hello(scope, receive, send)
+
+    async def scenario() -> None:
+        peer = Peer(app)
+        peer.client.send_headers(1, GET, end_stream=True)
+        peer.send()
+        await peer.settle()
+        (early,) = peer.of(h2.events.InformationalResponseReceived, 1)
+        assert early.headers == [(":status", "103"), ("link", "</app.js>; rel=preload")]
+        (final,) = peer.of(h2.events.ResponseReceived, 1)
+        assert dict(final.headers)[":status"] == "200"
+        assert peer.events.index(early) < peer.events.index(final)
+
+    run(scenario)
