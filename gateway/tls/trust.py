@@ -343,7 +343,14 @@ def root_ca_file(config: str, *, create: bool) -> tuple[Path, str]:
     from gateway.quick_proxy import data_dir
 
     if Path(config).exists():
-        directory = load_settings(config).tls.dir
+        tls = load_settings(config).tls
+        if tls.cert_file is not None and create:
+            # The local CA would sign nothing: trusting it would only widen the trust store.
+            raise CertificateError(
+                f"{config} serves its own certificate ([tls] cert_file = {tls.cert_file}), "
+                "so there is no local CA to trust"
+            )
+        directory = tls.dir
         origin = f"the local CA of {config}"
     else:
         directory = data_dir()

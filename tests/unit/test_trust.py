@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway import cli
 from gateway.tls.certs import CertificateAuthority
 from gateway.tls.trust import (
     RootCA,
@@ -307,3 +308,35 @@ def test_present_marker_must_be_in_the_output() -> None:
     said.clear()
     apply([listing], install=False, is_root=True, run=run("other roots"), say=said.append)
     assert said == ["  skipped java: not there"]
+
+
+def test_trust_refuses_a_config_with_its_own_certificate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(
+        '[tls]\ncert_file = "site.pem"\nkey_file = "site-key.pem"\n'
+        '[upstreams.app]\nservers = ["http://127.0.0.1:9"]\n'
+        '[[routes]]\npath_prefix = "/"\nupstream = "app"\n'
+    )
+    assert cli.main(["trust", "--config", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert "serves its own certificate ([tls] cert_file" in err
+    assert not (tmp_path / "certs").exists()  # no CA was created for nothing
+
+
+def test_untrust_without_a_ca_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(
+        '[upstreams.app]\nservers = ["http://127.0.0.1:9"]\n'
+        '[[routes]]\npath_prefix = "/"\nupstream = "app"\n'
+    )
+    assert cli.main(["untrust", "--config", str(config)]) == 1
+    assert f"{tmp_path / 'certs' / 'ca.pem'}: no such file" in capsys.readouterr().err
+
+
+def test_a_bad_config_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text("[tls]\ndri = 'x'\n")
+    assert cli.main(["trust", "--config", str(config)]) == 1
+    assert "[tls] dri" in capsys.readouterr().err
