@@ -43,6 +43,7 @@ class TLSService:
         self.clock = clock
         self.selector: CertificateSelector | None = None
         self.acme: ACMEManager | None = None
+        self.local = True  # the local CA's leaf, not a [tls] cert_file pair
         self._tasks: set[asyncio.Task[None]] = set()
 
     def start(self) -> ssl.SSLContext:
