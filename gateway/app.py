@@ -29,9 +29,10 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from gateway.access_log import AccessLog, Exchange
+from gateway.admin.metrics import NO_ROUTE, Labels, Metrics
 from gateway.asgi import Message, Receive, Scope, Send
 from gateway.cache.layer import CacheLayer
 from gateway.config import RouteSettings, Settings
@@ -117,10 +118,26 @@ class RouteHandlers:
 
     http: Handler
     websocket: Handler | None = None
+    labels: Labels = NO_ROUTE  # (route, upstream) for the metrics
+
+
+def route_labels(route: RouteSettings) -> Labels:
+    """The metrics' ``route`` label (``host,host/prefix``) and ``upstream`` label."""
+    return ",".join(route.hosts) + route.path_prefix, route.upstream or ""
 
 
 class GatewayApp:
-    def __init__(self, settings: Settings, upstreams: dict[str, Upstream]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        upstreams: dict[str, Upstream],
+        *,
+        access_log: AccessLog | None = None,
+        cache: CacheLayer | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        """``access_log``, ``cache`` and ``metrics``: the previous app's, kept by a reload
+        (``gateway.runtime.reload``) when their settings did not change."""
         gateway = settings.gateway
         self.settings = settings
         self.hosts = HostPolicy.from_hostnames(gateway.hostnames)
@@ -129,15 +146,19 @@ class GatewayApp:
         if gateway.hsts_header:
             extra.append((b"strict-transport-security", gateway.hsts_header.encode()))
         self.extra_headers = extra
-        self.access_log = AccessLog(enabled=gateway.access_log)
+        self.access_log = access_log or AccessLog.from_settings(gateway)
+        self.metrics = metrics or Metrics()
         self.server_timing = gateway.server_timing
         self.proxy = ProxyHandler(settings, upstreams)
         self.trusted = self.proxy.trusted
         self.websocket = WebSocketHandler(settings, self.proxy)
-        self.cache = CacheLayer(settings.cache) if settings.cache.enabled else None
+        if cache is None and settings.cache.enabled:
+            cache = CacheLayer(settings.cache)
+        self.cache = cache
         self.middlewares = build_middlewares(settings)
         self.router: Router[RouteHandlers] = Router(
-            (Route.from_settings(r), self._handlers(r)) for r in settings.routes
+            (Route.from_settings(r), replace(self._handlers(r), labels=route_labels(r)))
+            for r in settings.routes
         )
 
     def _handlers(self, settings: RouteSettings) -> RouteHandlers:
@@ -179,12 +200,14 @@ class GatewayApp:
         exchange = Exchange(scope)
         exchange.request_id = request_id(scope, self.trusted)
         client_send = ClientSend(send, exchange, self.extra_headers, self.server_timing)
+        labels = NO_ROUTE
         try:
             facts = check_request(scope, self.hosts)
             found = self.router.match(facts.hostname, scope["path"])
             if found is None:
                 raise NoRouteMatched(f"no route matches {facts.hostname}{scope['path']}")
             route, handlers = found
+            labels = handlers.labels
             if facts.content_length is not None and facts.content_length > self.max_body:
                 raise ContentTooLarge(
                     f"request body of {facts.content_length} bytes is larger than the "
@@ -207,6 +230,7 @@ class GatewayApp:
                 await self._send_error(client_send, exc, exchange)
         finally:
             self.access_log.write(exchange)
+            self.metrics.observe(exchange, labels)
 
     async def _send_error(self, send: ClientSend, exc: GatewayError, exchange: Exchange) -> None:
         if exc.status >= 500:

@@ -45,7 +45,11 @@ class GatewaySettings:
     max_body_bytes: int = 10 * 1024 * 1024
     # Request line plus headers; larger heads get 431 (Nginx: large_client_header_buffers).
     max_header_bytes: int = 64 * 1024
-    access_log: bool = True
+    # True: stdout; a Path: that file (gateway/access_log.py: formats, rotation, SIGUSR1).
+    access_log: bool | Path = True
+    access_log_format: str = "text"  # "text", "combined" or "json"
+    access_log_max_bytes: int = 20 * 1024 * 1024  # rotate the file past this size
+    access_log_keep_days: float = 7.0  # delete rotated files older than this
     # None means "auto": off when every hostname is a loopback name (see ``hsts_header``).
     hsts_max_age: int | None = None
     # Client addresses (CIDRs) whose X-Forwarded-For we extend instead of replacing.
@@ -94,6 +98,16 @@ class GatewaySettings:
         if max_age == 0:
             return None
         return f"max-age={max_age}"
+
+
+@dataclass(frozen=True, slots=True)
+class AdminSettings:
+    """[admin]: the admin API, dashboard and metrics (gateway/admin/), on its own port."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 8444
+    htpasswd: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,6 +294,7 @@ class Settings:
     cache: CacheSettings = field(default_factory=CacheSettings)
     services: dict[str, ServiceSettings] = field(default_factory=dict)
     middlewares: dict[str, MiddlewareSettings] = field(default_factory=dict)
+    admin: AdminSettings | None = None  # None: no [admin] table, no admin listener
 
     def summary(self) -> str:
         g = self.gateway
@@ -331,6 +346,13 @@ def _number(lo: float, hi: float | None = None, *, lo_exclusive: bool = True) ->
         return v, None
 
     return check
+
+
+def _bool_or_path(value: Any) -> tuple[Any, str | None]:
+    """true/false, or a non-empty path string (resolved by ``parse_settings``)."""
+    if isinstance(value, bool) or (isinstance(value, str) and value):
+        return value, None
+    return None, "must be true, false or a file path string"
 
 
 def _str(value: Any) -> tuple[Any, str | None]:
@@ -486,7 +508,10 @@ GATEWAY_KEYS: dict[str, Check | str] = {
     "redirect_status": _one_of(*REDIRECT_STATUSES),
     "max_body_bytes": _int(0),
     "max_header_bytes": _int(1024, 1 << 24),
-    "access_log": _bool,
+    "access_log": _bool_or_path,
+    "access_log_format": _one_of("text", "combined", "json"),
+    "access_log_max_bytes": _int(0),
+    "access_log_keep_days": _number(0),
     "hsts_max_age": _int(0),
     "trusted_proxies": _list_of(_cidr, non_empty=False),
     "keepalive_timeout": _number(0),
@@ -502,6 +527,12 @@ GATEWAY_KEYS: dict[str, Check | str] = {
     "max_connections": _int(1, 1_000_000),
     "keepalive_requests": _int(1, 1_000_000),
     "body_buffer_bytes": _int(0, 1 << 30),
+}
+ADMIN_KEYS: dict[str, Check | str] = {
+    "enabled": _bool,
+    "host": _host,
+    "port": _int(1, 65535),
+    "htpasswd": _PATH,
 }
 TLS_KEYS: dict[str, Check | str] = {"dir": _PATH, "cert_file": _PATH, "key_file": _PATH}
 ACME_KEYS: dict[str, Check | str] = {
@@ -776,11 +807,16 @@ def load_settings(path: str | Path) -> Settings:
 def parse_settings(data: dict[str, Any], path: Path) -> Settings:
     r = _Reader(path)
     top = {"gateway", "tls", "backend", "upstreams", "routes", "cache", "services", "middlewares"}
+    top.add("admin")
     for key in data:
         if key not in top:
             r.error(f"[{key}]", f"unknown table (allowed: {', '.join(sorted(top))})")
 
-    gateway = GatewaySettings(**r.table(data.get("gateway", {}), "[gateway]", GATEWAY_KEYS))
+    gateway_values = r.table(data.get("gateway", {}), "[gateway]", GATEWAY_KEYS)
+    if isinstance(gateway_values.get("access_log"), str):  # a file, relative to the config
+        gateway_values["access_log"] = (r.base / gateway_values["access_log"]).resolve()
+    gateway = GatewaySettings(**gateway_values)
+    admin = _read_admin(r, data["admin"], gateway) if "admin" in data else None
     tls_data = data.get("tls", {})
     acme_data = tls_data.get("acme") if isinstance(tls_data, dict) else None
     if acme_data is not None:
@@ -844,8 +880,36 @@ def parse_settings(data: dict[str, Any], path: Path) -> Settings:
     if r.errors:
         raise ConfigError(r.errors)
     return Settings(
-        path, gateway, tls, backend, upstreams, tuple(routes), cache, services, middlewares
+        path, gateway, tls, backend, upstreams, tuple(routes), cache, services, middlewares, admin
     )
+
+
+def _read_admin(r: _Reader, raw: Any, gateway: GatewaySettings) -> AdminSettings:
+    """[admin]: its keys, an htpasswd that reads, and no open admin port without one."""
+    admin = AdminSettings(**r.table(raw, "[admin]", ADMIN_KEYS))
+    if not admin.enabled:
+        return admin
+    if admin.htpasswd is None and not is_loopback_name(admin.host):
+        r.error(
+            f"[admin] host = {admin.host!r}",
+            'is not a loopback address, so the admin API needs htpasswd = "FILE" '
+            '(basic auth) or host = "127.0.0.1"',
+        )
+    if admin.htpasswd is not None:
+        from gateway.middleware.htpasswd import HtpasswdError, read_htpasswd
+
+        try:
+            read_htpasswd(admin.htpasswd)
+        except HtpasswdError as exc:
+            r.error(f"[admin] htpasswd = {str(admin.htpasswd)!r}", str(exc))
+    if _same_host(admin.host, gateway.host):
+        for key in ("http_port", "https_port"):
+            if admin.port == getattr(gateway, key):
+                r.error(
+                    f"[admin] port = {admin.port}",
+                    f"clashes with [gateway] {key}; the admin listener needs its own port",
+                )
+    return admin
 
 
 def _read_middlewares(

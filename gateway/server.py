@@ -4,14 +4,19 @@ Both listeners are uvicorn servers sharing one event loop (uvloop when installed
 own signal capture is replaced by ours, because two servers each installing handlers would
 fight over them: SIGTERM/SIGINT set ``should_exit`` on both, they stop accepting, finish
 in-flight requests within ``graceful_timeout``, and the process exits.  A second SIGINT forces
-the exit, as in uvicorn.
+the exit, as in uvicorn.  SIGHUP reloads the config (``gateway.runtime.reload``; with several
+workers the parent process coordinates it, see ``gateway.runtime.control``) and SIGUSR1
+reopens the access-log file.  The admin listener (``[admin]``, ``gateway.admin``) runs here
+too when this is the only gateway process.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import os
 import signal
 import socket
 import ssl
@@ -20,12 +25,14 @@ from typing import Any
 
 import uvicorn
 
+from gateway.admin.metrics import Metrics
 from gateway.app import GatewayApp
 from gateway.config import Settings
 from gateway.handlers.redirect import HTTPSRedirectApp
 from gateway.http2.limits import DEFAULT_HEADER_TIMEOUT, Http2Limits
 from gateway.listener import http_protocol_class
-from gateway.listeners import bind_listeners
+from gateway.listeners import bind, bind_listeners
+from gateway.runtime.reload import AppSwitch, Reloader, ReloadError, ReloadPlan
 from gateway.tls.service import TLSService
 from gateway.upstream.group import Upstream
 
@@ -39,15 +46,53 @@ class _Server(uvicorn.Server):
 
 
 class Gateway:
-    def __init__(self, settings: Settings, on_ready: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        on_ready: Callable[[], None] | None = None,
+        generation: int = 0,
+        control_path: str | None = None,
+    ) -> None:
         self.settings = settings
         self.on_ready = on_ready
+        self.metrics = Metrics()  # one per process, kept across reloads
         self.upstreams = {name: Upstream(u) for name, u in settings.upstreams.items()}
-        self.app = GatewayApp(settings, self.upstreams)
-        g = settings.gateway
-        self.redirect = HTTPSRedirectApp(g.hostnames, g.https_port, g.redirect_status, g.access_log)
+        self.app = self.build_app(settings, self.upstreams, keep_access_log=False)
+        self.switch = AppSwitch(self.app)  # what the HTTPS listener serves (hot reload)
+        self.redirect = self._redirect_app(settings)
         self.servers: list[_Server] = []
         self.ready = asyncio.Event()
+        self.pid = os.getpid()
+        self.worker: int | None = None
+        self.generation = generation  # reloads applied (the parent's count with workers)
+        self.retired_upstreams: list[Upstream] = []  # replaced by a reload, draining
+        self.reloader = Reloader(self)
+        self.control_path = control_path  # a worker's control socket (runtime/control.py)
+        self._stopping = asyncio.Event()
+        self._server_tasks: dict[_Server, asyncio.Task[None]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.admin: Any = None  # gateway.admin.server.AdminServer when this process runs it
+
+    def build_app(
+        self, settings: Settings, upstreams: dict[str, Upstream], keep_access_log: bool
+    ) -> GatewayApp:
+        """A GatewayApp for ``settings`` sharing this process's metrics (and, on a reload
+        that did not change them, the current access log and response cache)."""
+        current: GatewayApp | None = getattr(self, "app", None)
+        cache = None
+        if current is not None and current.settings.cache == settings.cache:
+            cache = current.cache
+        return GatewayApp(
+            settings,
+            upstreams,
+            access_log=current.access_log if current is not None and keep_access_log else None,
+            cache=cache,
+            metrics=self.metrics,
+        )
+
+    def _redirect_app(self, settings: Settings) -> HTTPSRedirectApp:
+        g = settings.gateway
+        return HTTPSRedirectApp(g.hostnames, g.https_port, g.redirect_status, self.app.access_log)
 
     def _config(self, app: Any, port: int, ssl_context: ssl.SSLContext | None) -> uvicorn.Config:
         g = self.settings.gateway
@@ -96,39 +141,197 @@ class Gateway:
         # Certificates per name (SNI), renewed while running; ACME answers on the HTTP port.
         self.tls = TLSService(settings)
         ssl_context = self.tls.start()
+        self.ssl_context = ssl_context
         self.worker = worker
-
-        https = _Server(self._config(self.app, g.https_port, ssl_context))
-        http = _Server(self._config(self.tls.http_app(self.redirect), g.http_port, None))
-        self.servers = [https, http]
-        https_sockets = [sockets[0]] if sockets else None
-        http_sockets = [sockets[1]] if sockets else None
+        self.http_switch = AppSwitch(self.tls.http_app(self.redirect))
+        if sockets is None:
+            sockets = bind_listeners(g)
+        self.sockets = sockets
 
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.shutdown, sig)
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGHUP, self._on_hup)
+            loop.add_signal_handler(signal.SIGUSR1, self.reopen_logs)
 
         for upstream in self.upstreams.values():
             upstream.start(g.ready_timeout)
+        self._start_servers(settings, sockets)
         announce = asyncio.create_task(self._announce())
+        control = None
+        if self.control_path is not None:
+            from gateway.runtime.control import ControlServer
+
+            control = ControlServer(self.control_path, self, loop)
+            control.start()
+        if worker is None and settings.admin is not None and settings.admin.enabled:
+            from gateway.admin.server import AdminServer, LocalSource
+
+            self.admin = AdminServer(LocalSource(self))
+            self.admin.start(settings)
         try:
-            await asyncio.gather(https.serve(https_sockets), http.serve(http_sockets))
+            await self._stopping.wait()
+            await asyncio.gather(*self._server_tasks.values(), return_exceptions=True)
         finally:
             announce.cancel()
+            if control is not None:
+                control.stop()
+            if self.admin is not None:
+                await self.admin.stop()
             await self.tls.stop()
-            for upstream in self.upstreams.values():
+            for upstream in [*self.upstreams.values(), *self.retired_upstreams]:
                 await upstream.checker.stop()
                 upstream.close()
-            self.app.access_log.flush()
-            self.redirect.access_log.flush()
+            self.app.access_log.close()
         log.info("gateway stopped")
+
+    def _start_servers(
+        self, settings: Settings, sockets: tuple[socket.socket, socket.socket]
+    ) -> None:
+        """Both listeners on ``sockets``; on a reload the previous ones stop accepting and
+        finish their requests (``_retire_servers``)."""
+        g = settings.gateway
+        https = _Server(self._config(self.switch, g.https_port, self.ssl_context))
+        http = _Server(self._config(self.http_switch, g.http_port, None))
+        self.servers = [https, http]
+        for server, sock in ((https, sockets[0]), (http, sockets[1])):
+            task = asyncio.create_task(server.serve([sock]))
+            self._server_tasks[server] = task
+            task.add_done_callback(functools.partial(self._server_done, server))
+
+    def _server_done(self, server: _Server, task: asyncio.Task[None]) -> None:
+        self._server_tasks.pop(server, None)
+        if server in self.servers and not self._stopping.is_set():
+            log.error("a listener stopped unexpectedly; shutting down")
+            self.shutdown()
+
+    def connections_active(self) -> int:
+        """Open client connections (HTTP/1.1 and HTTP/2) on every listener of this process."""
+        return sum(len(server.server_state.connections) for server in self._server_tasks)
+
+    # --- reload and log reopening (signals; gateway.runtime.reload does the work) --------
+
+    def _on_hup(self) -> None:
+        if self.control_path is not None:
+            log.warning("SIGHUP to a worker is ignored: send it to the gateway's main process")
+            return
+        self._spawn(self._reload_logged())
+
+    async def _reload_logged(self) -> None:
+        try:
+            await self.reloader.reload_file()
+        except ReloadError as exc:
+            for line in exc.errors:
+                log.error("reload refused: %s", line)
+            log.error("the configuration was not reloaded; the previous one keeps serving")
+
+    def reopen_logs(self) -> None:
+        """SIGUSR1: write to the access-log file the path names now (after logrotate)."""
+        self.app.access_log.reopen()
+        log.info("access log reopened")
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def prepare_reload(
+        self,
+        new: Settings,
+        plan: ReloadPlan,
+        sockets: tuple[socket.socket, socket.socket] | None,
+    ) -> dict[str, Any]:
+        """What a reload needs that can fail: listening sockets for changed ports, the new
+        certificates, the admin listener.  ReloadError (and nothing changed) if any fails."""
+        from gateway.listeners import ListenError
+        from gateway.tls.certs import CertificateError
+
+        prepared: dict[str, Any] = {}
+        g = new.gateway
+        opened: list[socket.socket] = []
+        try:
+            if plan.listeners:
+                if sockets is None:
+                    https = bind(g.host, g.https_port, "https_port") if plan.rebind_https else None
+                    if https is not None:
+                        opened.append(https)
+                    http = bind(g.host, g.http_port, "http_port") if plan.rebind_http else None
+                    if http is not None:
+                        opened.append(http)
+                    # An unchanged port keeps its socket: a copy for the new listener, as
+                    # the old one closes its own when it stops.
+                    sockets = (https or _dup(self.sockets[0]), http or _dup(self.sockets[1]))
+                prepared["sockets"] = sockets
+            elif sockets is not None:
+                for sock in sockets:  # the parent's copies, not needed: same listeners
+                    sock.close()
+            if plan.tls:
+                tls = TLSService(new)
+                prepared["tls"] = tls
+                prepared["ssl_context"] = tls.start()
+            if (
+                plan.admin
+                and self.admin is not None
+                or (self.worker is None and self.admin is None and new.admin and new.admin.enabled)
+            ):
+                from gateway.admin.server import AdminServer, LocalSource
+
+                admin = self.admin or AdminServer(LocalSource(self))
+                prepared["admin"] = (admin, admin.prepare(new))
+        except ListenError as exc:
+            for sock in opened:
+                sock.close()
+            raise ReloadError([str(exc)]) from None
+        except CertificateError as exc:
+            for sock in opened:
+                sock.close()
+            raise ReloadError([f"[tls]: {exc}"]) from None
+        return prepared
+
+    def commit_reload(
+        self,
+        new: Settings,
+        upstreams: dict[str, Upstream],
+        app: GatewayApp,
+        plan: ReloadPlan,
+        prepared: dict[str, Any],
+    ) -> None:
+        """Swap to the new config (cannot fail: ``prepare_reload`` did what could)."""
+        old_tls = self.tls
+        if "tls" in prepared:
+            self.tls = prepared["tls"]
+            # Open listeners keep their context; its SNI callback now picks from the new
+            # certificates, so every new handshake gets them.
+            self.ssl_context.sni_callback = prepared["ssl_context"].sni_callback
+            self._spawn(old_tls.stop())
+        self.settings = new
+        self.upstreams = upstreams
+        self.app = app
+        self.redirect = self._redirect_app(new)
+        self.switch.current = app
+        self.http_switch.current = self.tls.http_app(self.redirect)
+        self.generation += 1
+        if "sockets" in prepared:
+            previous = self.servers
+            if "tls" in prepared:
+                self.ssl_context = prepared["ssl_context"]
+            self.sockets = prepared["sockets"]
+            self._start_servers(new, self.sockets)
+            for server in previous:
+                server.should_exit = True  # stops accepting; finishes its requests
+        if "admin" in prepared:
+            admin, binding = prepared["admin"]
+            self.admin = admin
+            self._spawn(admin.restart(new, binding))
 
     def upstream_status(self) -> list[dict[str, Any]]:
         """Every server of every pool with its UP/DOWN state: the one place to read it."""
         return [upstream.snapshot() for upstream in self.upstreams.values()]
 
     def shutdown(self, sig: int | None = None) -> None:
+        self._stopping.set()
         if any(s.should_exit for s in self.servers):
             if sig == signal.SIGINT:
                 log.warning("second interrupt: forcing exit")
@@ -139,7 +342,7 @@ class Gateway:
             "shutting down: finishing in-flight requests (up to %gs)",
             self.settings.gateway.graceful_timeout,
         )
-        for server in self.servers:
+        for server in self._server_tasks:
             server.should_exit = True
 
     async def _announce(self) -> None:
@@ -197,6 +400,8 @@ def run(
     sockets: tuple[socket.socket, socket.socket] | None = None,
     worker: int | None = None,
     on_ready: Callable[[], None] | None = None,
+    generation: int = 0,
+    control_path: str | None = None,
 ) -> None:
     """Run until a signal stops the gateway (uvloop when installed)."""
     if settings.gateway.workers > 1 and sockets is None:
@@ -212,5 +417,13 @@ def run(
         loop_factory = uvloop.new_event_loop
     if sockets is None:
         sockets = bind_listeners(settings.gateway)  # a busy port: one ListenError line
+        if settings.admin is not None and settings.admin.enabled:
+            from gateway.admin.server import check_admin_port
+
+            check_admin_port(settings)  # a busy admin port: one ListenError line too
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(Gateway(settings, on_ready).serve(sockets, worker))
+        runner.run(Gateway(settings, on_ready, generation, control_path).serve(sockets, worker))
+
+
+def _dup(sock: socket.socket) -> socket.socket:
+    return socket.socket(sock.family, sock.type, sock.proto, fileno=os.dup(sock.fileno()))

@@ -120,6 +120,10 @@ class ResponseCache:
             self._remove((primary_key, vary))
         return count
 
+    def primary_keys(self) -> list[str]:
+        """Every primary key with a stored variant (the admin API purges by path prefix)."""
+        return list(self._variants)
+
     def clear(self) -> None:
         self._entries.clear()
         self._variants.clear()

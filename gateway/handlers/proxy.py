@@ -231,6 +231,8 @@ class ProxyHandler:
             tried.append(server)
             all_down = all_down and not upstream.is_up(server)
             exchange.upstream = server.address
+            pool = upstream.pools[server]
+            pool.in_flight += 1  # the admin API's in-flight count per server
             try:
                 await self._exchange(upstream, server, head, body, request, relay)
                 if exchange.upstream_5xx:
@@ -258,6 +260,8 @@ class ProxyHandler:
                     raise
                 attempts_left -= 1
                 log.warning("%s %s: %s; retrying on another server", *exchange.line, exc.message)
+            finally:
+                pool.in_flight -= 1
 
     async def _exchange(
         self,

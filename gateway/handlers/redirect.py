@@ -58,12 +58,19 @@ class HTTPSRedirectApp:
     """The ASGI app of the plain-HTTP listener."""
 
     def __init__(
-        self, hostnames: tuple[str, ...], https_port: int, status: int, access_log: bool
+        self,
+        hostnames: tuple[str, ...],
+        https_port: int,
+        status: int,
+        access_log: bool | AccessLog,
     ) -> None:
         self.hosts = HostPolicy.from_hostnames(hostnames)
         self.https_port = https_port
         self.status = status
-        self.access_log = AccessLog(enabled=access_log)
+        # The HTTPS app's own, when given: both listeners write one file.
+        self.access_log = (
+            access_log if isinstance(access_log, AccessLog) else AccessLog(enabled=access_log)
+        )
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":

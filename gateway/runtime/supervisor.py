@@ -203,6 +203,8 @@ class Supervisor:
         self._all_up = False
         # Called once when every worker of every group is first UP (e.g. "gateway ready").
         self.on_all_up: Callable[[], None] | None = None
+        # Called on SIGHUP besides what the groups' on_hup say (the gateway's reload).
+        self.on_hup: Callable[[], None] | None = None
 
     # --- the loop ------------------------------------------------------------------------
 
@@ -456,6 +458,8 @@ class Supervisor:
     def _on_hup(self) -> None:
         if self._stopping:
             return
+        if self.on_hup is not None:
+            self.on_hup()
         for worker in self.workers:
             if worker.group.on_hup == "forward" and worker.child is not None:
                 self.log.info("SIGHUP: passed on to %s (pid %d)", worker.name, worker.child.pid)

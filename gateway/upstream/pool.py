@@ -59,6 +59,7 @@ class ConnectionPool:
         self._idle: deque[UpstreamConnection] = deque()
         self._sweeper: asyncio.TimerHandle | None = None
         self.opened = 0  # connections opened, for tests and the dashboard
+        self.in_flight = 0  # requests on this server now (counted by the proxy handler)
 
     async def acquire(self, *, fresh: bool = False) -> UpstreamConnection:
         """An open idle connection (unless ``fresh``), or a new one (UpstreamConnectError or

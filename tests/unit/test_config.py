@@ -75,8 +75,8 @@ BAD = {
     ),
     "port-bool": ({"gateway__https_port": True}, ["[gateway] https_port", "true", "an integer"]),
     "bool-wrong-type": (
-        {"gateway__access_log": "yes"},
-        ["[gateway] access_log", "'yes'", "must be true or false"],
+        {"gateway__access_log": 3},
+        ["[gateway] access_log", "3", "must be true, false or a file path string"],
     ),
     "redirect-status": (
         {"gateway__redirect_status": 200},
@@ -116,7 +116,7 @@ BAD = {
     ),
     "unknown-table": (
         {"proxy": {}},
-        ["[proxy]", "unknown table", "allowed: backend, cache, gateway, middlewares, routes"],
+        ["[proxy]", "unknown table", "allowed: admin, backend, cache, gateway, middlewares"],
     ),
     "table-not-a-table": ({"gateway": 5}, ["[gateway]", "must be a table, got 5"]),
     "tls-empty-path": ({"tls__dir": ""}, ["[tls] dir", "''", "non-empty path string"]),
