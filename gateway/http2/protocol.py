@@ -216,6 +216,7 @@ class H2Protocol(asyncio.Protocol):
         server: tuple[str, int] | None = None,
         client: tuple[str, int] | None = None,
         root_path: str = "",
+        sni: str | None = None,
     ) -> None:
         self.app = app
         self.limits = limits
@@ -232,6 +233,8 @@ class H2Protocol(asyncio.Protocol):
             "root_path": root_path,
             INTERIM_SCOPE_KEY: True,  # 1xx responses are fine for any HTTP/2 client
         }
+        if sni is not None:
+            self.base_scope["gateway.sni"] = sni
         self.conn = h2.connection.H2Connection(config=_CONFIG)
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, Stream] = {}

@@ -33,8 +33,11 @@ GET = [(":method", "GET"), (":scheme", "https"), (":authority", "localhost"), ("
 class FakeTransport:
     """What the protocol uses of an asyncio transport; closing reports connection_lost."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, alpn: str | None = "h2") -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, alpn: str | None = "h2", sni: str | None = None
+    ) -> None:
         self.loop = loop
+        self.sni = sni
         self.written = bytearray()
         self.closed = asyncio.Event()
         self.protocol: Any = None
@@ -58,7 +61,7 @@ class FakeTransport:
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         if name == "ssl_object":
-            return SimpleNamespace(selected_alpn_protocol=lambda: self.alpn)
+            return SimpleNamespace(selected_alpn_protocol=lambda: self.alpn, gateway_sni=self.sni)
         return default
 
     def pause_reading(self) -> None: ...
@@ -529,7 +532,7 @@ def test_alpn_decides_the_protocol_per_connection() -> None:
         for alpn, expected in (("h2", H2Protocol), ("http/1.1", None), (None, None)):
             state = ServerState()
             protocol = cls(config=config, server_state=state, app_state={}, _loop=loop)  # type: ignore[call-arg]
-            transport = FakeTransport(loop, alpn)
+            transport = FakeTransport(loop, alpn, sni="localhost")
             transport.protocol = protocol
             protocol.connection_made(transport)
             if expected is None:
@@ -538,6 +541,8 @@ def test_alpn_decides_the_protocol_per_connection() -> None:
             else:
                 assert isinstance(transport.protocol, expected)
                 assert transport.protocol in state.connections
+                # The TLS server name reaches the scope, for validation's SNI != Host check.
+                assert transport.protocol.base_scope["gateway.sni"] == "localhost"
             transport.close()
             await asyncio.sleep(0)
         # Without http2 the listener's class is the plain HTTP/1.1 one.
