@@ -29,6 +29,7 @@ connection closes when the last one is done.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -151,13 +152,18 @@ class Stream:
         more: bool = message.get("more_body", False)
         conn = protocol.conn
         head = self.pending_head
-        if head is not None:
-            self.pending_head = None
-            conn.send_headers(self.stream_id, head, end_stream=not body and not more)
-        if body:
-            await self._send_data(body, not more)
-        elif not more and head is None:
-            conn.end_stream(self.stream_id)
+        try:
+            if head is not None:
+                self.pending_head = None
+                conn.send_headers(self.stream_id, head, end_stream=not body and not more)
+            if body:
+                await self._send_data(body, not more)
+            elif not more and head is None:
+                conn.end_stream(self.stream_id)
+        except h2.exceptions.StreamClosedError:
+            # Reset in a frame not yet read, or by h2 itself: the same as a reset we saw.
+            self.gone()
+            return
         if not more and not self.disconnected:
             self.response_complete = True
             self.readable.set()  # a receive() waiting for a disconnect returns now
@@ -460,14 +466,18 @@ class H2Protocol(asyncio.Protocol):
         if self.closed:
             return
         if not stream.disconnected:
+            # The app gave up mid-response (or never answered): the client must not take a
+            # truncated body for a whole one.  Answered before the whole request body came:
+            # "stop sending" (RFC 9113 §8.1).
+            code = None
             if not stream.response_complete:
-                # The app gave up mid-response (or never answered): the client must not take
-                # a truncated body for a whole one.
-                self.conn.reset_stream(stream_id, ErrorCodes.INTERNAL_ERROR)
+                code = ErrorCodes.INTERNAL_ERROR
             elif not stream.ended:
-                # Answered before the whole request body came: no need to send the rest.
-                self.conn.reset_stream(stream_id, ErrorCodes.NO_ERROR)
-            self.schedule_flush()
+                code = ErrorCodes.NO_ERROR
+            if code is not None:
+                with contextlib.suppress(h2.exceptions.StreamClosedError):
+                    self.conn.reset_stream(stream_id, code)
+                self.schedule_flush()
         if self.streams:
             return
         if self.goaway_last is not None or self.client_left:

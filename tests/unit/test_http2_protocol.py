@@ -571,3 +571,30 @@ def test_interim_response_goes_out_before_the_final_one() -> None:
         assert peer.events.index(early) < peer.events.index(final)
 
     run(scenario)
+
+
+def test_sending_on_a_stream_h2_has_closed_is_a_disconnect(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    release = asyncio.Event()
+    done: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await release.wait()
+        await hello(scope, receive, send)
+        done.append((await receive())["type"])
+
+    async def scenario() -> None:
+        peer = Peer(app)
+        peer.client.send_headers(1, GET, end_stream=True)
+        peer.send()
+        await peer.settle()
+        # Closed in h2 without the stream having heard of it (a reset not yet dispatched).
+        peer.server.conn.reset_stream(1, ErrorCodes.CANCEL)
+        release.set()
+        await peer.settle()
+        assert done == ["http.disconnect"]
+        assert peer.server.running == 0
+
+    run(scenario)
+    assert "the app failed" not in caplog.text
