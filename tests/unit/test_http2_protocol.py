@@ -598,3 +598,29 @@ def test_sending_on_a_stream_h2_has_closed_is_a_disconnect(
 
     run(scenario)
     assert "the app failed" not in caplog.text
+
+
+def test_request_trailers_are_ignored_safely() -> None:
+    bodies: list[tuple[bytes, bool]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            bodies.append((message["body"], message["more_body"]))
+            if not message["more_body"]:
+                break
+        assert all(not name.startswith(b":") for name, _ in scope["headers"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"got it"})
+
+    async def scenario() -> None:
+        peer = Peer(app)
+        peer.client.send_headers(1, [(":method", "POST"), *GET[1:], ("te", "trailers")])
+        peer.client.send_data(1, b"payload")
+        peer.client.send_headers(1, [("x-checksum", "abc")], end_stream=True)  # trailers
+        peer.send()
+        await peer.settle()
+        assert b"".join(b for b, _ in bodies) == b"payload" and bodies[-1][1] is False
+        assert peer.body(1) == b"got it"
+
+    run(scenario)
