@@ -133,6 +133,9 @@ def _register_optional_commands() -> None:
 
     COMMANDS.setdefault("proxy", PROXY_COMMAND)
     COMMANDS.update(trust=TRUST_COMMAND, untrust=UNTRUST_COMMAND)
+    from gateway.admin.client import RELOAD_COMMAND
+
+    COMMANDS.setdefault("reload", RELOAD_COMMAND)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -190,7 +190,8 @@ def render(view: Mapping[str, Any]) -> str:
     cumulative = 0
     for bound, count in zip((*DURATION_BUCKETS, float("inf")), metrics["buckets"], strict=True):
         cumulative += count
-        sample("gateway_request_duration_seconds_bucket", {"le": _number(bound)}, cumulative)
+        le = "+Inf" if bound == float("inf") else repr(float(bound))  # as prometheus_client
+        sample("gateway_request_duration_seconds_bucket", {"le": le}, cumulative)
     sample("gateway_request_duration_seconds_sum", {}, metrics["duration_sum"])
     sample("gateway_request_duration_seconds_count", {}, cumulative)
 
