@@ -65,6 +65,8 @@ def acme_gateway(
                     "https_port": https_port,
                     "hostnames": ["localhost", PUBLIC],
                     "workers": workers,
+                    # Connections opened before a renewal idle through it: keep them open.
+                    "keepalive_timeout": 300,
                 },
             ),
             toml_table("[tls]", {"dir": str(directory / "certs")}),
