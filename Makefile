@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: install
-	$(BIN)/python -m gateway.stack --config $(CONFIG)
+	$(BIN)/python -m gateway.stack --config $(CONFIG) $(if $(TRACE),--trace)
 
 test: install lint
 	.ci/install-postgresql

@@ -20,9 +20,12 @@ import sys
 import time
 from collections.abc import Callable, MutableMapping
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from gateway.config import GatewaySettings
+
+if TYPE_CHECKING:
+    from gateway.tracing import Trace
 
 
 class Exchange:
@@ -40,6 +43,7 @@ class Exchange:
         "upstream_5xx",
         "request_id",
         "upstream_seconds",
+        "trace",
     )
 
     def __init__(self, scope: MutableMapping[str, Any]) -> None:
@@ -55,6 +59,7 @@ class Exchange:
         self.request_id = ""  # X-Request-ID, set by GatewayApp
         # Time from writing the request upstream to its response head, all attempts.
         self.upstream_seconds = 0.0
+        self.trace: Trace | None = None  # trace mode only (gateway.tracing)
 
     @property
     def target(self) -> str:

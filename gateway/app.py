@@ -51,6 +51,15 @@ from gateway.headers import VIA, Headers, TrustedProxies
 from gateway.middleware import build_middlewares
 from gateway.request import Handler, Request
 from gateway.routing import Route, Router
+from gateway.tracing import (
+    TRACE_SCOPE_KEY,
+    Trace,
+    emit,
+    route_text,
+    trace_title,
+    traced_middleware,
+    validation_text,
+)
 from gateway.upstream.group import Upstream
 from gateway.validation import HostPolicy, check_request
 
@@ -149,6 +158,7 @@ class GatewayApp:
         self.access_log = access_log or AccessLog.from_settings(gateway)
         self.metrics = metrics or Metrics()
         self.server_timing = gateway.server_timing
+        self.trace = gateway.trace  # gateway.tracing; tested once per request
         self.proxy = ProxyHandler(settings, upstreams)
         self.trusted = self.proxy.trusted
         self.websocket = WebSocketHandler(settings, self.proxy)
@@ -189,7 +199,10 @@ class GatewayApp:
         http, websocket = handlers.http, handlers.websocket
         for name in reversed(names):  # the first listed ends up outermost
             middleware = self.middlewares[name]
-            http = middleware.wrap(http)
+            if self.trace:
+                http = traced_middleware(name, middleware, http)
+            else:
+                http = middleware.wrap(http)
             if websocket is not None and middleware.applies_to_websocket:
                 websocket = middleware.wrap(websocket)
         return RouteHandlers(http, websocket)
@@ -199,14 +212,32 @@ class GatewayApp:
             return
         exchange = Exchange(scope)
         exchange.request_id = request_id(scope, self.trusted)
+        if self.trace:
+            exchange.trace = scope.get(TRACE_SCOPE_KEY) or Trace()
         client_send = ClientSend(send, exchange, self.extra_headers, self.server_timing)
         labels = NO_ROUTE
         try:
             facts = check_request(scope, self.hosts)
+            if exchange.trace is not None:
+                exchange.trace.add(
+                    "gateway.validation",
+                    validation_text(facts.hostname, facts.content_length, facts.chunked),
+                )
             found = self.router.match(facts.hostname, scope["path"])
             if found is None:
                 raise NoRouteMatched(f"no route matches {facts.hostname}{scope['path']}")
             route, handlers = found
+            if exchange.trace is not None:
+                exchange.trace.add(
+                    "gateway.routing",
+                    route_text(
+                        route,
+                        facts.hostname,
+                        scope["path"],
+                        self.cache is not None and route.cache,
+                        handlers.websocket is not None and "gateway.upgrade" in scope,
+                    ),
+                )
             labels = handlers.labels
             if facts.content_length is not None and facts.content_length > self.max_body:
                 raise ContentTooLarge(
@@ -221,6 +252,8 @@ class GatewayApp:
         except ClientDisconnected:
             exchange.status = ClientDisconnected.status
         except GatewayError as exc:
+            if exchange.trace is not None:
+                exchange.trace.failed(exc.status, type(exc).__name__, exc.message)
             if exchange.response_started:
                 # Too late for an error page: end the connection so the client sees a
                 # truncated response rather than a complete-looking one.
@@ -231,6 +264,17 @@ class GatewayApp:
         finally:
             self.access_log.write(exchange)
             self.metrics.observe(exchange, labels)
+            if exchange.trace is not None:
+                self._emit_trace(exchange, exchange.trace)
+
+    def _emit_trace(self, exchange: Exchange, trace: Trace) -> None:
+        aborted = ", connection aborted" if exchange.aborted else ""
+        trace.add(
+            "gateway.app",
+            f"final status {exchange.status}, {exchange.bytes_sent} body bytes sent{aborted}",
+        )
+        method, target = exchange.line
+        emit(trace, trace_title(method, target, exchange.status, exchange.request_id, trace))
 
     async def _send_error(self, send: ClientSend, exc: GatewayError, exchange: Exchange) -> None:
         if exc.status >= 500:

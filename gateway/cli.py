@@ -11,7 +11,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -61,12 +61,24 @@ def add_config_argument(parser: argparse.ArgumentParser) -> None:
 
 def _run_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_argument(parser)
+    add_trace_argument(parser)
+
+
+def add_trace_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--trace",
+        action="store_true",
+        help="log one block per request following it through the gateway's stages "
+        "(as [gateway] trace = true)",
+    )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     settings = load_or_report(args.config)
     if settings is None:
         return 1
+    if getattr(args, "trace", False):
+        settings = replace(settings, gateway=replace(settings.gateway, trace=True))
     return serve(settings)
 
 
@@ -132,6 +144,9 @@ def _register_optional_commands() -> None:
     from gateway.tls.trust import TRUST_COMMAND, UNTRUST_COMMAND
 
     COMMANDS.setdefault("proxy", PROXY_COMMAND)
+    from gateway.explain import EXPLAIN_COMMAND
+
+    COMMANDS.setdefault("explain", EXPLAIN_COMMAND)
     COMMANDS.update(trust=TRUST_COMMAND, untrust=UNTRUST_COMMAND)
     from gateway.admin.client import RELOAD_COMMAND
 
@@ -167,5 +182,6 @@ def run_gateway_main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--check", action="store_true", help="validate the config, print every error, and exit"
     )
+    add_trace_argument(parser)
     args = parser.parse_args(argv)
     return cmd_check(args) if args.check else cmd_run(args)

@@ -70,6 +70,8 @@ class GatewaySettings:
     ready_timeout: float = 10.0
     # Server-Timing on every response (total, upstream, cache), for browsers' devtools.
     server_timing: bool = False
+    # One block per request on stderr following it through the gateway's stages (tracing.py).
+    trace: bool = False
     # Slow clients (Nginx's client_header_timeout / client_body_timeout, 60 s there): the
     # request head must be complete this long after the connection (or its first byte) came,
     # and a request body may pause at most body_timeout; else 408 and the connection closes.
@@ -522,6 +524,7 @@ GATEWAY_KEYS: dict[str, Check | str] = {
     "http2": _bool,
     "ready_timeout": _number(0, 300, lo_exclusive=False),
     "server_timing": _bool,
+    "trace": _bool,
     "header_timeout": _number(0, 3600),
     "body_timeout": _number(0, 3600),
     "max_connections": _int(1, 1_000_000),

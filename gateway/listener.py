@@ -34,6 +34,7 @@ and h11 enforces its own head limit; WebSocket upgrades need httptools.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any
@@ -41,6 +42,7 @@ from typing import Any
 from gateway.asgi import INTERIM, INTERIM_SCOPE_KEY, Message
 from gateway.errors import parse_error, raw_error_response
 from gateway.http2.limits import Http2Limits
+from gateway.tracing import TRACE_SCOPE_KEY, Trace, connection_text, head_text
 
 try:
     import httptools
@@ -64,6 +66,14 @@ def http_protocol_class(
         base = ALPNDispatchProtocol
         attrs["http2_limits"] = http2
     return type("GatewayHttpToolsProtocol", (base,), attrs)
+
+
+def traced(protocol: type[asyncio.Protocol] | str, trace: bool) -> type[asyncio.Protocol] | str:
+    """``protocol`` with trace mode on (``gateway.tracing``): each request's scope gets a
+    ``Trace`` started with the connection's facts.  Off, the class is used as it is."""
+    if not trace or isinstance(protocol, str):
+        return protocol
+    return type(protocol.__name__, (protocol,), {"trace": True})
 
 
 class CorkedTransport:
@@ -192,6 +202,10 @@ if HttpToolsProtocol is not None:
     class GatewayHttpToolsProtocol(HttpToolsProtocol):
         corked: CorkedTransport
         max_header_bytes = 64 * 1024
+        trace = False  # see ``traced``; one test per request when off
+        _trace_accepted = 0.0
+        _trace_begin = 0.0
+        _trace_requests = 0
         _head_bytes = 0
         _head_too_large = False
         # The parser stopped at an upgrade request's head: later bytes are not HTTP.
@@ -220,9 +234,13 @@ if HttpToolsProtocol is not None:
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             self.corked = CorkedTransport(transport, self.loop)
+            if self.trace:
+                self._trace_accepted = time.perf_counter()
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
+            if self.trace:
+                self._trace_begin = time.perf_counter()
             self._head_bytes = 0
 
         def _count(self, size: int) -> None:
@@ -241,7 +259,21 @@ if HttpToolsProtocol is not None:
             self._count(len(name) + len(value) + 4)
             super().on_header(name, value)
 
+        def _start_trace(self) -> Trace:
+            """The request's trace: offset 0 is the connection's accept (after the TLS
+            handshake) for its first request, the request's first byte after that."""
+            before = self._trace_requests
+            self._trace_requests = before + 1
+            started = self._trace_accepted if before == 0 else self._trace_begin
+            trace = Trace(started)
+            ssl_object = self.transport.get_extra_info("ssl_object")
+            trace.add("gateway.listener", connection_text(before, ssl_object, self.client), started)
+            trace.add("gateway.listener", head_text(self.scope, self._head_bytes))
+            return trace
+
         def on_headers_complete(self) -> None:
+            if self.trace:
+                self.scope[TRACE_SCOPE_KEY] = self._start_trace()  # type: ignore[literal-required]
             if self.url[:1] != b"/":
                 self.scope["gateway.target"] = bytes(self.url)  # type: ignore[typeddict-unknown-key]
             if (

@@ -30,7 +30,7 @@ from gateway.app import GatewayApp
 from gateway.config import Settings
 from gateway.handlers.redirect import HTTPSRedirectApp
 from gateway.http2.limits import DEFAULT_HEADER_TIMEOUT, Http2Limits
-from gateway.listener import http_protocol_class
+from gateway.listener import http_protocol_class, traced
 from gateway.listeners import bind, bind_listeners
 from gateway.runtime.reload import AppSwitch, Reloader, ReloadError, ReloadPlan
 from gateway.tls.service import TLSService
@@ -106,7 +106,10 @@ class Gateway:
             app,
             host=g.host,
             port=port,
-            http=http_protocol_class(g.max_header_bytes, self._http2_limits(ssl_context)),
+            http=traced(
+                http_protocol_class(g.max_header_bytes, self._http2_limits(ssl_context)),
+                g.trace and ssl_context is not None,  # the HTTPS listener's requests only
+            ),
             ws="none",
             proxy_headers=False,  # X-Forwarded-* from clients are handled (not trusted) by us
             lifespan="off",

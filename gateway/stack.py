@@ -82,8 +82,13 @@ def _health_period(settings: Settings, upstream: str) -> float:
     return 0.0 if pool is None else pool.health_interval + pool.health_timeout
 
 
-def build_groups(settings: Settings, config: Path, output: OutputPrefixer) -> list[Group]:
+def build_groups(
+    settings: Settings, config: Path, output: OutputPrefixer, trace: bool = False
+) -> list[Group]:
     python = sys.executable
+    gateway_argv = [python, str(ROOT / "run_gateway.py"), "--config", str(config)]
+    if trace:
+        gateway_argv.append("--trace")
     backend = settings.backend
     groups = [
         Group(
@@ -145,7 +150,7 @@ def build_groups(settings: Settings, config: Path, output: OutputPrefixer) -> li
             name="gateway",
             label="gateway",
             launch=lambda i: start_command(
-                [python, str(ROOT / "run_gateway.py"), "--config", str(config)],
+                gateway_argv,
                 name="gateway",
                 output=output,
                 env=os.environ,
@@ -169,6 +174,7 @@ def build_groups(settings: Settings, config: Path, output: OutputPrefixer) -> li
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gateway.stack", description=__doc__)
     parser.add_argument("--config", default="config.toml")
+    parser.add_argument("--trace", action="store_true", help="the gateway's trace mode")
     args = parser.parse_args(argv)
     config = Path(args.config).resolve()
     try:
@@ -181,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     log.propagate = False
-    groups = build_groups(settings, config, output)
+    groups = build_groups(settings, config, output, trace=args.trace)
     supervisor = Supervisor(groups, log)
     supervisor.on_all_up = lambda: log.info("all services up; Ctrl-C stops everything")
     return supervisor.run()

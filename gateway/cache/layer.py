@@ -58,6 +58,7 @@ from gateway.config import CacheSettings
 from gateway.errors import GatewayError, UpstreamError
 from gateway.headers import Headers
 from gateway.request import Forward, Handler, Request
+from gateway.tracing import describe_decision
 
 log = logging.getLogger("gateway.cache")
 
@@ -114,10 +115,14 @@ class CacheLayer:
         facts = request.facts
         if facts.content_length or facts.chunked:
             # A GET with a body has no defined meaning (RFC 9110 §9.3.1): the cache stays out.
+            if request.exchange.trace is not None:
+                request.exchange.trace.add("gateway.cache.layer", describe_decision(_WITH_BODY))
             await self._fetch(request, forward, key, _WITH_BODY)
             return
         request_headers = request.headers
         decision = self.store.lookup(key, method, request_headers, self.clock())
+        if request.exchange.trace is not None:
+            request.exchange.trace.add("gateway.cache.decisions", describe_decision(decision))
         if decision.answer is not None:
             await self._serve(request, forward, key, decision)
             return
@@ -293,6 +298,8 @@ class CacheLayer:
             await send(message)
 
         request.exchange.cache = "BYPASS"
+        if request.exchange.trace is not None:
+            request.exchange.trace.add("gateway.cache.layer", describe_decision(_OTHER_METHOD))
         await forward(request, invalidating_send, None)
 
     # --- stale-while-revalidate ---------------------------------------------------------------

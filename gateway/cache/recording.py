@@ -17,6 +17,7 @@ from gateway.cache.decisions import STALE_IF_ERROR_STATUSES, Decision, forwarded
 from gateway.cache.storing import make_stored_response, why_not_storable
 from gateway.cache.targeted import without_targeted
 from gateway.headers import Headers
+from gateway.tracing import store_text
 
 if TYPE_CHECKING:
     from gateway.asgi import Message, Send
@@ -144,6 +145,8 @@ class ResponseRecorder:
             )
             if reason is None and declared_length(upstream_headers) > layer.store.max_entry_bytes:
                 reason = "too-large"
+            if self.exchange.trace is not None:
+                self.exchange.trace.add("gateway.cache.storing", store_text(status, reason))
             if reason is None:
                 self.stored_headers = list(upstream_headers)  # Cache-Status is added below
                 self.chunks = []

@@ -44,6 +44,7 @@ from gateway.headers import (
 from gateway.health import FailureKind
 from gateway.request import Request
 from gateway.retry import IDEMPOTENT_RETRYABLE, may_retry
+from gateway.tracing import choice_text, pool_text, retry_text
 from gateway.upstream.connection import UpstreamConnection
 from gateway.upstream.events import Interim
 from gateway.upstream.group import Upstream
@@ -231,6 +232,8 @@ class ProxyHandler:
             tried.append(server)
             all_down = all_down and not upstream.is_up(server)
             exchange.upstream = server.address
+            if exchange.trace is not None:
+                exchange.trace.add("gateway.upstream.group", choice_text(upstream, server, tried))
             pool = upstream.pools[server]
             pool.in_flight += 1  # the admin API's in-flight count per server
             try:
@@ -254,11 +257,26 @@ class ProxyHandler:
                     body_sent=body is not None and body.sent,
                     attempts_left=attempts_left,
                 ):
+                    if exchange.trace is not None:
+                        facts = {
+                            "method": method,
+                            "request_sent": exc.request_sent,
+                            "response_started": relay.started,
+                            "body_sent": body is not None and body.sent,
+                            "attempts_left": attempts_left,
+                        }
+                        exchange.trace.add(
+                            "gateway.retry", retry_text(server.address, exc.message, False, facts)
+                        )
                     if all_down and not relay.started and len(tried) == len(upstream.health):
                         # Each server was DOWN and failed again: the pool is down, not one try.
                         raise upstream.all_down() from exc
                     raise
                 attempts_left -= 1
+                if exchange.trace is not None:
+                    exchange.trace.add(
+                        "gateway.retry", retry_text(server.address, exc.message, True, {})
+                    )
                 log.warning("%s %s: %s; retrying on another server", *exchange.line, exc.message)
             finally:
                 pool.in_flight -= 1
@@ -281,6 +299,10 @@ class ProxyHandler:
         conn = await pool.acquire()
         while True:
             reused = conn.requests > 0
+            if exchange.trace is not None:
+                exchange.trace.add(
+                    "gateway.upstream.pool", pool_text(server.address, reused, conn.requests)
+                )
             try:
                 await self._exchange_on(conn, head, body, request, relay)
                 if relay.switched is conn:
@@ -349,6 +371,12 @@ class ProxyHandler:
                 response = await conn.receive_interim_or_head()
             relay.status = response.status
             exchange.upstream_seconds += time.perf_counter() - started  # Server-Timing
+            if exchange.trace is not None:
+                exchange.trace.add(
+                    "gateway.handlers.proxy",
+                    f"upstream head received: {response.status}"
+                    f" ({len(response.headers)} header fields)",
+                )
             if conn.switched:
                 relay.switched = conn
                 return
@@ -375,6 +403,11 @@ class ProxyHandler:
                 if not more:
                     break
                 data, more = await conn.receive_body()
+            if exchange.trace is not None:
+                exchange.trace.add(
+                    "gateway.handlers.proxy",
+                    f"response body relayed ({exchange.bytes_sent} bytes reached the client)",
+                )
         finally:
             if pump is not None and not pump.done():
                 pump.cancel()
