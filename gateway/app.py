@@ -61,7 +61,7 @@ from gateway.tracing import (
     validation_text,
 )
 from gateway.upstream.group import Upstream
-from gateway.validation import HostPolicy, check_request
+from gateway.validation import ALLOWED_METHODS, HostPolicy, answers_options_itself, check_request
 
 log = logging.getLogger("gateway.app")
 
@@ -223,6 +223,9 @@ class GatewayApp:
                     "gateway.validation",
                     validation_text(facts.hostname, facts.content_length, facts.chunked),
                 )
+            if answers_options_itself(scope):
+                await self._answer_options(client_send)
+                return
             found = self.router.match(facts.hostname, scope["path"])
             if found is None:
                 raise NoRouteMatched(f"no route matches {facts.hostname}{scope['path']}")
@@ -250,7 +253,8 @@ class GatewayApp:
             else:
                 await handlers.http(request)
         except ClientDisconnected:
-            exchange.status = ClientDisconnected.status
+            # The listener may have ended the request itself (408: the body stalled).
+            exchange.status = scope.get("gateway.closed_status", ClientDisconnected.status)
         except GatewayError as exc:
             if exchange.trace is not None:
                 exchange.trace.failed(exc.status, type(exc).__name__, exc.message)
@@ -275,6 +279,11 @@ class GatewayApp:
         )
         method, target = exchange.line
         emit(trace, trace_title(method, target, exchange.status, exchange.request_id, trace))
+
+    async def _answer_options(self, send: ClientSend) -> None:
+        headers = [(b"allow", ALLOWED_METHODS.encode()), (b"content-length", b"0")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
 
     async def _send_error(self, send: ClientSend, exc: GatewayError, exchange: Exchange) -> None:
         if exc.status >= 500:

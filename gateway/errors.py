@@ -87,6 +87,9 @@ class NotImplementedMethod(RequestRejected):
     status = 501  # RFC 9110 §15.6.2: a method the server does not support for any resource
 
 
+CONNECT_REFUSED = "CONNECT is not supported: this is a reverse proxy, not a tunnel"
+
+
 def parse_error(
     head_too_large: bool,
     max_header_bytes: int,

@@ -27,6 +27,17 @@ Three changes, all on the httptools implementation (uvicorn's default when insta
   request that asked to upgrade is answered as plain HTTP otherwise, and its connection is
   closed afterwards: what follows its head is not HTTP we could parse (h2c is never tunnelled).
 
+- Hold a client to its limits (``gateway.client_limits``, Nginx's names): ``header_timeout``
+  and ``body_timeout`` (one timer per connection, re-armed lazily: no per-byte timer work),
+  ``max_connections``, ``keepalive_requests``, an 8 KiB request target (414) and 100 header
+  fields (431).  Trailer fields of a chunked request are dropped, whatever the timing (llhttp
+  reports them through ``on_header`` like header fields).  An HTTP/1.0 client never gets a
+  chunked response: the body is unframed and the connection's end delimits it.  The SNI name
+  of the TLS handshake is put in the scope (``gateway.sni``) for ``validation``.
+- Answer a good request before refusing what follows it.  When the bytes after a complete
+  request are not HTTP, the request in progress is answered first, then the 400 (Nginx does
+  the same), instead of dropping a valid request with the garbage after it.
+
 With h11 (httptools not installed) the scope already carries the full target in ``raw_path``
 and h11 enforces its own head limit; WebSocket upgrades need httptools.
 """
@@ -40,7 +51,17 @@ from http import HTTPStatus
 from typing import Any
 
 from gateway.asgi import INTERIM, INTERIM_SCOPE_KEY, Message
-from gateway.errors import parse_error, raw_error_response
+from gateway.client_limits import ClientLimits, Phase, body_deadline, is_last_request
+from gateway.errors import (
+    CONNECT_REFUSED,
+    MalformedRequest,
+    NotImplementedMethod,
+    RequestRejected,
+    RequestTimeout,
+    TooManyConnections,
+    parse_error,
+    raw_error_response,
+)
 from gateway.http2.limits import Http2Limits
 from gateway.tracing import TRACE_SCOPE_KEY, Trace, connection_text, head_text
 
@@ -52,7 +73,9 @@ except ImportError:  # pragma: no cover - httptools not installed
 
 
 def http_protocol_class(
-    max_header_bytes: int = 64 * 1024, http2: Http2Limits | None = None
+    max_header_bytes: int = 64 * 1024,
+    http2: Http2Limits | None = None,
+    limits: ClientLimits | None = None,
 ) -> type[asyncio.Protocol] | str:
     """The listener's protocol class; with ``http2``, one that serves a connection that
     negotiated ALPN h2 with ``gateway/http2`` instead (HTTP/2 needs httptools too)."""
@@ -60,6 +83,8 @@ def http_protocol_class(
         return "h11"
     base: type[asyncio.Protocol] = GatewayHttpToolsProtocol
     attrs: dict[str, Any] = {"max_header_bytes": max_header_bytes}
+    if limits is not None:
+        attrs["limits"] = limits
     if http2 is not None:
         from gateway.http2.dispatch import ALPNDispatchProtocol
 
@@ -154,6 +179,34 @@ def interim_sender(cycle: Any, corked: CorkedTransport) -> Callable[[Message], A
     return send_with_interim
 
 
+def http10_sender(cycle: Any) -> Callable[[Message], Awaitable[None]]:
+    """``cycle.send`` for an HTTP/1.0 request: a response without Content-Length goes out
+    unframed, delimited by the connection's end (RFC 9112 §6.3), never chunked, which a 1.0
+    client cannot read.  uvicorn would add chunked framing, so it is told the response is
+    framed by a length it only learns with the last body message."""
+    send: Callable[[Message], Awaitable[None]] = cycle.send
+    unframed = False
+
+    async def send_unframed(message: Message) -> None:
+        nonlocal unframed
+        if message["type"] == "http.response.start":
+            headers = message.get("headers", [])
+            if (
+                cycle.scope["method"] != "HEAD"
+                and message["status"] not in (204, 304)
+                and not any(name.lower() == b"content-length" for name, _ in headers)
+            ):
+                unframed = True
+                cycle.keep_alive = False  # the close is the framing
+                cycle.chunked_encoding = False
+                cycle.expected_content_length = 1 << 62
+        elif unframed and not message.get("more_body", False):
+            cycle.expected_content_length = len(message.get("body", b""))
+        await send(message)
+
+    return send_unframed
+
+
 def asks_for_websocket(headers: list[tuple[bytes, bytes]]) -> bool:
     """``Connection: upgrade`` and ``Upgrade: websocket`` (RFC 6455 §4.1), any case."""
     connection = upgrade = False
@@ -206,8 +259,22 @@ if HttpToolsProtocol is not None:
         _trace_accepted = 0.0
         _trace_begin = 0.0
         _trace_requests = 0
+        limits = ClientLimits()
         _head_bytes = 0
         _head_too_large = False
+        _uri_too_long = 0  # the limit that was exceeded, for the 414
+        _too_many_fields = 0  # likewise for the 431
+        _fields = 0
+        _in_head = False  # between a message's first byte and the end of its head
+        _requests = 0
+        _sni: str | None = None
+        # The one timer of the connection: the head's or the body's deadline (see _expire).
+        _timer: asyncio.TimerHandle | None = None
+        _phase = Phase.HEAD
+        _last_body = 0.0
+        # The bytes after a complete request were not HTTP: answered 400 after its response.
+        _refuse_after_response = False
+        _connect = False  # a CONNECT request: 501
         # The parser stopped at an upgrade request's head: later bytes are not HTTP.
         _upgrade: UpgradeHandle | None = None
         _switched = False
@@ -218,10 +285,23 @@ if HttpToolsProtocol is not None:
                 if upgrade is not None and not upgrade.taken:
                     upgrade.pending.append(data)
                 return
+            if self._refuse_after_response:
+                return  # the parser has failed; the 400 follows the response in progress
             self._unset_keepalive_if_required()
+            cycle = self.cycle
+            if self._timer is None and (cycle is None or cycle.response_complete):
+                # Bytes on an idle connection start a request head: its clock starts now
+                # (even bare CRLFs, which llhttp skips: they must not keep a socket alive).
+                self._arm(Phase.HEAD, self.limits.header_timeout)
             try:
                 self.parser.feed_data(data)
             except httptools.HttpParserError:
+                cycle = self.cycle
+                if cycle is not None and not cycle.response_complete and not cycle.more_body:
+                    # A complete request is being answered: answer it, then refuse the rest.
+                    self._refuse_after_response = True
+                    self.flow.pause_reading()
+                    return
                 self.send_400_response("Invalid HTTP request received.")
             except httptools.HttpParserUpgrade as exc:
                 self._switched = True
@@ -236,12 +316,72 @@ if HttpToolsProtocol is not None:
             self.corked = CorkedTransport(transport, self.loop)
             if self.trace:
                 self._trace_accepted = time.perf_counter()
+            if len(self.connections) > self.limits.max_connections:
+                error = TooManyConnections(
+                    f"more than {self.limits.max_connections} connections (max_connections)"
+                )
+                transport.write(raw_error_response(error))
+                transport.close()
+                return
+            ssl_object = transport.get_extra_info("ssl_object")
+            if ssl_object is not None:
+                self._sni = getattr(ssl_object, "gateway_sni", None)
+            self._arm(Phase.HEAD, self.limits.header_timeout)
 
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        # -- the connection's timer ----------------------------------------------------------
+        def _arm(self, phase: Phase, timeout: float) -> None:
+            self._disarm()
+            self._phase = phase
+            self._timer = self.loop.call_later(timeout, self._expire)
+
+        def _disarm(self) -> None:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+        def _expire(self) -> None:
+            self._timer = None
+            if self.transport.is_closing():
+                return
+            cycle = self.cycle
+            if self._phase is Phase.BODY:
+                now = self.loop.time()
+                deadline = body_deadline(
+                    self._last_body, self.limits.body_timeout, now, self.flow.read_paused
+                )
+                if now < deadline:  # bytes came meanwhile: sleep until the real deadline
+                    self._timer = self.loop.call_at(deadline, self._expire)
+                    return
+                message = f"no request body bytes for {self.limits.body_timeout:g} s"
+            elif self._in_head:
+                message = f"request head not complete within {self.limits.header_timeout:g} s"
+            else:
+                # Not one byte of a request: nothing to answer, like an idle keep-alive close.
+                self.transport.close()
+                return
+            if cycle is not None and not cycle.response_complete:
+                cycle.scope["gateway.closed_status"] = RequestTimeout.status  # type: ignore[typeddict-unknown-key]
+                started = cycle.response_started
+                cycle.disconnected = True  # the app sees http.disconnect and stops
+                cycle.message_event.set()
+                if started:
+                    self.transport.close()
+                    return
+            self.transport.write(raw_error_response(RequestTimeout(message)))
+            self.transport.close()
+
+        # -- parser callbacks ----------------------------------------------------------------
         def on_message_begin(self) -> None:
             super().on_message_begin()
             if self.trace:
                 self._trace_begin = time.perf_counter()
             self._head_bytes = 0
+            self._fields = 0
+            self._in_head = True
 
         def _count(self, size: int) -> None:
             self._head_bytes += size
@@ -253,11 +393,43 @@ if HttpToolsProtocol is not None:
 
         def on_url(self, url: bytes) -> None:
             self._count(len(url))
+            if len(self.url) + len(url) > self.limits.max_request_line:
+                self._uri_too_long = self.limits.max_request_line
+                raise HeadTooLarge
             super().on_url(url)
 
         def on_header(self, name: bytes, value: bytes) -> None:
             self._count(len(name) + len(value) + 4)
+            if not self._in_head:
+                return  # a trailer field of a chunked body: never a request header
+            self._fields += 1
+            if self._fields > self.limits.max_header_fields:
+                self._too_many_fields = self.limits.max_header_fields
+                raise HeadTooLarge
             super().on_header(name, value)
+
+        def on_body(self, body: bytes) -> None:
+            self._last_body = self.loop.time()
+            super().on_body(body)
+
+        def on_message_complete(self) -> None:
+            if self._phase is Phase.BODY:
+                self._disarm()
+            super().on_message_complete()
+
+        def on_response_complete(self) -> None:
+            if self._refuse_after_response and not self.pipeline:
+                self.server_state.total_requests += 1
+                if not self.transport.is_closing():
+                    self.corked.flush()
+                    error = MalformedRequest("malformed HTTP request after a complete request")
+                    self.transport.write(raw_error_response(error))
+                    self.transport.close()
+                return
+            super().on_response_complete()
+            if self._in_head and self._timer is None and not self.transport.is_closing():
+                # A pipelined head was cut short while the previous response went out.
+                self._arm(Phase.HEAD, self.limits.header_timeout)
 
         def _start_trace(self) -> Trace:
             """The request's trace: offset 0 is the connection's accept (after the TLS
@@ -274,6 +446,15 @@ if HttpToolsProtocol is not None:
         def on_headers_complete(self) -> None:
             if self.trace:
                 self.scope[TRACE_SCOPE_KEY] = self._start_trace()  # type: ignore[literal-required]
+            self._in_head = False
+            self._disarm()
+            if self.parser.get_method() == b"CONNECT":
+                # Its authority-form target is no URL uvicorn can parse: refuse it here.
+                self._connect = True
+                raise HeadTooLarge
+            self._requests += 1
+            if self._sni is not None:
+                self.scope["gateway.sni"] = self._sni  # type: ignore[typeddict-unknown-key]
             if self.url[:1] != b"/":
                 self.scope["gateway.target"] = bytes(self.url)  # type: ignore[typeddict-unknown-key]
             if (
@@ -294,8 +475,24 @@ if HttpToolsProtocol is not None:
                 self.corked.expect_head = cycle is not None
                 if cycle is not None and self.scope.get(INTERIM_SCOPE_KEY):
                     cycle.send = interim_sender(cycle, self.corked)  # type: ignore[method-assign,assignment]
+                elif cycle is not None and self.scope.get("http_version") == "1.0":
+                    cycle.send = http10_sender(cycle)  # type: ignore[method-assign,assignment]
+                if cycle is not None and is_last_request(self._requests, self.limits):
+                    cycle.keep_alive = False
+            if any(name in (b"content-length", b"transfer-encoding") for name, _ in self.headers):
+                # The body's clock; on_message_complete stops it (at once for an empty body).
+                self._last_body = self.loop.time()
+                self._arm(Phase.BODY, self.limits.body_timeout)
 
         def send_400_response(self, msg: str) -> None:
-            error = parse_error(self._head_too_large, self.max_header_bytes)
+            self._disarm()
+            error: RequestRejected = parse_error(
+                self._head_too_large,
+                self.max_header_bytes,
+                uri_too_long=self._uri_too_long,
+                too_many_fields=self._too_many_fields,
+            )
+            if self._connect:
+                error = NotImplementedMethod(CONNECT_REFUSED)
             self.transport.write(raw_error_response(error))
             self.transport.close()

@@ -27,6 +27,7 @@ import uvicorn
 
 from gateway.admin.metrics import Metrics
 from gateway.app import GatewayApp
+from gateway.client_limits import ClientLimits
 from gateway.config import Settings
 from gateway.handlers.redirect import HTTPSRedirectApp
 from gateway.http2.limits import DEFAULT_HEADER_TIMEOUT, Http2Limits
@@ -107,7 +108,11 @@ class Gateway:
             host=g.host,
             port=port,
             http=traced(
-                http_protocol_class(g.max_header_bytes, self._http2_limits(ssl_context)),
+                http_protocol_class(
+                    g.max_header_bytes,
+                    self._http2_limits(ssl_context),
+                    ClientLimits.from_settings(g),
+                ),
                 g.trace and ssl_context is not None,  # the HTTPS listener's requests only
             ),
             ws="none",

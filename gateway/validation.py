@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.errors import (
+    CONNECT_REFUSED,
     LoopDetected,
     MethodNotAllowed,
     MisdirectedRequest,
@@ -120,9 +121,7 @@ def check_request(scope: Mapping[str, Any], hosts: HostPolicy) -> RequestFacts:
     """
     method = scope["method"]
     if method == "CONNECT":
-        raise NotImplementedMethod(
-            "CONNECT is not supported: this is a reverse proxy, not a tunnel"
-        )
+        raise NotImplementedMethod(CONNECT_REFUSED)
     if method == "TRACE":
         # Nginx answers 405 too: echoing a request back exposes cookies to scripts (XST).
         raise MethodNotAllowed("TRACE is not allowed", ALLOWED_METHODS)

@@ -383,6 +383,10 @@ class ProxyHandler:
             if response.status >= 500:
                 exchange.upstream_5xx = True
             headers = client_response_headers(response.headers)
+            if response.status in (204, 304):
+                # No body, whatever the upstream framed (RFC 9110 §8.6, §15.4.5): a length
+                # here would have the listener wait for bytes that never come.
+                headers = [pair for pair in headers if pair[0] != b"content-length"]
             data, more = b"", False
             if conn.response_complete or _small_body(response.headers):
                 # A small body is read whole before the head goes out: if the upstream dies

@@ -258,6 +258,9 @@ class CertificateSelector:
         return entry[0] if entry is not None else self.default
 
     def _select(self, conn: Any, server_name: str | None, context: ssl.SSLContext) -> None:
+        # The server side of an SSLObject does not keep the SNI: the listener reads it here
+        # (421 when the request's Host is another name, see gateway.validation).
+        conn.gateway_sni = server_name
         try:
             chosen = self.context_for(server_name, self._offers.pop(conn, None))
             if chosen is not context:

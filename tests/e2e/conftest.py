@@ -17,7 +17,8 @@ from e2e.harness import SHARED_MAX_BODY, EchoUpstream, Gateway, Stack, StackConf
 
 def shared_config(upstreams: dict[str, EchoUpstream]) -> StackConfig:
     """``/`` -> pool main (a, b); ``/trio/...`` -> pool trio (a, b, c) and ``/solo/...`` ->
-    pool solo (c), both with the prefix stripped."""
+    pool solo (c), both with the prefix stripped; ``/streamed/...`` -> pool solo without
+    request buffering."""
     a, b, c = (upstreams[name].url for name in "abc")
     return StackConfig(
         pools={"main": [a, b], "trio": [a, b, c], "solo": [c]},
@@ -25,6 +26,12 @@ def shared_config(upstreams: dict[str, EchoUpstream]) -> StackConfig:
             {"path_prefix": "/", "upstream": "main"},
             {"path_prefix": "/trio", "upstream": "trio", "strip_prefix": True},
             {"path_prefix": "/solo", "upstream": "solo", "strip_prefix": True},
+            {
+                "path_prefix": "/streamed",
+                "upstream": "solo",
+                "strip_prefix": True,
+                "request_buffering": False,
+            },
         ],
         gateway={"max_body_bytes": SHARED_MAX_BODY},
     )

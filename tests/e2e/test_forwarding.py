@@ -139,9 +139,23 @@ def test_request_body_reaches_the_upstream(client: httpx.Client) -> None:
     assert seen_headers(echo)["content-length"] == ["12345"]
 
 
-def test_chunked_request_body_is_forwarded_chunked(client: httpx.Client) -> None:
-    """A body of unknown length (a generator) is forwarded chunked and arrives whole."""
+def test_chunked_request_body_is_buffered_and_forwarded_with_its_length(
+    client: httpx.Client,
+) -> None:
+    """Issue 13: a body of unknown length (a generator) is read whole before the upstream is
+    contacted (request buffering, like Nginx), so it arrives with a Content-Length."""
     echo = client.post("/echo", content=iter([b"a" * 1000, b"b" * 2000])).json()
+    assert echo["body_bytes"] == 3000
+    headers = seen_headers(echo)
+    assert headers["content-length"] == ["3000"]
+    assert "transfer-encoding" not in headers
+
+
+def test_chunked_request_body_is_forwarded_chunked_without_buffering(
+    client: httpx.Client,
+) -> None:
+    """On a route with request_buffering = false the body streams through, still chunked."""
+    echo = client.post("/streamed/echo", content=iter([b"a" * 1000, b"b" * 2000])).json()
     assert echo["body_bytes"] == 3000
     headers = seen_headers(echo)
     assert headers["transfer-encoding"] == ["chunked"]
