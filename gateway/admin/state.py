@@ -162,7 +162,12 @@ def merge_views(processes: list[Mapping[str, Any]], settings: Settings) -> dict[
     results = metrics["cache"]
     return {
         "processes": [
-            {"pid": p["pid"], "worker": p["worker"], "generation": p["generation"]}
+            {
+                "pid": p["pid"],
+                "worker": p["worker"],
+                "generation": p["generation"],
+                "requests": sum(row[3] for row in p["metrics"]["requests"]),
+            }
             for p in processes
         ],
         "upstreams": [

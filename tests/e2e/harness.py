@@ -223,6 +223,7 @@ class StackConfig:
     cache: dict[str, TomlValue] = field(default_factory=dict)
     # [middlewares.NAME] tables, by NAME
     middlewares: dict[str, dict[str, TomlValue]] = field(default_factory=dict)
+    admin: dict[str, TomlValue] = field(default_factory=dict)  # [admin], when given
 
     def render(self, directory: Path, http_port: int, https_port: int) -> str:
         gateway: dict[str, TomlValue] = {
@@ -248,6 +249,8 @@ class StackConfig:
             parts.append(toml_table("[cache]", self.cache))
         for name, values in self.middlewares.items():
             parts.append(toml_table(f"[middlewares.{name}]", values))
+        if self.admin:
+            parts.append(toml_table("[admin]", self.admin))
         return "\n".join(parts)
 
 

@@ -217,8 +217,8 @@ def test_dashboard_openapi_and_static_assets(source: FakeSource) -> None:
     assert "/api/overview" in script.text
     assert {"/api/upstreams", "/api/cache", "/api/reload", "/metrics"} <= set(spec["paths"])
     assert overview["processes"] == [
-        {"pid": 10, "worker": 0, "generation": 0},
-        {"pid": 11, "worker": 1, "generation": 0},
+        {"pid": 10, "worker": 0, "generation": 0, "requests": 5},
+        {"pid": 11, "worker": 1, "generation": 0, "requests": 7},
     ]
     assert "not_after_epoch" not in overview["certificates"][0]
 
