@@ -2,6 +2,7 @@
 "use strict";
 
 const POLL_MS = 1000;
+const RECENT_ROWS = 15;
 // Histogram upper bounds in seconds, as gateway/admin/metrics.py DURATION_BUCKETS.
 const BOUNDS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
 let previous = null; // {time, total, buckets}
@@ -94,10 +95,10 @@ function render(view) {
   const cache = view.cache;
   const items = [["entries", cache.entries], ["bytes", cache.bytes], ["hits", cache.hits],
     ["misses", cache.misses]];
-  for (const [result, n] of Object.entries(cache.results || {})) items.push([result.toLowerCase(), n]);
+  for (const [result, n] of Object.entries(cache.results || {})) items.push(["X-Cache " + result, n]);
   $("cache").replaceChildren(...items.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
 
-  $("recent").tBodies[0].replaceChildren(...view.metrics.recent.slice().reverse().map((r) =>
+  $("recent").tBodies[0].replaceChildren(...view.metrics.recent.slice(-RECENT_ROWS).reverse().map((r) =>
     el("tr", {}, el("td", {}, new Date(r.time * 1000).toLocaleTimeString()), el("td", {}, r.method),
       el("td", { class: "target", title: r.target }, r.target),
       el("td", { class: "s" + String(r.status)[0] }, r.status),
