@@ -7,6 +7,7 @@ import base64
 import gzip
 import json
 import re
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ import pytest
 import zstandard
 from argon2 import PasswordHasher
 
-from e2e.harness import EchoUpstream, Stack, StackConfig, read_response, stack
+from e2e.harness import PYTHON, REPO, EchoUpstream, Stack, StackConfig, read_response, stack
 
 pytestmark = pytest.mark.e2e
 
@@ -436,3 +437,64 @@ def test_server_timing(client: httpx.Client) -> None:
     assert re.fullmatch(r"total;dur=[\d.]+, cache;desc=HIT", hit)
     refused = client.get("/auth/echo").headers["server-timing"]
     assert re.fullmatch(r"total;dur=[\d.]+", refused)
+
+
+# --- config errors -----------------------------------------------------------------------------
+
+
+def test_check_reports_middleware_errors_with_the_others(tmp_path: Path) -> None:
+    """``run_gateway.py --check`` lists every bad middleware setting next to an unrelated
+    error, each naming the file, the key and the value, and exits 1."""
+    (tmp_path / "md5.htpasswd").write_text("alice:$apr1$xyz$abc\n")
+    config = tmp_path / "config.toml"
+    config.write_text(
+        """
+[gateway]
+https_port = 70000
+
+[upstreams.app]
+servers = ["http://127.0.0.1:9001"]
+
+[[routes]]
+path_prefix = "/"
+upstream = "app"
+middlewares = ["gzip", "missing"]
+
+[middlewares.gzip]
+type = "gzip"
+
+[middlewares.auth]
+type = "basic_auth"
+htpasswd = "md5.htpasswd"
+
+[middlewares.gone]
+type = "basic_auth"
+htpasswd = "nowhere.htpasswd"
+
+[middlewares.limit]
+type = "rate_limit"
+average = 10
+bucket = 5
+"""
+    )
+    result = subprocess.run(
+        [PYTHON, "run_gateway.py", "--check", "--config", str(config)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if str(config) in line]
+    expected = [
+        "[gateway] https_port = 70000",
+        "[middlewares.gzip] type = 'gzip': must be one of: compress, basic_auth, rate_limit",
+        "[middlewares.auth] htpasswd = ",
+        "[middlewares.gone] htpasswd = ",
+        "[middlewares.limit] bucket: unknown key (allowed keys: average, burst)",
+        "middlewares = ['gzip', 'missing']: no such middleware 'missing'",
+    ]
+    for part in expected:
+        assert any(part in line for line in lines), (part, lines)
+    assert any("unsupported hash" in line for line in lines)
+    assert any("nowhere.htpasswd': no such file" in line for line in lines)
