@@ -127,3 +127,14 @@ def test_accepted_coding_joins_repeated_fields() -> None:
     assert accepted_coding([(b"accept-encoding", b"gzip;q=0.5"), (b"accept-encoding", b"br")])
     assert accepted_coding([(b"accept-encoding", b"gzip;q=0")]) is None
     assert accepted_coding([]) is None
+
+
+def test_large_chunks_are_compressed_off_the_event_loop() -> None:
+    """A 1 MiB body (a cache entry, a static file chunk) round-trips through the thread."""
+    big = b'{"k": "' + b"0123456789abcdef" * 65536 + b'"}'
+    headers = [JSON, (b"content-length", b"%d" % len(big))]
+    head, out = run([start(headers=headers), body(big)])
+    assert gzip.decompress(out["body"]) == big
+    assert header(head, b"content-length") == b"%d" % len(out["body"])
+    head, first, last = run([start(headers=[JSON]), body(big, True), body(big)], coding="gzip")
+    assert gzip.decompress(first["body"] + last["body"]) == big + big
