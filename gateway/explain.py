@@ -216,7 +216,8 @@ def _explain_https(settings: Settings, scope: dict[str, Any], now: float | None)
         lines.append(Line("answer", f"{status} -> {route_settings.redirect}{target}"))
         return lines
     if route.handler == "static":
-        lines.append(Line("answer", f"file {target.split('?')[0]!r} under {route_settings.static}"))
+        relative = route.relative_path(raw_path).decode("latin-1")  # as StaticHandler does
+        lines.append(Line("answer", f"file {relative!r} under {route_settings.static}"))
         return lines
     assert route.upstream is not None  # a proxy route
     pool = settings.upstreams[route.upstream]

@@ -110,15 +110,11 @@ def connection_text(
     )
 
 
-def head_text(scope: Mapping[str, Any], head_bytes: int) -> str:
-    target = scope.get("gateway.target") or scope.get("raw_path") or b""
-    query = scope.get("query_string")
-    if query and not scope.get("gateway.target"):
-        target += b"?" + query
+def head_text(method: str, target: bytes, http_version: str, fields: int, head_bytes: int) -> str:
+    """``head parsed``: the request line as sent, how many header fields, the head's size."""
     return (
-        f"head parsed: {scope['method']} {target.decode('latin-1')}"
-        f" HTTP/{scope.get('http_version', '1.1')}, {len(scope['headers'])} header fields,"
-        f" {head_bytes} bytes"
+        f"head parsed: {method} {target.decode('latin-1')} HTTP/{http_version},"
+        f" {fields} header fields, {head_bytes} bytes"
     )
 
 
