@@ -433,18 +433,6 @@ if HttpToolsProtocol is not None:
 
         def _start_trace(self) -> Trace:
             """The request's trace: offset 0 is the connection's accept (after the TLS
-            handshake) for its first request, the request's first byte after that."""
-            before = self._trace_requests
-            self._trace_requests = before + 1
-            started = self._trace_accepted if before == 0 else self._trace_begin
-            trace = Trace(started)
-            ssl_object = self.transport.get_extra_info("ssl_object")
-            trace.add("gateway.listener", connection_text(before, ssl_object, self.client), started)
-            trace.add("gateway.listener", head_text(self.scope, self._head_bytes))
-            return trace
-
-        def _start_trace(self) -> Trace:
-            """The request's trace: offset 0 is the connection's accept (after the TLS
             handshake) for its first request, the request's first byte after that.  Called
             before uvicorn builds the scope's method and path: the parser has them."""
             before = self._trace_requests
@@ -465,8 +453,6 @@ if HttpToolsProtocol is not None:
             return trace
 
         def on_headers_complete(self) -> None:
-            if self.trace:
-                self.scope[TRACE_SCOPE_KEY] = self._start_trace()  # type: ignore[literal-required]
             if self.trace:
                 self.scope[TRACE_SCOPE_KEY] = self._start_trace()  # type: ignore[literal-required]
             self._in_head = False
