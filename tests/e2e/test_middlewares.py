@@ -498,3 +498,39 @@ bucket = 5
         assert any(part in line for line in lines), (part, lines)
     assert any("unsupported hash" in line for line in lines)
     assert any("nowhere.htpasswd': no such file" in line for line in lines)
+
+
+def test_compress_on_a_static_route(tmp_path: Path) -> None:
+    """Static files compress like proxied responses; the weakened ETag still revalidates
+    (304, weak again), and a Range request gets identity bytes (206 is never re-encoded)."""
+    www = tmp_path / "www"
+    www.mkdir()
+    text = "".join(f"line {i}: the quick brown fox\n" for i in range(3000)).encode()
+    (www / "big.txt").write_bytes(text)
+
+    def build(upstreams: dict[str, EchoUpstream]) -> StackConfig:
+        return StackConfig(
+            pools={"app": [upstreams["a"].url]},
+            routes=[
+                {"path_prefix": "/", "upstream": "app"},
+                {
+                    "path_prefix": "/files",
+                    "static": str(www),
+                    "strip_prefix": True,
+                    "middlewares": ["gzip"],
+                },
+            ],
+            middlewares={"gzip": {"type": "compress"}},
+        )
+
+    with stack(tmp_path / "gw", ["a"], build) as s, s.gateway.client() as c:
+        response, raw = raw_get(c, "/files/big.txt", "gzip")
+        assert response.headers["content-encoding"] == "gzip"
+        assert gzip.decompress(raw) == text
+        etag = response.headers["etag"]
+        assert etag.startswith('W/"')
+        again = c.get("/files/big.txt", headers={"Accept-Encoding": "gzip", "If-None-Match": etag})
+        assert again.status_code == 304 and again.headers["etag"] == etag
+        ranged = c.get("/files/big.txt", headers={"Accept-Encoding": "gzip", "Range": "bytes=0-9"})
+        assert ranged.status_code == 206 and ranged.content == text[:10]
+        assert "content-encoding" not in ranged.headers
