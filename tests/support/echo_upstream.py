@@ -2,7 +2,8 @@
 
 GET  /echo            -> JSON: server name, method, target, request headers, body size
 POST /echo            -> same, after reading the whole body
-GET  /bytes?n=N       -> N bytes of body, streamed in 64 KiB chunks (no Content-Length)
+GET  /bytes?n=N       -> N bytes of body, streamed in 64 KiB chunks (no Content-Length);
+                         type= Content-Type (default application/octet-stream)
 GET  /blob64k         -> 64 KiB, ``Cache-Control: public, max-age=3600`` and an ETag (304 to
                          a matching If-None-Match): the benchmark's cache-hit body
 POST /upload          -> {"received": N, "sha256": ...}, counting a streamed request body
@@ -193,7 +194,7 @@ async def respond(scope: dict[str, Any], receive: Any, send: Any) -> None:
                 "status": 200,
                 # No Content-Length: a proxy must pass the stream through without buffering.
                 "headers": [
-                    (b"content-type", b"application/octet-stream"),
+                    (b"content-type", query.get("type", ["application/octet-stream"])[0].encode()),
                     (b"cache-control", b"no-store"),
                 ],
             }
