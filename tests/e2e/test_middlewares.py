@@ -426,6 +426,33 @@ def test_trusted_proxy_forwarded_client_and_request_id(tmp_path: Path) -> None:
             assert c.get("/echo", headers=headers).status_code == 429
 
 
+def test_many_client_addresses_keep_memory_bounded(tmp_path: Path) -> None:
+    """2000 distinct clients (behind a trusted proxy) each get their own full bucket, the
+    gateway's memory barely moves (the bucket table has a fixed size), and a client limited
+    before the flood is still limited after it."""
+
+    def build(upstreams: dict[str, EchoUpstream]) -> StackConfig:
+        return StackConfig(
+            pools={"app": [upstreams["a"].url]},
+            routes=[{"path_prefix": "/", "upstream": "app", "middlewares": ["limit"]}],
+            gateway={"trusted_proxies": ["127.0.0.1/32"], "access_log": False},
+            middlewares={"limit": {"type": "rate_limit", "average": 0.001, "burst": 1}},
+        )
+
+    with stack(tmp_path, ["a"], build) as s, s.gateway.client() as c:
+        limited = {"X-Forwarded-For": "198.51.100.1"}
+        assert c.get("/health", headers=limited).status_code == 200
+        assert c.get("/health", headers=limited).status_code == 429
+        with RssSampler(s.gateway.process.pid) as rss:
+            baseline = rss.peak
+            for i in range(2000):
+                address = f"10.{i // 250}.{i % 250}.1"
+                response = c.get("/health", headers={"X-Forwarded-For": address})
+                assert response.status_code == 200, address
+        assert rss.peak - baseline < 8 * 1024 * 1024
+        assert c.get("/health", headers=limited).status_code == 429
+
+
 # --- headers ---------------------------------------------------------------------------------
 
 
