@@ -42,6 +42,7 @@ from h2.errors import ErrorCodes
 from hyperframe.frame import GoAwayFrame
 
 from gateway.asgi import INTERIM, INTERIM_SCOPE_KEY, Message
+from gateway.http2.encoder import make_encoder
 from gateway.http2.limits import Http2Limits, ResetBudget
 from gateway.http2.request import MalformedRequest, request_scope, response_headers
 
@@ -274,6 +275,7 @@ class H2Protocol(asyncio.Protocol):
         )
         # In force from the first frame, not only once the client acknowledges the SETTINGS.
         conn.decoder.max_header_list_size = limits.max_header_bytes
+        conn.encoder = make_encoder()
         conn.initiate_connection()
         conn.increment_flow_control_window(limits.connection_window - 65535)
         self._flush()
