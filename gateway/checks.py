@@ -47,6 +47,13 @@ def acme_problems(settings: Settings) -> list[str]:
 
 def check_environment(settings: Settings) -> list[str]:
     """Every problem start-up would hit, one line each (empty: ready to run)."""
-    return certificate_problems(settings) + [
-        f"{settings.path}: {line}" for line in port_problems(settings.gateway)
-    ]
+    problems = port_problems(settings.gateway)
+    if settings.admin is not None and settings.admin.enabled:
+        from gateway.admin.server import check_admin_port
+        from gateway.listeners import ListenError
+
+        try:
+            check_admin_port(settings)
+        except ListenError as exc:
+            problems.append(str(exc))
+    return certificate_problems(settings) + [f"{settings.path}: {line}" for line in problems]

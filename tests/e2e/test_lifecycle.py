@@ -51,7 +51,7 @@ def test_check_accepts_the_shipped_config() -> None:
 BAD_CONFIG = """\
 [gateway]
 colour = "blue"
-access_log = "yes"
+access_log = 3
 http_port = 8443
 https_port = 8443
 
@@ -71,7 +71,7 @@ upstream = "nowhere"
 # (key as written in the message, bad value, what is allowed): one error line each.
 EXPECTED_ERRORS = [
     ("[gateway] colour", "", "allowed keys: host, http_port"),
-    ("[gateway] access_log", "'yes'", "must be true or false"),
+    ("[gateway] access_log", "3", "must be true, false or a file path string"),
     ("[backend] smtp_port", "70000", "an integer from 1 to 65535"),
     ("[[routes]] #1 upstream", "'nowhere'", "no such upstream (defined: main)"),
     ("[gateway] https_port", "8443", "clashes with http_port"),

@@ -360,6 +360,7 @@ def test_shipped_config_loads() -> None:
     assert [s.port for s in backend.servers] == list(settings.backend.worker_ports())
     assert [(r.path_prefix, r.upstream) for r in settings.routes] == [("/", "backend")]
     assert settings.tls.dir == REPO / "certs"
+    assert settings.admin is not None and settings.admin.port == 8444
     assert "ok" in settings.summary()
 
 
