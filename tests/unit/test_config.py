@@ -358,7 +358,12 @@ def test_shipped_config_loads() -> None:
     assert (settings.gateway.http_port, settings.gateway.https_port) == (8080, 8443)
     backend = settings.upstreams["backend"]
     assert [s.port for s in backend.servers] == list(settings.backend.worker_ports())
-    assert [(r.path_prefix, r.upstream) for r in settings.routes] == [("/", "backend")]
+    assert [(r.path_prefix, r.upstream) for r in settings.routes] == [
+        ("/", "backend"),
+        ("/products", "products"),
+    ]
+    products = settings.services["products"]
+    assert [s.port for s in settings.upstreams["products"].servers] == list(products.worker_ports())
     assert settings.tls.dir == REPO / "certs"
     assert settings.admin is not None and settings.admin.port == 8444
     assert "ok" in settings.summary()
