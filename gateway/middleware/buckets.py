@@ -10,9 +10,11 @@ of fixed-size slots in a shared memory mapping: anonymous memory for a single pr
 file under the temp directory (named after the config, the listener and the middleware)
 that every worker maps for several.  A slot is (key hash, tokens, stamp); the key is hashed
 with BLAKE2b, which every process computes alike (``hash()`` is salted per process).  Each
-take runs under ``flock`` on the file, a pair of syscalls, so two workers never interleave
-on one bucket.  The stamps are ``time.monotonic()``, one clock for every process of a Linux
-machine.
+take runs under a POSIX record lock on the file (``lockf``, a pair of syscalls), so two
+workers never interleave on one bucket.  The stamps are ``time.monotonic()``, one clock for
+every process of a Linux machine.  Every process using a file also holds a shared ``flock``
+on it for its lifetime (independent of the record locks): a file nobody holds any more is
+left over from an earlier run, and the next gateway to open a table removes it.
 
 Memory stays bounded whatever the number of client addresses: the table never grows.  A key
 looks at ``PROBES`` slots from its hash; an empty slot, its own, or one whose bucket has
@@ -76,12 +78,14 @@ class BucketTable:
             self.memory = mmap.mmap(-1, size)
             return
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        remove_abandoned(path.parent, keep=path)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            fcntl.flock(fd, fcntl.LOCK_SH)  # "in use", until this process exits
+            fcntl.lockf(fd, fcntl.LOCK_EX)
             if os.fstat(fd).st_size < size:
                 os.ftruncate(fd, size)  # zero-filled: every slot empty
-            fcntl.flock(fd, fcntl.LOCK_UN)
+            fcntl.lockf(fd, fcntl.LOCK_UN)
             self.memory = mmap.mmap(fd, size)
         except BaseException:
             os.close(fd)
@@ -93,17 +97,17 @@ class BucketTable:
         fd = self.fd
         if fd is None:
             return self._take(key)
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fcntl.lockf(fd, fcntl.LOCK_EX)
         try:
             return self._take(key)
         finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+            fcntl.lockf(fd, fcntl.LOCK_UN)
 
     def give_back(self, key: bytes) -> None:
         """Return a token taken from ``key``'s bucket (a reservation that was not needed)."""
         fd = self.fd
         if fd is not None:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            fcntl.lockf(fd, fcntl.LOCK_EX)
         try:
             h = key_hash(key)
             for offset in self._offsets(h):
@@ -113,18 +117,18 @@ class BucketTable:
                     return
         finally:
             if fd is not None:
-                fcntl.flock(fd, fcntl.LOCK_UN)
+                fcntl.lockf(fd, fcntl.LOCK_UN)
 
     def wait(self, key: bytes) -> float:
         """Seconds until ``key`` has a token (0.0: it has one now); spends nothing."""
         fd = self.fd
         if fd is None:
             return self._wait(key)
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fcntl.lockf(fd, fcntl.LOCK_EX)
         try:
             return self._wait(key)
         finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+            fcntl.lockf(fd, fcntl.LOCK_UN)
 
     def _wait(self, key: bytes) -> float:
         h = key_hash(key)
@@ -168,6 +172,32 @@ class BucketTable:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+
+
+# A file this old that no process holds is a leftover; younger ones may be just being opened.
+ABANDONED_AFTER = 60.0
+
+
+def remove_abandoned(directory: Path, keep: Path) -> None:
+    """Delete the tables of gateways that are gone (see the module docstring)."""
+    now = time.time()
+    for path in directory.glob("buckets-*"):
+        if path == keep:
+            continue
+        try:
+            if now - path.stat().st_mtime < ABANDONED_AFTER:
+                continue
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue  # removed meanwhile by another process doing the same
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # in use
+        else:
+            path.unlink(missing_ok=True)
+        finally:
+            os.close(fd)
 
 
 def shared_table_path(*parts: object) -> Path:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from gateway.headers import TrustedProxies
-from gateway.middleware.buckets import BucketTable, take_token
+from gateway.middleware.buckets import BucketTable, remove_abandoned, take_token
 from gateway.middleware.rate_limit import client_address, retry_after
 
 
@@ -108,3 +109,23 @@ def test_give_back_returns_a_reserved_token() -> None:
     assert table.take(b"a") == 0.0
     assert table.take(b"a") > 0
     table.give_back(b"nobody")  # no bucket: nothing to do
+
+
+def test_abandoned_tables_are_removed_held_ones_kept(tmp_path: Path) -> None:
+    old = 1_000_000.0  # long ago
+    abandoned = tmp_path / "buckets-abandoned"
+    abandoned.write_bytes(b"\0" * 24)
+    os.utime(abandoned, (old, old))
+    young = tmp_path / "buckets-young"  # maybe being opened right now
+    young.write_bytes(b"\0" * 24)
+    held_path = tmp_path / "buckets-held"
+    held = BucketTable(rate=1.0, burst=1, path=held_path, slots=8)
+    os.utime(held_path, (old, old))
+    try:
+        remove_abandoned(tmp_path, keep=tmp_path / "buckets-mine")
+        assert not abandoned.exists()
+        assert young.exists() and held_path.exists()
+    finally:
+        held.close()
+    remove_abandoned(tmp_path, keep=tmp_path / "buckets-mine")
+    assert not held_path.exists()  # its process let go of it
