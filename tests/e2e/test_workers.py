@@ -47,7 +47,7 @@ def test_two_workers_serve_survive_a_crash_and_stop_together(tmp_path: Path) -> 
 
         os.kill(workers[0], signal.SIGKILL)
         died = gw.wait_for_log(f"(pid {workers[0]}) died", timeout=5)
-        assert "killed by SIGKILL" in died and "restarting in 0.0s" in died
+        assert "killed by SIGKILL" in died and "; restarting in " in died
         index = died.split("gateway worker ")[1].split()[0]
         # Only lines after "died" are read from here on: the replacement's start.
         assert gw.process.wait_for_line(f"gateway worker {index} starting", 5) is not None
