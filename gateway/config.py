@@ -283,6 +283,10 @@ class CacheSettings:
     # RFC 9111 §4.2.2 heuristic freshness: this share of the Last-Modified age, capped.
     heuristic_fraction: float = 0.1
     heuristic_max_seconds: float = 86400.0
+    # Where stored responses live (gateway/cache/stores/): "memory" (each process its own),
+    # "shared" (one LMDB store for all workers; the default when workers > 1) or a redis:// URL.
+    store: str = "memory"
+    shared_dir: Path | None = None  # not a key: the config's var/gateway-cache when shared
 
 
 @dataclass(frozen=True, slots=True)
@@ -607,6 +611,25 @@ def _fraction(value: Any) -> tuple[Any, str | None]:
     return None, "must be a number from 0 to 1 (0 turns heuristic freshness off)"
 
 
+def _cache_store(value: Any) -> tuple[Any, str | None]:
+    allowed = '"memory", "shared" or "redis://host:port/db"'
+    if value in ("memory", "shared"):
+        return value, None
+    if not isinstance(value, str) or not value.startswith("redis://"):
+        return None, allowed
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError:
+        return None, f"{allowed} (the port must be a number 1-65535)"
+    db = parts.path.lstrip("/")
+    if not parts.hostname or port is None or parts.query or parts.fragment:
+        return None, f"{allowed} with a host and a port"
+    if db and not db.isdigit():
+        return None, f"{allowed} (the database must be a number, got {db!r})"
+    return value, None
+
+
 CACHE_KEYS: dict[str, Check | str] = {
     "enabled": _bool,
     "max_bytes": _int(0),
@@ -614,6 +637,7 @@ CACHE_KEYS: dict[str, Check | str] = {
     "targeted_fields": _list_of(_field_name, non_empty=False),
     "heuristic_fraction": _fraction,
     "heuristic_max_seconds": _number(0, lo_exclusive=False),
+    "store": _cache_store,
 }
 ROUTE_REQUIRED = ("path_prefix",)
 
@@ -833,7 +857,12 @@ def parse_settings(data: dict[str, Any], path: Path) -> Settings:
     backend_values.setdefault("database", (r.base / "var/backend.db").resolve())
     backend_values.setdefault("outbox", (r.base / "var/outbox").resolve())
     backend = BackendSettings(**backend_values)
-    cache = CacheSettings(**r.table(data.get("cache", {}), "[cache]", CACHE_KEYS))
+    cache_values = r.table(data.get("cache", {}), "[cache]", CACHE_KEYS)
+    # One store for all workers of the machine unless told otherwise (bench/README.md).
+    cache_values.setdefault("store", "shared" if gateway.workers > 1 else "memory")
+    if cache_values["store"] == "shared":
+        cache_values["shared_dir"] = (r.base / "var/gateway-cache").resolve()
+    cache = CacheSettings(**cache_values)
 
     upstreams: dict[str, UpstreamSettings] = {}
     declared: set[str] = set()  # tables present, valid or not: routes may name them

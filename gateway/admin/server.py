@@ -63,7 +63,7 @@ class LocalSource:
         return merge_views([describe_process(self.gateway)], self.gateway.settings)
 
     async def purge(self, prefix: str) -> int:
-        return purge_cache(self.gateway, prefix)
+        return await purge_cache(self.gateway, prefix)
 
     async def reload(self) -> list[str]:
         return await self.gateway.reloader.reload_file()

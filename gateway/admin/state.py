@@ -158,6 +158,8 @@ def merge_views(processes: list[Mapping[str, Any]], settings: Settings) -> dict[
         for cert in process["certificates"]:
             certificates.setdefault((tuple(cert["names"]), cert["not_after"]), cert)
     caches = [process["cache"] for process in processes]
+    # A shared or Redis store is one store every process reports: counted once.
+    shared = settings.cache.store != "memory"
     metrics = merge_metrics(process["metrics"] for process in processes)
     results = metrics["cache"]
     return {
@@ -178,9 +180,9 @@ def merge_views(processes: list[Mapping[str, Any]], settings: Settings) -> dict[
         "certificates": list(certificates.values()),
         "cache": {
             "enabled": any(c["enabled"] for c in caches),
-            "entries": sum(c["entries"] for c in caches),
-            "bytes": sum(c["bytes"] for c in caches),
-            "max_bytes": sum(c["max_bytes"] for c in caches),
+            "entries": _combine([c["entries"] for c in caches], shared),
+            "bytes": _combine([c["bytes"] for c in caches], shared),
+            "max_bytes": _combine([c["max_bytes"] for c in caches], shared),
             # Served from the cache vs. fetched from the upstream (X-Cache results).
             "hits": results.get("HIT", 0) + results.get("STALE", 0),
             "misses": results.get("MISS", 0) + results.get("EXPIRED", 0),
@@ -191,17 +193,21 @@ def merge_views(processes: list[Mapping[str, Any]], settings: Settings) -> dict[
     }
 
 
-def purge_cache(gateway: Gateway, prefix: str) -> int:
+def _combine(values: list[int], shared: bool) -> int:
+    return max(values, default=0) if shared else sum(values)
+
+
+async def purge_cache(gateway: Gateway, prefix: str) -> int:
     """Drop this process's stored responses whose path starts with ``prefix``."""
     cache = gateway.app.cache
     if cache is None:
         return 0
     store = cache.store
     purged = 0
-    for key in store.primary_keys():
+    for key in await store.primary_keys():
         # scheme://authority/path?query: the path starts at the third slash.
         _, _, rest = key.partition("://")
         path = "/" + rest.partition("/")[2]
         if path.startswith(prefix):
-            purged += store.invalidate(key)
+            purged += await store.invalidate(key)
     return purged

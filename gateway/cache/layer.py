@@ -39,7 +39,7 @@ from collections.abc import Callable
 
 from gateway.access_log import Exchange
 from gateway.asgi import Message, Receive
-from gateway.cache.coalescing import Coalescer, Flight, HitForPass
+from gateway.cache.coalescing import Flight, HitForPass
 from gateway.cache.conditional import freshen, revalidation_request_headers
 from gateway.cache.decisions import (
     Action,
@@ -52,7 +52,7 @@ from gateway.cache.decisions import (
 )
 from gateway.cache.keys import invalidation_keys, primary_key
 from gateway.cache.recording import ResponseRecorder
-from gateway.cache.store import ResponseCache
+from gateway.cache.stores import CacheStore, open_store
 from gateway.cache.targeted import without_targeted
 from gateway.config import CacheSettings
 from gateway.errors import GatewayError, UpstreamError
@@ -91,8 +91,8 @@ class CacheLayer:
         clock: Callable[[], float] = time.time,
         lock_timeout: float = LOCK_TIMEOUT,
     ) -> None:
-        self.store = ResponseCache.from_settings(settings)
-        self.coalescer = Coalescer(lock_timeout)
+        self.store: CacheStore = open_store(settings)
+        self.coalescer = self.store.coalescer(lock_timeout)
         self.clock = clock
         self.passes = HitForPass(clock, HIT_FOR_PASS_SECONDS)
         # Background refreshes (stale-while-revalidate); a reference keeps each task alive.
@@ -120,7 +120,7 @@ class CacheLayer:
             await self._fetch(request, forward, key, _WITH_BODY)
             return
         request_headers = request.headers
-        decision = self.store.lookup(key, method, request_headers, self.clock())
+        decision = await self.store.lookup(key, method, request_headers, self.clock())
         if request.exchange.trace is not None:
             request.exchange.trace.add("gateway.cache.decisions", describe_decision(decision))
         if decision.answer is not None:
@@ -140,7 +140,7 @@ class CacheLayer:
         flight = self.coalescer.try_lead(key)
         if flight is None:
             await self.coalescer.wait(key)
-            decision = self.store.lookup(key, method, request_headers, self.clock())
+            decision = await self.store.lookup(key, method, request_headers, self.clock())
             if decision.answer is not None:
                 await self._serve(request, forward, key, decision)
                 return
@@ -252,7 +252,7 @@ class CacheLayer:
                 entry, recorder.not_modified_headers, request_time, recorder.response_time
             )
             if fresh is not None:
-                self.store.put(key, fresh)
+                await self.store.put(key, fresh)
                 if flight is not None:
                     flight.release()
                 answer = answer_revalidated(decision, fresh, method, request_headers, self.clock())
@@ -292,7 +292,7 @@ class CacheLayer:
                 headers: Headers = without_targeted(message["headers"], targets)  # RFC 9213
                 message["headers"] = headers
                 for stale in invalidation_keys(method, message["status"], key, headers):
-                    if self.store.invalidate(stale):
+                    if await self.store.invalidate(stale):
                         log.debug("%s %s: invalidated %s", method, key, stale)
                 headers.extend(forwarded_cache_headers(_OTHER_METHOD, message["status"]))
             await send(message)
@@ -365,7 +365,7 @@ class CacheLayer:
                     recorder.response_time,
                 )
                 if fresh is not None:
-                    self.store.put(key, fresh)
+                    await self.store.put(key, fresh)
                     self.passes.discard(key)
             log.debug("GET %s: background refresh done (%d)", key, recorder.status)
         except GatewayError as exc:

@@ -115,7 +115,7 @@ class ResponseRecorder:
         if self.not_modified_headers is not None:
             return  # the (empty) body of a 304 to our own revalidation
         if self.chunks is not None:
-            self._copy(message)
+            await self._copy(message)
         await self.send(message)
 
     async def _start(self, message: Message) -> None:
@@ -164,7 +164,7 @@ class ResponseRecorder:
         self.client_started = True
         await self.send(message)
 
-    def _copy(self, message: Message) -> None:
+    async def _copy(self, message: Message) -> None:
         body: bytes = message.get("body", b"")
         self.size += len(body)
         chunks = self.chunks
@@ -190,7 +190,7 @@ class ResponseRecorder:
                 self.response_time,
                 policy=layer.store.policy,
             )
-            if layer.store.put(self.key, entry):
+            if await layer.store.put(self.key, entry):
                 layer.passes.discard(self.key)
                 log.debug("GET %s: stored %d bytes", self.key, len(entry.body))
             if self.flight is not None:

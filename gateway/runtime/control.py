@@ -133,7 +133,7 @@ class ControlServer:
         if op == "describe":
             return {"ok": describe_process(gateway)}
         if op == "purge":
-            return {"ok": purge_cache(gateway, request["prefix"])}
+            return {"ok": await purge_cache(gateway, request["prefix"])}
         if op == "reload":
             sockets = None
             if fds:
