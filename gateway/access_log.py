@@ -193,6 +193,7 @@ class LogFile:
         self.clock = clock
         self.fd: int | None = None
         self._failing = False  # an error is logged once, until writing works again
+        self.closed = False  # for good (a reload replaced it): late lines are dropped
         self._open()
 
     def _open(self) -> None:
@@ -208,16 +209,22 @@ class LogFile:
             log.error("access log: %s; lines are dropped until it works again", message)
 
     def close(self) -> None:
+        self._close()
+        self.closed = True
+
+    def _close(self) -> None:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
 
     def reopen(self) -> None:
         """Start writing to whatever file the path names now (SIGUSR1, after a rotation)."""
-        self.close()
+        self._close()
         self._open()
 
     def write(self, data: bytes) -> None:
+        if self.closed:
+            return
         if self.fd is None:
             self._open()  # it failed before: a new directory, space freed, permissions fixed
             if self.fd is None:

@@ -223,3 +223,13 @@ def test_a_missing_directory_is_created(tmp_path: Path) -> None:
     log.write(b"x\n")
     assert (tmp_path / "a" / "b" / "access.log").read_bytes() == b"x\n"
     log.close()
+
+
+def test_a_closed_file_drops_late_lines_instead_of_reopening(tmp_path: Path) -> None:
+    """A reload replaced this log: a request that was still running must not recreate it."""
+    path = tmp_path / "access.log"
+    log = LogFile(path)
+    log.close()
+    path.unlink()
+    log.write(b"late\n")
+    assert not path.exists()
