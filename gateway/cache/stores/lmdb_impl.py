@@ -72,17 +72,8 @@ class SharedStore:
         self.max_bytes = max_bytes
         self.max_entry_bytes = max_entry_bytes
         self.policy = policy
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         # Room for the entries plus LMDB's free pages held by readers of older snapshots.
-        self.env = lmdb.open(
-            str(directory),
-            map_size=2 * max_bytes + 32 * 1024 * 1024,
-            max_dbs=8,
-            sync=False,  # a cache: nothing needs to survive a power cut
-            metasync=False,
-            mode=0o600,
-        )
-        self.env.reader_check()  # slots of readers that died with their process
+        self.env = _environment(directory, 2 * max_bytes + 32 * 1024 * 1024)
         self._entries = self.env.open_db(b"entries")
         self._keys = self.env.open_db(b"keys")
         self._ticks = self.env.open_db(b"ticks")
@@ -96,15 +87,11 @@ class SharedStore:
     # --- the interface ------------------------------------------------------------------------
 
     def __len__(self) -> int:
-        if not self._open:
-            return 0
         with self.env.begin() as txn:
             return int(txn.stat(self._entries)["entries"])
 
     @property
     def current_bytes(self) -> int:
-        if not self._open:
-            return 0
         with self.env.begin(db=self._meta) as txn:
             return _read_int(txn.get(b"bytes"))
 
@@ -173,18 +160,11 @@ class SharedStore:
         return SharedCoalescer(self, timeout)
 
     async def aclose(self) -> None:
-        if self._open:
-            self.env.close()
+        """Nothing to release: the environment stays open for the process (a reload's new
+        store uses it again; LMDB refuses to open one environment twice in a process)."""
+        self._memo.clear()
 
     # --- inside transactions ------------------------------------------------------------------
-
-    @property
-    def _open(self) -> bool:
-        try:
-            self.env.flags()
-        except lmdb.Error:
-            return False
-        return True
 
     def _variants(self, primary_key: str) -> tuple[list[StoredResponse], list[bytes]]:
         prefix = key_hash(primary_key)
@@ -338,6 +318,30 @@ class SharedCoalescer(Coalescer):
             await asyncio.sleep(min(interval, left))
             interval = min(interval * 2, POLL_MAX)
         return True
+
+
+# One environment per directory and process, shared by every SharedStore opened on it.
+_ENVIRONMENTS: dict[Path, lmdb.Environment] = {}
+
+
+def _environment(directory: Path, map_size: int) -> lmdb.Environment:
+    directory = directory.resolve()
+    env = _ENVIRONMENTS.get(directory)
+    if env is None:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        env = lmdb.open(
+            str(directory),
+            map_size=map_size,
+            max_dbs=8,
+            sync=False,  # a cache: nothing needs to survive a power cut
+            metasync=False,
+            mode=0o600,
+        )
+        env.reader_check()  # slots of readers that died with their process
+        _ENVIRONMENTS[directory] = env
+    elif env.info()["map_size"] < map_size:
+        env.set_mapsize(map_size)  # a reload raised max_bytes
+    return env
 
 
 def _read_int(value: bytes | None) -> int:
