@@ -264,6 +264,16 @@ STORE_RULES = {
 }
 
 
+def pass_text(method: str) -> str:
+    """Why a lookup miss is forwarded with nothing to store (``CacheLayer._pass``)."""
+    if method == "HEAD":
+        return "forwarded as is: only a GET's response is stored (HEAD is answered from one)"
+    return (
+        "hit-for-pass: this URL's last response was not storable, so nothing is stored and"
+        " the request waits for no other (Varnish's hit-for-pass)"
+    )
+
+
 def store_text(status: int, reason: str | None) -> str:
     if reason is None:
         return f"stored: the {status} response is storable (RFC 9111 §3)"

@@ -58,7 +58,7 @@ from gateway.config import CacheSettings
 from gateway.errors import GatewayError, UpstreamError
 from gateway.headers import Headers
 from gateway.request import Forward, Handler, Request
-from gateway.tracing import describe_decision
+from gateway.tracing import describe_decision, pass_text
 
 log = logging.getLogger("gateway.cache")
 
@@ -180,6 +180,8 @@ class CacheLayer:
         whose response was not storable a moment ago: Varnish's hit-for-pass), so only the
         cache headers are added.  Most API traffic takes this path: it must stay cheap."""
         request.exchange.cache = "BYPASS" if decision.action is Action.BYPASS else "MISS"
+        if request.exchange.trace is not None and decision.action is not Action.BYPASS:
+            request.exchange.trace.add("gateway.cache.layer", pass_text(request.method))
         send = request.send
 
         targets = self.store.policy.targeted_fields

@@ -40,5 +40,7 @@ class ALPNDispatchProtocol(GatewayHttpToolsProtocol):
             # 421 is how they learn to open another one (RFC 9113 §9.1.2).
             sni=getattr(ssl_object, "gateway_sni", None),
         )
+        if self.trace:  # gateway.tracing: each stream's scope gets a Trace
+            protocol.start_tracing(ssl_object)
         transport.set_protocol(protocol)
         protocol.connection_made(transport)

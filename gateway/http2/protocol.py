@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
 import h2.config
@@ -45,6 +46,7 @@ from gateway.asgi import INTERIM, INTERIM_SCOPE_KEY, Message
 from gateway.http2.encoder import make_encoder
 from gateway.http2.limits import Http2Limits, ResetBudget
 from gateway.http2.request import MalformedRequest, request_scope, response_headers
+from gateway.tracing import TRACE_SCOPE_KEY, Trace, connection_text
 
 log = logging.getLogger("gateway.http2")
 
@@ -256,6 +258,35 @@ class H2Protocol(asyncio.Protocol):
         self.client_left = False  # the client said GOAWAY
         self.idle_timer: asyncio.TimerHandle | None = None
         self.header_timer: asyncio.TimerHandle | None = None
+        # Trace mode (gateway.tracing): the TLS facts, when the connection came, streams so far.
+        self.trace_connection: tuple[str, float] | None = None
+        self.traced_streams = 0
+
+    def start_tracing(self, ssl_object: Any) -> None:
+        self.trace_connection = (connection_text(0, ssl_object, None), time.perf_counter())
+
+    def _start_trace(self, scope: dict[str, Any], stream_id: int) -> Trace:
+        assert self.trace_connection is not None
+        text, accepted = self.trace_connection
+        before = self.traced_streams
+        self.traced_streams = before + 1
+        trace = Trace(accepted) if before == 0 else Trace()
+        client = scope.get("client")
+        peer = f", client {client[0]}:{client[1]}" if client else ""
+        if before == 0:
+            trace.add("gateway.http2.protocol", f"{text.rsplit(', client', 1)[0]}{peer}", accepted)
+        else:
+            trace.add("gateway.http2.protocol", f"connection reused: stream #{before + 1} on it")
+        target = scope["raw_path"] + (
+            b"?" + scope["query_string"] if scope["query_string"] else b""
+        )
+        fields = len(scope["headers"])
+        trace.add(
+            "gateway.http2.protocol",
+            f"head parsed: {scope['method']} {target.decode('latin-1')} HTTP/2 (stream"
+            f" {stream_id}), {fields} header fields",
+        )
+        return trace
 
     # --- asyncio protocol -----------------------------------------------------------------
 
@@ -401,6 +432,8 @@ class H2Protocol(asyncio.Protocol):
             conn.reset_stream(stream_id, ErrorCodes.PROTOCOL_ERROR)
             return None
         scope["state"] = self.app_state.copy()
+        if self.trace_connection is not None:
+            scope[TRACE_SCOPE_KEY] = self._start_trace(scope, stream_id)
         stream = Stream(self, stream_id, scope, event.stream_ended is not None)
         self.streams[stream_id] = stream
         if self.idle_timer is not None:

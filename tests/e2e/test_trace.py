@@ -252,3 +252,24 @@ def test_pygateway_run_trace_turns_it_on(tmp_path: Path) -> None:
             process.stop()
     assert stages[0][1].startswith("connection accepted: new")
     assert stages[-1][1].startswith("final status 200")
+
+
+def test_an_http2_stream_is_traced_from_its_connection(traced: Stack) -> None:
+    gw = traced.gateway
+    with gw.client(http2=True) as client:
+        first = client.get("/echo?h2=1")
+        second = client.get("/echo?h2=2")
+    assert first.http_version == "HTTP/2"
+    stages = trace_block(gw, first.headers["x-request-id"])
+    assert modules(stages)[:3] == [
+        "gateway.http2.protocol",
+        "gateway.http2.protocol",
+        "gateway.validation",
+    ]
+    assert re.match(
+        r"connection accepted: new, TLSv1\.[23] \S+ \(ALPN h2\), client 127", stages[0][1]
+    )
+    assert stages[1][1] == "head parsed: GET /echo?h2=1 HTTP/2 (stream 1), 4 header fields"
+    again = trace_block(gw, second.headers["x-request-id"])
+    assert again[0][1] == "connection reused: stream #2 on it"
+    assert again[1][1].startswith("head parsed: GET /echo?h2=2 HTTP/2 (stream 3)")

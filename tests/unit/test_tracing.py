@@ -27,6 +27,7 @@ from gateway.tracing import (
     describe_decision,
     format_trace,
     head_text,
+    pass_text,
     route_text,
     store_text,
     trace_title,
@@ -281,3 +282,8 @@ def test_with_trace_off_no_trace_is_made_and_nothing_is_logged(
     # A listener trace in the scope is ignored too: the app's own switch decides.
     assert _call(app, "/old/page", trace=Trace()) == 308
     assert _blocks(caplog) == []
+
+
+def test_a_pass_says_why_nothing_is_stored() -> None:
+    assert pass_text("HEAD").startswith("forwarded as is: only a GET's response is stored")
+    assert pass_text("GET").startswith("hit-for-pass: this URL's last response was not storable")
