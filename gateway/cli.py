@@ -11,7 +11,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +78,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if settings is None:
         return 1
     if getattr(args, "trace", False):
-        settings = replace(settings, gateway=replace(settings.gateway, trace=True))
+        from gateway import tracing
+
+        tracing.FORCED = True  # also for the configs reloads read
+        settings = tracing.forced(settings)
     return serve(settings)
 
 

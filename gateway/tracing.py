@@ -22,11 +22,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from gateway.cache.decisions import Decision
+    from gateway.config import Settings
     from gateway.request import Handler, Request
     from gateway.routing import Route
     from gateway.upstream.group import Upstream
@@ -60,6 +61,18 @@ class Trace:
         passed, the refusal is the validation's verdict."""
         module = "gateway.validation" if not self.has("gateway.validation") else "gateway.errors"
         self.add(module, f"refused: {status} {kind}: {message}")
+
+
+# ``pygateway run --trace``: trace mode for the process's lifetime, whatever the file says,
+# also after a reload (``runtime.reload.load_new_settings``) re-reads it.
+FORCED = False
+
+
+def forced(settings: Settings) -> Settings:
+    """``settings`` with ``[gateway] trace`` on when the command line asked for it."""
+    if not FORCED or settings.gateway.trace:
+        return settings
+    return replace(settings, gateway=replace(settings.gateway, trace=True))
 
 
 def format_trace(trace: Trace, title: str) -> str:

@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from gateway import tracing
 from gateway.asgi import Receive, Scope, Send
 from gateway.config import ConfigError, Settings, load_settings
 from gateway.upstream.group import Upstream
@@ -211,9 +212,10 @@ def carry_health(old: Upstream, new: Upstream) -> int:
 def load_new_settings(path: Any) -> Settings:
     """The config file read again; ReloadError with every problem when it is invalid."""
     try:
-        return load_settings(path)
+        settings = load_settings(path)
     except ConfigError as exc:
         raise ReloadError(exc.errors) from None
+    return tracing.forced(settings)
 
 
 # --- applying it in one process -------------------------------------------------------------

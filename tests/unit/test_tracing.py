@@ -287,3 +287,15 @@ def test_with_trace_off_no_trace_is_made_and_nothing_is_logged(
 def test_a_pass_says_why_nothing_is_stored() -> None:
     assert pass_text("HEAD").startswith("forwarded as is: only a GET's response is stored")
     assert pass_text("GET").startswith("hit-for-pass: this URL's last response was not storable")
+
+
+def test_run_trace_survives_a_reload(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``pygateway run --trace`` forces trace mode for the process: a reload re-reads a file
+    that does not set it, and trace mode stays on."""
+    from gateway.runtime.reload import load_new_settings
+
+    config = tmp_path / "config.toml"
+    config.write_text('[upstreams.a]\nservers = ["http://127.0.0.1:9"]\n')
+    assert load_new_settings(config).gateway.trace is False
+    monkeypatch.setattr(tracing, "FORCED", True)
+    assert load_new_settings(config).gateway.trace is True
