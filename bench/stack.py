@@ -363,6 +363,8 @@ class Stack:
         routes = "".join(
             f'\n[[routes]]\npath_prefix = "{path}"\nupstream = "static"\n'
             + ("" if path == "/blob64k" else "cache = false\n")
+            # The 1 GiB upload streams through, as Nginx's proxy_request_buffering off would.
+            + ("request_buffering = false\n" if path == "/upload" else "")
             for path in STATIC_PATHS
         )
         return f"""# Written by bench/run.py: the stack under test, on free ports.

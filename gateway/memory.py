@@ -1,0 +1,43 @@
+"""Keep idle TLS connections cheap: a fixed glibc mmap threshold.
+
+uvloop gives every TLS connection a 256 KiB read buffer (``PyMem_RawMalloc``) and touches only
+the few pages a record needs.  Allocated with ``mmap`` (glibc's default for blocks over
+128 KiB), untouched pages cost nothing.  But glibc raises its mmap threshold each time such a
+block is freed ("dynamic threshold"), so after the first connections close, new buffers come
+from the heap instead, out of chunks earlier connections already touched: the whole buffer is
+resident.  Measured with 1,000 idle TLS connections: ~50 KiB each with the dynamic threshold,
+~33 KiB with a fixed one (the gateway's RSS 114 MB -> 97 MB).
+
+Setting ``M_MMAP_THRESHOLD`` explicitly turns the dynamic adjustment off (mallopt(3)); the
+value is glibc's default, so small allocations are unaffected.  Elsewhere (musl, macOS) this
+is a no-op.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+
+log = logging.getLogger("gateway.memory")
+
+M_MMAP_THRESHOLD = -3  # from <malloc.h>
+MMAP_THRESHOLD = 128 * 1024  # glibc's default starting value
+
+
+def fix_mmap_threshold() -> bool:
+    """Pin glibc's mmap threshold (see the module docstring); False where not possible."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    if mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) != 1:
+        log.debug("mallopt(M_MMAP_THRESHOLD) refused; idle TLS connections cost more memory")
+        return False
+    return True
