@@ -32,6 +32,9 @@ class RedisServer:
         binary = shutil.which("redis-server")
         assert binary is not None, "redis-server missing: run .ci/install-redis (make test does)"
         self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self.log = directory / "redis.log"
+        self._log_file = self.log.open("wb")
         self.port = port or _free_port()
         self.proc = subprocess.Popen(
             [
@@ -48,13 +51,13 @@ class RedisServer:
                 str(directory),
             ],
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 10
         # Readiness: the server answers PING (there is no event to wait on from outside).
         while not _answers(self.port):
-            assert self.proc.poll() is None, "redis-server exited"
+            assert self.proc.poll() is None, f"redis-server exited: {self.log.read_text()}"
             assert time.monotonic() < deadline, "redis-server did not answer within 10 s"
             time.sleep(0.02)
 
@@ -66,6 +69,7 @@ class RedisServer:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait(10)
+        self._log_file.close()
 
 
 @contextmanager

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.redis_server import RedisServer, redis_server
 
 from gateway.cache import codec
 from gateway.cache.decisions import Action
@@ -23,7 +24,6 @@ from gateway.cache.stores.redis_impl import RedisStore
 from gateway.cache.storing import StoredResponse, make_stored_response
 from gateway.config import CacheSettings
 from gateway.headers import Headers
-from tests.support.redis_server import RedisServer, redis_server
 
 NOW = 1_700_000_000.0
 KEY = "https://cache.test/page"
