@@ -24,6 +24,7 @@ from types import FrameType
 
 import httpx
 
+import abuse
 import h2load
 import wrk
 import wsecho
@@ -64,6 +65,9 @@ SCENARIOS = (
     "upload",
     "h2",
     "h2-cache",
+    "slowloris",
+    "idle-memory",
+    "soak",
 )
 RESULTS = BENCH / "results" / "latest.txt"
 
@@ -427,6 +431,47 @@ def run_transfer(stack: Stack, direction: str, size: int, opts: argparse.Namespa
     return Transfers(direction, gw, ng)
 
 
+def run_abuse(stack: Stack, opts: argparse.Namespace) -> list[str]:
+    """The issue-13 scenarios (bench/abuse.py), gateway then nginx; their summary lines."""
+    assert stack.gateway is not None and stack.nginx is not None
+    path = "/health" if opts.echo_backend else "/status"
+    targets = (
+        ("gateway", stack.ports.https, stack.gateway.pid),
+        ("nginx", stack.ports.nginx, stack.nginx.pid),
+    )
+    lines: list[str] = []
+    if "slowloris" in opts.scenarios:
+        # Long enough for the gateway's header_timeout (10 s); nginx's is 60 s.
+        seconds = 15.0
+        print(
+            f"\n== slowloris: {opts.slow_sockets} sockets, a header line every 5 s, {seconds:.0f} s"
+        )
+        for name, port, _ in targets:
+            time.sleep(opts.pause)
+            result = abuse.slowloris(
+                name, port, stack.ca_file, path, opts.slow_sockets, 5.0, seconds
+            )
+            print(f"   {result.text()}")
+            lines.append(f"slowloris  {result.text()}")
+    if "idle-memory" in opts.scenarios:
+        print("\n== idle memory: 1000 TLS connections after one request each")
+        for name, port, pid in targets:
+            time.sleep(opts.pause)
+            idle = abuse.idle_memory(name, port, stack.ca_file, path, pid, 1000)
+            print(f"   {idle.text()}")
+            lines.append(f"idle mem   {idle.text()}")
+    if "soak" in opts.scenarios:
+        print(f"\n== soak: {opts.soak_seconds} s of wrk load per target, RSS every second")
+        for name, port, pid in targets:
+            url = f"https://127.0.0.1:{port}{path}"
+            result = abuse.soak(
+                name, opts.wrk, url, pid, opts.soak_seconds, opts.threads, opts.connections
+            )
+            print(f"   {result.text()}")
+            lines.append(f"soak       {result.text()}")
+    return lines
+
+
 # --- set-up -----------------------------------------------------------------------------------
 
 
@@ -494,6 +539,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="smoke check: 1 round, 3 s runs, 64 MiB transfers (explicit flags still win)",
     )
+    parser.add_argument(
+        "--slow-sockets",
+        type=int,
+        default=300,
+        help="slowloris: slow sockets per target (default: 300); idle-memory opens 1000",
+    )
+    parser.add_argument(
+        "--soak-seconds",
+        type=int,
+        help="soak: seconds of load per target (default: 30, --quick 10; 600 for the "
+        "10-minute soak)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs)")
     parser.add_argument(
         "--echo-backend",
@@ -506,6 +563,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     opts.duration = opts.duration or (3 if quick else 10)
     opts.transfer_mib = opts.transfer_mib or (64 if quick else 1024)
     opts.pause = 0.5 if quick else 1.0
+    opts.soak_seconds = opts.soak_seconds or (10 if quick else 30)
     if min(opts.workers, opts.rounds, opts.duration, opts.threads, opts.transfer_mib) < 1:
         parser.error("--workers, --rounds, --duration, --threads, --transfer-mib must be >= 1")
     if opts.connections < opts.threads:
@@ -615,11 +673,14 @@ def main(argv: list[str] | None = None) -> int:
         for direction in ("download", "upload"):
             if direction in opts.scenarios:
                 transfers.append(run_transfer(stack, direction, size, opts))
+        abuse_lines = run_abuse(stack, opts)
 
         print("\n" + "=" * 100)
         for scenario in scenarios:
             print_table(scenario)
         text = summary(opts, scenarios, transfers)
+        if abuse_lines:
+            text += "\n" + "\n".join(abuse_lines)
         print("\n" + text)
         RESULTS.parent.mkdir(exist_ok=True)
         RESULTS.write_text(text + "\n")
