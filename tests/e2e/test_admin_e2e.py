@@ -333,3 +333,42 @@ def test_sigusr1_reopens_the_access_log_in_every_worker(tmp_path: Path) -> None:
         admin.wait_for(lambda: log.exists() and log.read_text().count("n=after") == 20)
         assert "n=after" not in rotated.read_text()
         assert "n=before" in rotated.read_text()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_removed_server_is_draining_until_its_last_request_ends(
+    tmp_path: Path, workers: int
+) -> None:
+    with admin_stack(tmp_path, workers) as (s, admin):
+        gw = s.gateway
+        a, b = s.upstreams["a"], s.upstreams["b"]
+        answers: list[httpx.Response] = []
+
+        def slow() -> None:
+            with gw.client(timeout=30) as client:
+                answers.append(client.get("/slow", params={"s": "3"}))
+
+        thread = threading.Thread(target=slow)
+        thread.start()
+        try:
+            admin.wait_for(lambda: a.stats()["inflight"] >= 1 and _in_flight(admin))
+            # Pool "one" now has b instead of a.
+            rewrite_config(s, f'servers = ["{a.url}"]', f'servers = ["{b.url}"]')
+            assert admin.client.post("/api/reload").status_code == 200
+
+            def servers_of_one() -> list[dict[str, Any]]:
+                pools = {p["name"]: p for p in admin.get("/api/upstreams")}
+                return list(pools["one"]["servers"])
+
+            states = {srv["url"]: srv["state"] for srv in servers_of_one()}
+            assert states == {a.url: "DRAINING", b.url: "UP"}, states
+            with gw.client() as client:
+                assert client.get("/echo").json()["server"] == "b"
+        finally:
+            thread.join()
+        assert answers[0].status_code == 200  # finished on the server it started on
+        admin.wait_for(lambda: [srv["url"] for srv in servers_of_one()] == [b.url])
+
+
+def _in_flight(admin: Admin) -> bool:
+    return any(srv["in_flight"] for pool in admin.get("/api/upstreams") for srv in pool["servers"])

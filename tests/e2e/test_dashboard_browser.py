@@ -19,7 +19,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 from playwright.sync_api import Error as PlaywrightError
 
 from e2e.harness import free_port
-from e2e.test_admin_e2e import Admin, admin_stack
+from e2e.test_admin_e2e import Admin, admin_stack, pygateway
 
 pytestmark = pytest.mark.e2e
 CHROMIUM = "/usr/bin/chromium"
@@ -139,3 +139,15 @@ def test_dashboard_needs_the_admin_credentials(
         context.close()
         with Admin(s, port) as admin:
             assert admin.client.get("/api/upstreams").status_code == 401
+        # pygateway reload authenticates as an htpasswd user.
+        config = str(s.gateway.config_path)
+        denied = pygateway("reload", "--config", config, "--user", "ops", env=password_env("wrong"))
+        assert denied.returncode == 1 and "401" in denied.stderr
+        allowed = pygateway(
+            "reload", "--config", config, "--user", "ops", env=password_env("pw-123")
+        )
+        assert allowed.returncode == 0, allowed.stderr
+
+
+def password_env(password: str) -> dict[str, str]:
+    return {**os.environ, "PYGATEWAY_ADMIN_PASSWORD": password}
