@@ -372,3 +372,27 @@ def test_a_removed_server_is_draining_until_its_last_request_ends(
 
 def _in_flight(admin: Admin) -> bool:
     return any(srv["in_flight"] for pool in admin.get("/api/upstreams") for srv in pool["servers"])
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_reload_serves_a_new_hostname_with_a_new_certificate(tmp_path: Path, workers: int) -> None:
+    with admin_stack(tmp_path, workers) as (s, admin):
+        gw = s.gateway
+
+        def get(client: httpx.Client) -> httpx.Response:
+            return client.get(
+                f"https://127.0.0.1:{gw.https_port}/echo",
+                headers={"host": "app.localhost"},
+                extensions={"sni_hostname": "app.localhost"},
+            )
+
+        with httpx.Client(verify=gw.ssl_context(), trust_env=False, timeout=10) as client:
+            with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+                get(client)  # the certificate does not cover app.localhost yet
+        rewrite_config(s, 'hostnames = ["localhost"]', 'hostnames = ["localhost", "app.localhost"]')
+        assert admin.client.post("/api/reload").status_code == 200
+        with httpx.Client(verify=gw.ssl_context(), trust_env=False, timeout=10) as client:
+            answer = get(client)
+        assert answer.status_code == 200 and answer.json()["server"] == "a"
+        (certificate,) = admin.get("/api/certificates")
+        assert "app.localhost" in certificate["names"]
