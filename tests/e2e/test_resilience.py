@@ -84,7 +84,9 @@ class BackendStack:
 
 
 @contextlib.contextmanager
-def backend_stack(directory: Path, workers: int = WORKERS) -> Iterator[BackendStack]:
+def backend_stack(
+    directory: Path, workers: int = WORKERS, health: dict[str, float] | None = None
+) -> Iterator[BackendStack]:
     """The real backend supervisor with ``workers`` workers, and the gateway in front."""
     directory.mkdir(parents=True, exist_ok=True)
     base = consecutive_free_ports(workers)
@@ -106,7 +108,7 @@ def backend_stack(directory: Path, workers: int = WORKERS) -> Iterator[BackendSt
         config = StackConfig(
             pools={"backend": servers},
             routes=[{"path_prefix": "/", "upstream": "backend"}],
-            pool_options={"backend": HEALTH},
+            pool_options={"backend": dict(HEALTH if health is None else health)},
             cache={"enabled": False},
         )
         with gateway(directory / "gateway", config) as gw:
@@ -235,6 +237,34 @@ def test_rolling_restart_under_load_loses_no_request(tmp_path: Path) -> None:
             return all(now[i] is not None and now[i] != before[i] for i in now)
 
         wait_until(all_new, 20, "every worker to be restarted")
+
+
+def test_rolling_restart_of_two_workers_on_a_busy_machine_loses_no_request(
+    tmp_path: Path,
+) -> None:
+    """Issue 13: with two workers and active checks too rare to notice the restart, worker 0
+    comes back but is still marked DOWN when worker 1 goes down.  The gateway still tries a
+    DOWN server before answering 503 (Nginx's "quick recovery"), and one that answers is UP
+    at once: no request is lost, with a CPU burner making the machine busy meanwhile."""
+    rare = {"health_interval": 30.0, "health_timeout": 1.0}
+    with backend_stack(tmp_path, workers=2, health=rare) as s:
+        before = {i: s.worker_pid(i) for i in range(2)}
+        burner = ManagedProcess([PYTHON, "-c", "while True: pass"])
+        try:
+
+            async def hup() -> None:
+                s.backend.signal(signal.SIGHUP)
+
+            result = asyncio.run(steady_gets(s.gateway, rate=150, seconds=8, during=hup, at=1.0))
+        finally:
+            burner.stop()
+        assert result.failures == 0, result.statuses
+
+        def all_new() -> bool:
+            now = {i: s.worker_pid(i) for i in range(2)}
+            return all(now[i] is not None and now[i] != before[i] for i in now)
+
+        wait_until(all_new, 20, "both workers to be restarted")
 
 
 def test_posts_are_never_sent_twice_when_a_worker_dies(tmp_path: Path) -> None:
