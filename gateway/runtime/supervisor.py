@@ -19,8 +19,9 @@ A worker moves through these states::
 
 * A worker that dies is started again at once; if it keeps dying soon after starting, the delay
   doubles each time up to ``BACKOFF_CAP`` and resets once it has stayed up ``STABLE_AFTER``.
-* A worker that is not healthy within its group's ``start_timeout`` is reported by name with the
-  last lines of its output.  While the supervisor is still starting up that ends the run (exit
+* A worker that is not healthy within its group's ``start_timeout`` (or that crashed
+  ``START_CRASHES`` times in a row while starting) is reported by name with the last lines of
+  its output.  While the supervisor is still starting up that ends the run (exit
   1): a stack that cannot come up should say why and stop, not limp.
 * A group whose ``after_previous`` is set starts once every earlier group is UP (the gateway
   after the services it forwards to).
@@ -55,6 +56,7 @@ KILL_MARGIN = 5.0  # beyond a group's grace, for lifespan shutdown and interpret
 PROBE_INTERVAL = 0.1
 PROBE_TIMEOUT = 2.0
 TAIL_LINES = 20
+START_CRASHES = 3  # crashes in a row while starting up after which the start-up is given up
 
 
 def restart_delay(consecutive_crashes: int) -> float:
@@ -357,6 +359,10 @@ class Supervisor:
             worker.state, worker.due = State.WAITING, now + delay
             if self._rolling_current is worker:
                 self._abort_rolling_restart(f"{worker.name} died while restarting")
+            if self._starting_up and worker.crashes >= START_CRASHES:
+                # A start-up that fails the same way three times (a busy port, a bad setting)
+                # will not heal by waiting for start_timeout: say so now.
+                self._not_healthy(worker, f"exited {worker.crashes} times while starting")
 
     def _check_ready(self, worker: Worker, now: float) -> None:
         conn = worker.ready
@@ -409,20 +415,16 @@ class Supervisor:
         else:
             worker.due = now + PROBE_INTERVAL
 
-    def _not_healthy(self, worker: Worker) -> None:
+    def _not_healthy(self, worker: Worker, why: str | None = None) -> None:
         group = worker.group
-        where = ""
-        if worker.port is not None and group.health_path is not None:
-            where = f" on http://{address(group.host, worker.port)}{group.health_path}"
+        if why is None:
+            where = ""
+            if worker.port is not None and group.health_path is not None:
+                where = f" on http://{address(group.host, worker.port)}{group.health_path}"
+            why = f"is not healthy{where} {group.start_timeout:.0f}s after it was started"
         tail = worker.child.tail() if worker.child is not None else worker.last_tail
         shown = "\n".join(f"    {line}" for line in tail[-TAIL_LINES:]) or "    (no output)"
-        self.log.error(
-            "%s is not healthy%s %.0fs after it was started; its last output:\n%s",
-            worker.name,
-            where,
-            group.start_timeout,
-            shown,
-        )
+        self.log.error("%s %s; its last output:\n%s", worker.name, why, shown)
         if self._starting_up:
             self._exit_code = 1
             self.shut_down(f"{group.name} did not start")

@@ -5,6 +5,7 @@ and the stop order (the last group started stops first)."""
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import signal
 import threading
@@ -149,3 +150,28 @@ def test_a_worker_that_never_comes_up_ends_the_start_up(
     assert "start gw0" not in timeline.events
     assert timeline.events == ["start stuck0", "SIGTERM stuck0"]
     assert "stuck 0 is not healthy on http://127.0.0.1:1/health" in caplog.text
+
+
+def test_a_start_up_that_keeps_crashing_is_given_up_after_three_tries(
+    timeline: Timeline, caplog: pytest.LogCaptureFixture
+) -> None:
+    children: dict[str, FakeChild] = {}
+    crashing = group("crashy", 1, timeline, children, start_timeout=60.0)
+    launch = crashing.launch
+
+    def launch_and_crash(index: int) -> Launched:
+        launched = launch(index)
+        assert isinstance(launched.child, FakeChild)
+        # It would say "ready" on the pipe; it exits first (e.g. its port is taken).
+        ready, writer = multiprocessing.Pipe(duplex=False)
+        writer.close()
+        launched.child.exit(1)
+        return Launched(launched.child, ready)
+
+    crashing.launch = launch_and_crash
+    with caplog.at_level(logging.WARNING, logger="test.supervisor"):
+        code = Supervisor([crashing], logging.getLogger("test.supervisor")).run()
+    assert code == 1
+    assert timeline.events == ["start crashy0"] * 3  # 0 s, then 0.5 s of back-off, then given up
+    assert "restarting in 0.5s" in caplog.text
+    assert "crashy 0 exited 3 times while starting" in caplog.text
