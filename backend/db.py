@@ -278,6 +278,24 @@ UNREACHABLE = (
 BUSY = (asyncpg.LockNotAvailableError, asyncpg.SerializationError, asyncpg.DeadlockDetectedError)
 
 
+class _WorkFailed(Exception):
+    """An OSError of the work itself (the outbox is full...), not of the connection: it must
+    not turn into "the database is unreachable"."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+async def _guarded(work: Work[T], conn: Connection) -> T:
+    try:
+        return await work(conn)
+    except OSError as exc:
+        if isinstance(exc, ConnectionError):
+            raise  # the connection broke under the query: unreachable after all
+        raise _WorkFailed(exc) from exc
+
+
 class PostgresConnection:
     dialect = POSTGRESQL
 
@@ -351,9 +369,11 @@ class PostgresDatabase:
                     if write:
                         async with raw.transaction(isolation="read_committed"):
                             await raw.execute("SELECT pg_advisory_xact_lock($1)", WRITE_LOCK)
-                            return await work(PostgresConnection(raw))
+                            return await _guarded(work, PostgresConnection(raw))
                     async with raw.transaction(isolation="repeatable_read", readonly=True):
-                        return await work(PostgresConnection(raw))
+                        return await _guarded(work, PostgresConnection(raw))
+            except _WorkFailed as failed:
+                raise failed.error from failed.error.__cause__
             except BUSY:
                 log.warning("database busy (attempt %d of %d)", attempt + 1, BUSY_RETRIES + 1)
                 if attempt < BUSY_RETRIES:

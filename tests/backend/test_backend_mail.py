@@ -161,3 +161,22 @@ async def test_registration_logs_the_message_path_and_keeps_the_link_on_one_line
     assert b"Content-Transfer-Encoding: 7bit" in raw
     assert link.encode() + b"\n" in raw.splitlines(keepends=True)  # whole, on a line of its own
     assert b"=\n" not in raw
+
+
+@pytest.mark.anyio
+async def test_an_unwritable_outbox_fails_the_registration_whole(
+    api: Api, client: httpx.AsyncClient, settings: Settings
+) -> None:
+    """The message is written inside the account's transaction: no message, no account.  An
+    error of the outbox is a 500 on both databases, never "the database is unavailable"."""
+    outbox = settings.backend.outbox
+    if outbox.exists():
+        outbox.rmdir()
+    outbox.write_text("a file where the outbox directory should be")
+    body = {"username": "nomail", "email": "nomail@example.com", "password": "long enough"}
+    response = await client.post("/register", json=body)
+    assert response.status_code == 500
+    assert response.json() == {"message": "Internal server error"}
+    outbox.unlink()
+    response = await client.post("/register", json=body)
+    assert response.status_code == 201  # the name was never taken
