@@ -194,7 +194,7 @@ def start_command(
         env=dict(env),
         cwd=cwd,
         start_new_session=True,
-        preexec_fn=_die_with_parent if sys.platform == "linux" else None,  # noqa: PLW1509
+        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
     )
     if ready_line is None:
         return Launched(CommandChild(popen, name, output))
