@@ -5,7 +5,9 @@ value is decoded, no system call), which measured ~7 µs for a 64 KiB entry wher
 tmpfs took ~29 µs (bench/README.md, "Cache store").  Readers never block writers and writers
 are serialised by LMDB's own robust process-shared mutex, so a crashed worker cannot leave
 the store locked.  A hit that finds the same stamp as this process's decoded copy
-(``codec.DecodedEntries``) costs no decoding either.
+(``codec.DecodedEntries``) costs no decoding either, and while nothing was written since
+this process last read a key (the ``generation`` counter, 8 bytes of a shared memory map that
+every write transaction bumps after it committed), a hit does not even open a transaction.
 
 Layout (sub-databases of one environment; ``h`` is a 16-byte BLAKE2b of the primary key, so
 URIs longer than LMDB's 511-byte key limit are fine):
@@ -24,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import mmap
 import os
 import struct
 import time
@@ -81,6 +84,10 @@ class SharedStore:
         self._meta = self.env.open_db(b"meta")
         self._flights = self.env.open_db(b"flights")
         self._memo = codec.DecodedEntries(min(max_bytes // MEMO_SHARE, MEMO_MAX_BYTES))
+        self._generation = _generation_map(directory)
+        # Per primary key: the generation it was read at, its entries and their slots.
+        self._validated: dict[str, tuple[int, list[StoredResponse], list[bytes]]] = {}
+        self._validated_bytes = 0
         self._touched: dict[bytes, float] = {}
         self._bad_logged = False
 
@@ -106,7 +113,13 @@ class SharedStore:
     ) -> Decision:
         if bypasses(method, request_headers):
             return decide(None, method, request_headers, now)
-        entries, slots = self._variants(primary_key)
+        generation = _GENERATION.unpack_from(self._generation)[0]
+        validated = self._validated.get(primary_key)
+        if validated is not None and validated[0] == generation:
+            entries, slots = validated[1], validated[2]
+        else:
+            entries, slots = self._variants(primary_key)
+            self._remember(primary_key, generation, entries, slots)
         decision = decide(entries, method, request_headers, now)
         if decision.entry is not None:
             self._touch(slots[entries.index(decision.entry)])
@@ -130,6 +143,7 @@ class SharedStore:
                 txn.put(_TICK.pack(tick), slot, db=self._lru)
                 txn.put(b"tick", _TICK.pack(tick), db=self._meta)
                 txn.put(b"bytes", _TICK.pack(total + entry.size), db=self._meta)
+            self._bump()
         except lmdb.MapFullError:
             log.warning("shared cache %s is full; %s not stored", self.directory, primary_key)
             return False
@@ -147,6 +161,8 @@ class SharedStore:
                 count += 1
             if count:
                 txn.put(b"bytes", _TICK.pack(total), db=self._meta)
+        if count:
+            self._bump()
         return count
 
     async def primary_keys(self) -> list[str]:
@@ -163,6 +179,30 @@ class SharedStore:
         """Nothing to release: the environment stays open for the process (a reload's new
         store uses it again; LMDB refuses to open one environment twice in a process)."""
         self._memo.clear()
+
+    # --- what this process has read --------------------------------------------------------
+
+    def _remember(
+        self, key: str, generation: int, entries: list[StoredResponse], slots: list[bytes]
+    ) -> None:
+        size = sum(entry.size for entry in entries)
+        old = self._validated.pop(key, None)
+        if old is not None:
+            self._validated_bytes -= sum(entry.size for entry in old[1])
+        if self._validated_bytes + size > self._memo.max_bytes or len(self._validated) > 4096:
+            self._validated.clear()
+            self._validated_bytes = 0
+        self._validated[key] = (generation, entries, slots)
+        self._validated_bytes += size
+
+    def _bump(self) -> None:
+        """After a write committed: every process's ``_validated`` is out of date.  After the
+        commit, so that a reader who saw the new number also sees the new data; inside an
+        (empty) write transaction, so that LMDB's writer lock serialises the increments and
+        none is lost to a concurrent writer."""
+        with self.env.begin(write=True):
+            value = _GENERATION.unpack_from(self._generation)[0]
+            _GENERATION.pack_into(self._generation, 0, (value + 1) & 0xFFFFFFFFFFFFFFFF)
 
     # --- inside transactions ------------------------------------------------------------------
 
@@ -318,6 +358,25 @@ class SharedCoalescer(Coalescer):
             await asyncio.sleep(min(interval, left))
             interval = min(interval * 2, POLL_MAX)
         return True
+
+
+_GENERATION = struct.Struct("=Q")
+# One generation map per directory and process.
+_GENERATIONS: dict[Path, mmap.mmap] = {}
+
+
+def _generation_map(directory: Path) -> mmap.mmap:
+    directory = directory.resolve()
+    mapped = _GENERATIONS.get(directory)
+    if mapped is None:
+        fd = os.open(directory / "generation", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            if os.fstat(fd).st_size < _GENERATION.size:
+                os.ftruncate(fd, _GENERATION.size)
+            mapped = _GENERATIONS[directory] = mmap.mmap(fd, _GENERATION.size)
+        finally:
+            os.close(fd)
+    return mapped
 
 
 # One environment per directory and process, shared by every SharedStore opened on it.
