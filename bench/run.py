@@ -164,7 +164,7 @@ def h2_scenario(stack: Stack, echo_backend: bool, cached: bool, threads: int) ->
     else:
         path = "/health" if echo_backend else "/status"
         origin = [proc.pid for proc in stack.backend]
-        key, title = "h2", f"h2 small JSON (GET {path})"
+        key, title = "h2", f"h2 JSON (GET {path})"
     targets = [
         Target(
             "nginx",
