@@ -4,7 +4,8 @@ to close the connection without a word.
 
     with RawUpstream(answer) as origin:     # answer(request) -> bytes | None
         ... origin.url is the pool's server; origin.requests what reached it, in order;
-        origin.connections how many connections the gateway opened
+        origin.connections how many connections the gateway opened (health checks included),
+        origin.request_connections which of them carried a request
 
 It reads request bodies framed by Content-Length or chunked (trailers kept in ``raw``), so a
 test can check exactly what the gateway forwarded.  It runs in threads of the test process.
@@ -66,6 +67,11 @@ class RawUpstream:
         """Requests that reached this origin (health checks left out)."""
         with self._lock:
             return [r for r in self._requests if r.target != "/health"]
+
+    @property
+    def request_connections(self) -> set[int]:
+        """The connections that carried a request (the gateway's health checks left out)."""
+        return {r.connection for r in self.requests}
 
     def __enter__(self) -> RawUpstream:
         threading.Thread(target=self._accept, daemon=True).start()
