@@ -82,8 +82,10 @@ def traced(tmp_path_factory: pytest.TempPathFactory, dead_port: int) -> Iterator
                 {"path_prefix": "/", "upstream": "app"},
                 {"path_prefix": "/mixed", "upstream": "mixed", "strip_prefix": True},
                 {"path_prefix": "/nocache", "upstream": "app", "cache": False},
+                {"path_prefix": "/mw", "upstream": "app", "middlewares": ["hdr"]},
             ],
             gateway={"trace": True},
+            middlewares={"hdr": {"type": "headers", "response_set": {"X-Traced": "yes"}}},
         )
 
     with start_stack(tmp_path_factory.mktemp("trace"), ["one"], build) as s:
@@ -273,3 +275,17 @@ def test_an_http2_stream_is_traced_from_its_connection(traced: Stack) -> None:
     again = trace_block(gw, second.headers["x-request-id"])
     assert again[0][1] == "connection reused: stream #2 on it"
     assert again[1][1].startswith("head parsed: GET /echo?h2=2 HTTP/2 (stream 3)")
+
+
+def test_a_middleware_is_entered_and_passes_the_request_on(traced: Stack) -> None:
+    gw = traced.gateway
+    with gw.client() as client:
+        response = client.get("/mw/echo")
+    assert response.headers["x-traced"] == "yes"
+    stages = trace_block(gw, response.headers["x-request-id"])
+    assert stages[3:6] == [
+        ("gateway.routing", stages[3][1]),
+        ("gateway.middleware.headers", "hdr (HeaderRules) entered"),
+        ("gateway.middleware.headers", "hdr: passed the request on"),
+    ]
+    assert modules(stages)[6] == "gateway.cache.decisions"
