@@ -26,6 +26,9 @@ class ALPNDispatchProtocol(GatewayHttpToolsProtocol):
         if ssl_object is None or ssl_object.selected_alpn_protocol() != "h2":
             super().connection_made(transport)
             return
+        if len(self.server_state.connections) >= self.limits.max_connections:
+            transport.close()  # max_connections (gateway.client_limits); h1 gets a 503 instead
+            return
         protocol = H2Protocol(
             self.app,
             self.http2_limits,

@@ -16,6 +16,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 from support.raw_upstream import RawUpstream, SeenRequest, ok
 
@@ -458,11 +459,12 @@ def test_an_all_down_pool_is_still_tried_and_a_server_that_answers_is_up(site: S
 
 
 def test_connections_beyond_max_connections_are_refused_cleanly(tmp_path: Path) -> None:
+    """HTTP/1.1 gets a 503 and the close; an HTTP/2 connection (ALPN h2) is closed at once."""
     with RawUpstream() as origin:
         config = StackConfig(
             pools={"raw": [origin.url]},
             routes=[{"path_prefix": "/", "upstream": "raw"}],
-            gateway={"max_connections": 5, "http2": False},
+            gateway={"max_connections": 5},
         )
         with gateway(tmp_path, config) as gw:
             held = [tls(gw) for _ in range(5)]
@@ -473,11 +475,20 @@ def test_connections_beyond_max_connections_are_refused_cleanly(tmp_path: Path) 
                 status, headers, body = exchange(gw, get("/one-too-many"))
                 assert status == 503 and b"max_connections" in body
                 assert headers["connection"] == ["close"]
+                with (
+                    httpx.Client(http2=True, verify=gw.ssl_context(), timeout=5) as h2,
+                    pytest.raises(httpx.HTTPError),
+                ):
+                    h2.get(f"{gw.base_url}/h2-too-many")
+                assert seen(origin, "/one-too-many") == seen(origin, "/h2-too-many") == []
             finally:
                 for sock in held:
                     sock.close()
             time.sleep(0.2)  # the gateway notices the closes
             assert exchange(gw, get("/after"))[0] == 200
+            with httpx.Client(http2=True, verify=gw.ssl_context(), timeout=5) as h2:
+                response = h2.get(f"{gw.base_url}/h2-after")
+            assert (response.status_code, response.http_version) == (200, "HTTP/2")
 
 
 # -- idle connections ----------------------------------------------------------------------
