@@ -61,6 +61,11 @@ def test_keys_reach_the_policy_of_the_store() -> None:
         ({"heuristic_fraction": 1.5}, ["[cache] heuristic_fraction", "1.5", "from 0 to 1"]),
         ({"heuristic_fraction": True}, ["[cache] heuristic_fraction", "from 0 to 1"]),
         ({"heuristic_max_seconds": -1}, ["[cache] heuristic_max_seconds", "-1", ">= 0"]),
+        ({"store": "disk"}, ["[cache] store", "disk", '"memory", "shared" or "redis://']),
+        ({"store": "redis://cache"}, ["[cache] store", "redis://cache", "host and a port"]),
+        ({"store": "redis://cache:x/0"}, ["[cache] store", "cache:x", "port must be a number"]),
+        ({"store": "redis://cache:6379/one"}, ["[cache] store", "database must be a number"]),
+        ({"store": 1}, ["[cache] store", "1", '"memory", "shared"']),
     ],
 )
 def test_bad_values_name_the_key_the_value_and_what_is_allowed(
@@ -73,3 +78,15 @@ def test_bad_values_name_the_key_the_value_and_what_is_allowed(
     for part in expected:
         position = line.index(part, position)
     assert line.startswith(str(PATH))
+
+
+def test_store_defaults_to_shared_with_several_workers() -> None:
+    one = parse_settings(with_cache(), PATH).cache
+    assert (one.store, one.shared_dir) == ("memory", None)
+    two = {**BASE, "gateway": {**BASE["gateway"], "workers": 2}}
+    shared = parse_settings(two, PATH).cache
+    assert shared.store == "shared" and shared.shared_dir == Path("/srv/gw/var/gateway-cache")
+    chosen = parse_settings({**two, "cache": {"store": "memory"}}, PATH).cache
+    assert chosen.store == "memory"
+    redis = parse_settings(with_cache(store="redis://10.0.0.5:6379/2"), PATH).cache
+    assert redis.store == "redis://10.0.0.5:6379/2"
