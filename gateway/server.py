@@ -272,6 +272,7 @@ class Gateway:
                     # An unchanged port keeps its socket: a copy for the new listener, as
                     # the old one closes its own when it stops.
                     sockets = (https or _dup(self.sockets[0]), http or _dup(self.sockets[1]))
+                    opened[:] = list(sockets)
                 prepared["sockets"] = sockets
             elif sockets is not None:
                 for sock in sockets:  # the parent's copies, not needed: same listeners
@@ -289,14 +290,15 @@ class Gateway:
 
                 admin = self.admin or AdminServer(LocalSource(self))
                 prepared["admin"] = (admin, admin.prepare(new))
-        except ListenError as exc:
+        except (ListenError, CertificateError, ReloadError) as exc:
             for sock in opened:
                 sock.close()
-            raise ReloadError([str(exc)]) from None
-        except CertificateError as exc:
-            for sock in opened:
-                sock.close()
-            raise ReloadError([f"[tls]: {exc}"]) from None
+            if "tls" in prepared:
+                self._spawn(prepared["tls"].stop())
+            if isinstance(exc, ReloadError):
+                raise
+            prefix = "[tls]: " if isinstance(exc, CertificateError) else ""
+            raise ReloadError([f"{prefix}{exc}"]) from None
         return prepared
 
     def commit_reload(

@@ -240,6 +240,9 @@ class WorkerPool:
                 await asyncio.to_thread(ensure_certificates, new.tls, new.gateway.hostnames)
             except CertificateError as exc:
                 raise ReloadError([f"[tls]: {exc}"]) from None
+            admin_binding = None
+            if plan.admin and self.admin is not None:
+                admin_binding = self.admin.prepare(new)  # a busy admin port: ReloadError
             g = new.gateway
             sockets = self.sockets
             opened: list[socket.socket] = []
@@ -253,10 +256,9 @@ class WorkerPool:
             except ListenError as exc:
                 for sock in opened:
                     sock.close()
+                if admin_binding is not None and admin_binding[0] is not None:
+                    admin_binding[0].close()
                 raise ReloadError([str(exc)]) from None
-            admin_binding = None
-            if plan.admin and self.admin is not None:
-                admin_binding = self.admin.prepare(new)
             previous = self.sockets
             self.settings, self.sockets = new, sockets
             self.generation += 1

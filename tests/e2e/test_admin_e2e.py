@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -396,3 +397,22 @@ def test_reload_serves_a_new_hostname_with_a_new_certificate(tmp_path: Path, wor
         assert answer.status_code == 200 and answer.json()["server"] == "a"
         (certificate,) = admin.get("/api/certificates")
         assert "app.localhost" in certificate["names"]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_busy_new_port_refuses_the_reload_and_changes_nothing(
+    tmp_path: Path, workers: int
+) -> None:
+    with admin_stack(tmp_path, workers) as (s, admin):
+        gw = s.gateway
+        with socket.create_server(("127.0.0.1", 0)) as taken:
+            busy = taken.getsockname()[1]
+            rewrite_config(s, f"https_port = {gw.https_port}", f"https_port = {busy}")
+            rewrite_config(s, 'upstream = "one"', 'upstream = "two"')
+            answer = admin.client.post("/api/reload")
+        assert answer.status_code == 422
+        (error,) = answer.json()["errors"]
+        assert error.startswith(f"[gateway] https_port = {busy}:") and "in use" in error
+        with gw.client() as client:  # the old port, the old route
+            assert client.get("/echo").json()["server"] == "a"
+        assert [p["generation"] for p in admin.get("/api/overview")["processes"]] == [0] * workers
