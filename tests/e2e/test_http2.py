@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -311,6 +312,30 @@ def test_h2load_without_errors(gw2: Gateway) -> None:
     assert "Application protocol: h2" in result.stdout, result.stdout + result.stderr
     assert "2000 succeeded, 0 failed, 0 errored, 0 timeout" in result.stdout, result.stdout
     assert "2000 2xx" in result.stdout
+
+
+def test_a_browser_speaks_http2_to_the_gateway(gw2: Gateway, tmp_path: Path) -> None:
+    """Headless Chromium (installed by make test's set-up) negotiates h2 and gets the page."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium is not None, "chromium is installed by .ci/install-tls-tools"
+    result = subprocess.run(
+        [
+            chromium,
+            "--headless=new",
+            "--no-sandbox",  # required when running as root
+            "--disable-gpu",
+            "--ignore-certificate-errors",  # trusting the CA is test_trust's subject
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--dump-dom",
+            f"{gw2.base_url}/echo/from-a-browser",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert '"target": "/echo/from-a-browser"' in result.stdout, result.stderr[-500:]
+    assert '"GET /echo/from-a-browser HTTP/2" 200' in gw2.wait_for_log("/echo/from-a-browser")
 
 
 def test_http2_false_offers_only_http11(tmp_path: Path) -> None:
