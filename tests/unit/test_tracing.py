@@ -299,3 +299,12 @@ def test_run_trace_survives_a_reload(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert load_new_settings(config).gateway.trace is False
     monkeypatch.setattr(tracing, "FORCED", True)
     assert load_new_settings(config).gateway.trace is True
+
+
+def test_a_bad_trace_value_is_a_config_error_naming_file_key_and_value() -> None:
+    from gateway.config import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        parse_settings({"gateway": {"trace": "yes"}}, Path("/srv/config.toml"))
+    message = "\n".join(caught.value.errors)
+    assert "/srv/config.toml" in message and "trace" in message and "'yes'" in message
