@@ -36,6 +36,7 @@ class Target:
     origin: list[int]  # roots of the process trees that answer
     headers: tuple[str, ...] = ()  # extra request headers ("Name: value"), wrk -H
     client: str = "wrk"  # or "h2load": HTTP/2, h2load.CLIENTS connections x STREAMS streams
+    rate: float = 0.0  # client "hey": requests/s offered in total (fixed rate)
 
 
 @dataclass
@@ -58,6 +59,14 @@ class Measurement:
     @property
     def p50_ms(self) -> float:
         return self.result.p50_ms
+
+    @property
+    def proxy_us_per_request(self) -> float | None:
+        """The proxy's CPU time per request (from /proc): unlike req/s, it does not depend on
+        how much CPU the origin and the load generator left it."""
+        if self.proxy_cpu is None or not self.rps:
+            return None
+        return self.proxy_cpu / 100 / self.rps * 1e6
 
     @property
     def p99_ms(self) -> float:
@@ -116,13 +125,15 @@ def print_table(scenario: Scenario) -> None:
     print(f"\n{title}: medians of {rounds} round(s); CPU in % of one core")
     print(
         f"  {'target':<31}{'req/s':>8}{'p50':>11}{'p99':>11}{'errors':>8}"
-        f"{'proxy CPU':>11}{'origin CPU':>12}{'wrk CPU':>9}{'other':>7}{'machine':>9}"
+        f"{'proxy CPU':>11}{'CPU/req':>10}{'origin CPU':>12}{'wrk CPU':>9}{'other':>7}"
+        f"{'machine':>9}"
     )
     columns = (
         ("p50_ms", ".2f", " ms", 11),
         ("p99_ms", ".2f", " ms", 11),
         ("errors", "", "", 8),
         ("proxy_cpu", ".0f", "%", 11),
+        ("proxy_us_per_request", ".0f", " us", 10),
         ("origin_cpu", ".0f", "%", 12),
         ("wrk_cpu", ".0f", "%", 9),
         ("other_cpu", ".0f", "%", 7),
@@ -193,7 +204,9 @@ def summary(
         if cpu is not None and machine is not None:
             notes.append(
                 f"{s.title}: gateway process {cpu:.0f}% of one core, machine {machine:.0f}% busy "
-                f"(nginx {fmt(s.median('nginx', 'proxy_cpu'), '.0f', '%')})"
+                f"(nginx {fmt(s.median('nginx', 'proxy_cpu'), '.0f', '%')}); CPU per request: "
+                f"gateway {fmt(s.median('gateway', 'proxy_us_per_request'), '.0f', ' us')}, "
+                f"nginx {fmt(s.median('nginx', 'proxy_us_per_request'), '.0f', ' us')}"
             )
     for t in transfers:
         gw, ng = t.gateway, t.nginx

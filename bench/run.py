@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 
@@ -26,6 +27,7 @@ import httpx
 
 import abuse
 import h2load
+import hey
 import wrk
 import wsecho
 from procstat import CpuWindow, machine_ticks
@@ -68,6 +70,8 @@ SCENARIOS = (
     "slowloris",
     "idle-memory",
     "soak",
+    "handshake",
+    "half-load",
 )
 RESULTS = BENCH / "results" / "latest.txt"
 
@@ -78,6 +82,8 @@ def load(target: Target, opts: argparse.Namespace, duration: int) -> wrk.WrkResu
         return wsecho.run(target.url, opts.ca_file, opts.threads, opts.connections, duration)
     if target.client == "h2load":
         return h2load.run(opts.h2load, target.url, opts.threads, duration)
+    if target.client == "hey":
+        return hey.run(opts.hey, target.url, opts.connections, target.rate, duration)
     return wrk.run(opts.wrk, target.url, opts.threads, opts.connections, duration, target.headers)
 
 
@@ -212,6 +218,58 @@ def cache_scenario(stack: Stack) -> Scenario:
         ),
     ]
     return Scenario("cache", "cache hit 64 KiB", targets)
+
+
+def handshake_scenario(stack: Stack, echo_backend: bool) -> Scenario:
+    """New TLS handshakes per second: the small JSON request with ``Connection: close``, so
+    wrk opens (and fully handshakes: it resumes no session) a new connection per request."""
+    assert stack.gateway is not None and stack.nginx is not None
+    path = "/health" if echo_backend else "/status"
+    p = stack.ports
+    backend = [proc.pid for proc in stack.backend]
+    close = ("Connection: close",)
+    targets = [
+        Target(
+            "nginx",
+            "nginx (HTTPS, 1 req/conn)",
+            f"https://127.0.0.1:{p.nginx}{path}",
+            [stack.nginx.pid],
+            backend,
+            close,
+        ),
+        Target(
+            "gateway",
+            "gateway (HTTPS, 1 req/conn)",
+            f"https://127.0.0.1:{p.https}{path}",
+            [stack.gateway.pid],
+            backend,
+            close,
+        ),
+    ]
+    scenario = Scenario("handshake", "TLS handshakes (1 req/conn)", targets)
+    scenario.notes.append("req/s = new TLS connections/s: wrk -H 'Connection: close'")
+    return scenario
+
+
+def half_load_scenario(stack: Stack, opts: argparse.Namespace) -> Scenario:
+    """p99 latency when neither proxy is saturated: hey offers both the same fixed rate, half
+    of what the gateway reached with wrk just before (small JSON, keep-alive)."""
+    assert stack.gateway is not None and stack.nginx is not None
+    json = json_scenario(stack, opts.echo_backend)
+    gateway = next(t for t in json.targets if t.name == "gateway")
+    peak = load(gateway, opts, opts.duration).requests_per_sec
+    rate = max(peak / 2, float(opts.connections))
+    targets = [
+        replace(t, label=t.label.replace("(HTTPS)", "(HTTPS, fixed rate)"), client="hey", rate=rate)
+        for t in json.targets
+        if t.name in ("nginx", "gateway")
+    ]
+    scenario = Scenario("half-load", f"p99 at half load ({rate:.0f} r/s)", targets)
+    scenario.notes.append(
+        f"hey -c{opts.connections} at {rate:.0f} req/s in total: half the gateway's "
+        f"{peak:.0f} req/s (wrk, just before); compare p50/p99, not req/s"
+    )
+    return scenario
 
 
 def static_scenario(stack: Stack) -> Scenario:
@@ -476,8 +534,8 @@ def run_abuse(stack: Stack, opts: argparse.Namespace) -> list[str]:
 
 
 def ensure_tools() -> tuple[str, str]:
-    """nginx and wrk, installed with apt-get only when missing."""
-    missing = [name for name in ("nginx", "wrk") if find_tool(name) is None]
+    """nginx, wrk and hey, installed with apt-get only when missing."""
+    missing = [name for name in ("nginx", "wrk", "hey") if find_tool(name) is None]
     if missing:
         packages = ["nginx-light" if m == "nginx" else m for m in missing]
         print(f"{', '.join(missing)} not found: apt-get install -y {' '.join(packages)}")
@@ -669,6 +727,19 @@ def main(argv: list[str] | None = None) -> int:
                     check_json(stack, scenario)
                 run_scenario(scenario, opts)
                 scenarios.append(scenario)
+        if "handshake" in opts.scenarios:
+            scenario = handshake_scenario(stack, opts.echo_backend)
+            check_json(stack, scenario)
+            run_scenario(scenario, opts)
+            scenarios.append(scenario)
+        if "half-load" in opts.scenarios:
+            opts.hey = find_tool("hey")
+            if opts.hey is None:
+                raise StackError("hey not found: apt-get install -y hey")
+            scenario = half_load_scenario(stack, opts)
+            check_json(stack, scenario)
+            run_scenario(scenario, opts)
+            scenarios.append(scenario)
         size = opts.transfer_mib * MIB
         for direction in ("download", "upload"):
             if direction in opts.scenarios:
