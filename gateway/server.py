@@ -138,6 +138,7 @@ class Gateway:
             max_header_bytes=g.max_header_bytes,
             idle_timeout=g.keepalive_timeout,
             header_timeout=getattr(g, "header_timeout", DEFAULT_HEADER_TIMEOUT),
+            body_timeout=g.body_timeout,
         )
 
     async def serve(

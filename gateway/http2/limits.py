@@ -39,6 +39,8 @@ class Http2Limits:
     idle_timeout: float = 15.0
     # A header block (or the connection preface) must be complete within this.
     header_timeout: float = DEFAULT_HEADER_TIMEOUT
+    # Longest gap in a request body while the gateway waits for it: then 408 on the stream.
+    body_timeout: float = 30.0
     # Resets of unfinished streams: a burst of this many, refilled at this rate per second.
     reset_burst: int = 200
     reset_rate: float = 100.0

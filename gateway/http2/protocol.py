@@ -43,6 +43,7 @@ from h2.errors import ErrorCodes
 from hyperframe.frame import GoAwayFrame
 
 from gateway.asgi import INTERIM, INTERIM_SCOPE_KEY, Message
+from gateway.errors import RequestTimeout, error_response
 from gateway.http2.encoder import make_encoder
 from gateway.http2.limits import Http2Limits, ResetBudget
 from gateway.http2.request import MalformedRequest, request_scope, response_headers
@@ -126,7 +127,15 @@ class Stream:
             if self.disconnected or self.response_complete:
                 return _DISCONNECT
             self.readable.clear()
-            await self.readable.wait()
+            if self.ended:  # the body is done: only waiting for a disconnect
+                await self.readable.wait()
+                continue
+            # The app waits for body bytes and the window is open: the client's turn.
+            try:
+                async with asyncio.timeout(self.protocol.limits.body_timeout):
+                    await self.readable.wait()
+            except TimeoutError:
+                self.protocol.body_timed_out(self)
 
     async def send(self, message: Message) -> None:
         if self.disconnected or self.response_complete:
@@ -402,6 +411,29 @@ class H2Protocol(asyncio.Protocol):
         if size and not self.closed:
             self.conn.acknowledge_received_data(size, stream_id)
             self.schedule_flush()
+
+    def body_timed_out(self, stream: Stream) -> None:
+        """``body_timeout`` without a request-body byte: 408 on this stream, as HTTP/1.1
+        answers it (the other streams go on); the app sees a disconnect."""
+        if stream.disconnected or self.closed:
+            return
+        stream_id = stream.stream_id
+        message = f"no request body bytes for {self.limits.body_timeout:g} s"
+        log.info("%s: stream %d: %s", self._peer(), stream_id, message)
+        stream.scope["gateway.closed_status"] = RequestTimeout.status
+        conn = self.conn
+        code = ErrorCodes.CANCEL
+        if not stream.response_started:
+            headers, body = error_response(RequestTimeout.status, message)
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                if conn.local_flow_control_window(stream_id) >= len(body):
+                    conn.send_headers(stream_id, response_headers(408, headers))
+                    conn.send_data(stream_id, body, end_stream=True)
+                    code = ErrorCodes.NO_ERROR  # answered; "stop sending" (RFC 9113 §8.1)
+        with contextlib.suppress(h2.exceptions.ProtocolError):
+            conn.reset_stream(stream_id, code)
+        stream.gone()
+        self.schedule_flush()
 
     def schedule_flush(self) -> None:
         if not self.flush_scheduled:

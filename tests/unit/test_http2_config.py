@@ -37,7 +37,7 @@ def test_http2_is_on_by_default_and_a_bool() -> None:
 
 def test_the_https_listener_gets_http2_limits_from_the_settings() -> None:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    gateway = Gateway(settings(max_header_bytes=8192, keepalive_timeout=7.0))
+    gateway = Gateway(settings(max_header_bytes=8192, keepalive_timeout=7.0, body_timeout=3.0))
     limits = gateway._http2_limits(context)
     assert limits is not None
     assert limits.max_header_bytes == 8192
@@ -45,6 +45,7 @@ def test_the_https_listener_gets_http2_limits_from_the_settings() -> None:
     assert limits.header_timeout == getattr(
         gateway.settings.gateway, "header_timeout", DEFAULT_HEADER_TIMEOUT
     )
+    assert limits.body_timeout == 3.0
     assert limits.max_concurrent_streams == 100
     # The plain-HTTP (redirect) listener never speaks h2, nor does anything with http2 off.
     assert gateway._http2_limits(None) is None

@@ -624,3 +624,40 @@ def test_request_trailers_are_ignored_safely() -> None:
         assert peer.body(1) == b"got it"
 
     run(scenario)
+
+
+def test_a_stalled_request_body_gets_408_on_its_stream() -> None:
+    seen: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["method"] == "GET":
+            await hello(scope, receive, send)
+            return
+        seen.append(scope)
+        while (message := await receive())["type"] == "http.request":
+            seen.append(message["body"])
+        seen.append(message["type"])
+
+    async def scenario() -> None:
+        peer = Peer(app, Http2Limits(body_timeout=0.05))
+        peer.client.send_headers(1, [(":method", "POST"), *GET[1:]])
+        peer.client.send_data(1, b"first")  # then nothing more
+        peer.send()
+        peer.client.send_headers(3, GET, end_stream=True)  # another stream is unaffected
+        peer.send()
+        for _ in range(200):
+            await peer.settle()
+            if peer.of(h2.events.StreamReset, 1):
+                break
+            await asyncio.sleep(0.01)
+        (response,) = peer.of(h2.events.ResponseReceived, 1)
+        assert dict(response.headers)[":status"] == "408"
+        assert b"no request body bytes" in peer.body(1)
+        (reset,) = peer.of(h2.events.StreamReset, 1)
+        assert reset.error_code == ErrorCodes.NO_ERROR
+        assert seen[1:] == [b"first", "http.disconnect"]
+        assert seen[0]["gateway.closed_status"] == 408  # what the access log reports
+        assert peer.body(3) == b"hello /"
+        assert not peer.transport.closed.is_set()
+
+    run(scenario)
