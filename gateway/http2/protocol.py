@@ -13,7 +13,7 @@ Flow control is back-pressure, both ways:
 - request bodies: a stream may have at most ``stream_window`` bytes (a connection
   ``connection_window``) sent and not yet read by the app; the window is re-opened
   (WINDOW_UPDATE) only as ``receive`` hands the bytes to the app, that is as the proxy
-  writes them upstream;
+  buffers them or writes them upstream;
 - responses: ``send`` returns only once its body has been handed to h2 within the client's
   window and the transport is not over its high-water mark, so a slow reader makes the proxy
   stop reading from the upstream instead of the gateway buffering the response.
