@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, replace
-from random import getrandbits as _random_bits  # 0.35 µs an ID; os.urandom's is 0.5 µs
+from random import getrandbits as _random_bits
 
 from gateway.access_log import AccessLog, Exchange
 from gateway.admin.metrics import NO_ROUTE, Labels, Metrics
@@ -107,6 +107,12 @@ def server_timing(exchange: Exchange) -> bytes:
     return ", ".join(parts).encode()
 
 
+def new_request_id() -> str:
+    """32 hex digits, like Nginx's ``$request_id``: unique (Mersenne Twister, reseeded per
+    process), not secret; 0.2 µs where ``os.urandom(16).hex()`` takes 0.7 (hot path)."""
+    return _random_bits(128).to_bytes(16).hex()
+
+
 def request_id(scope: Scope, trusted: TrustedProxies) -> str:
     """A trusted proxy's X-Request-ID (sane ones only: it ends up in logs), else a new one
     of 32 hex digits, like Nginx's ``$request_id``."""
@@ -118,7 +124,7 @@ def request_id(scope: Scope, trusted: TrustedProxies) -> str:
                     text: str = value.decode("latin-1")
                     if text.isascii() and text.isprintable() and " " not in text:
                         return text
-    return "%032x" % _random_bits(128)  # noqa: UP031 - unique, not secret (hot path)
+    return new_request_id()
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +167,7 @@ class GatewayApp:
         self.trace = gateway.trace  # gateway.tracing; tested once per request
         self.proxy = ProxyHandler(settings, upstreams)
         self.trusted = self.proxy.trusted
+        self.ids_from_proxies = bool(self.trusted)
         self.websocket = WebSocketHandler(settings, self.proxy)
         if cache is None and settings.cache.enabled:
             cache = CacheLayer(settings.cache)
@@ -211,7 +218,9 @@ class GatewayApp:
         if scope["type"] != "http":
             return
         exchange = Exchange(scope)
-        exchange.request_id = request_id(scope, self.trusted)
+        exchange.request_id = (
+            request_id(scope, self.trusted) if self.ids_from_proxies else new_request_id()
+        )
         if self.trace:
             exchange.trace = scope.get(TRACE_SCOPE_KEY) or Trace()
         client_send = ClientSend(send, exchange, self.extra_headers, self.server_timing)
