@@ -53,9 +53,11 @@ def send_message(sock: socket.socket, message: Any, fds: list[int] | None = None
     data = pickle.dumps(message)
     frame = HEADER.pack(len(data)) + data
     if fds:
-        socket.send_fds(sock, [frame], fds)
-    else:
-        sock.sendall(frame)
+        # The descriptors ride on the first bytes; sendmsg may send less than asked for, so
+        # only the header goes with them and sendall takes care of the rest.
+        sent = socket.send_fds(sock, [frame[: HEADER.size]], fds)
+        frame = frame[sent:]
+    sock.sendall(frame)
 
 
 def _recv_exact(sock: socket.socket, size: int, buffer: bytearray) -> bytes:
