@@ -347,7 +347,7 @@ def test_a_removed_server_is_draining_until_its_last_request_ends(
 
         def slow() -> None:
             with gw.client(timeout=30) as client:
-                answers.append(client.get("/slow", params={"s": "3"}))
+                answers.append(client.get("/slow", params={"s": "5"}))
 
         thread = threading.Thread(target=slow)
         thread.start()
