@@ -180,8 +180,8 @@ class StaticHandler:
         status: int,
         headers: Headers,
     ) -> None:
-        """The head, then ``length`` bytes from ``start``, one chunk read ahead of none: a
-        chunk is read only after the previous one was handed to the (flow-controlled) send."""
+        """The head, then ``length`` bytes from ``start``.  A chunk is read only once the
+        previous one was handed to the (flow-controlled) send: a slow client holds one."""
         loop = asyncio.get_running_loop()
         send = request.send
         chunk_size = self.chunk_size
