@@ -9,6 +9,9 @@ The protocol rules are pure and I/O-free, one concern per module:
 - ``conditional``  client conditionals, revalidation and freshening by a 304 (§4.3)
 - ``decisions``    the lookup decision and the answers the cache makes itself (§4, RFC 9211)
 - ``store``        the bounded LRU storage; ``coalescing`` collapses concurrent misses
+- ``stores/``      where entries live, by ``[cache] store``: ``memory`` (a ``ResponseCache`` per
+                   process), ``shared`` (LMDB, all workers), ``redis://`` (several machines);
+                   ``codec`` is the byte form of an entry outside the process
 
 ``layer`` is the thin asyncio wiring around the proxy's forwarding (``CacheLayer``), with
 ``recording`` the ``send`` wrapper that tees, holds back or swallows a forwarded response.
