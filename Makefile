@@ -23,6 +23,7 @@ test: install lint
 	.ci/install-postgresql
 	.ci/install-tls-tools
 	.ci/install-http2-tools
+	.ci/install-htpasswd
 	.ci/install-redis
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 

@@ -320,6 +320,32 @@ def test_htpasswd_is_reread_when_it_changes(mw: Stack, client: httpx.Client) -> 
     assert client.get("/auth/echo", headers=basic("alice", "s3cret")).status_code == 200
 
 
+def test_files_written_by_the_real_htpasswd_tool(tmp_path: Path) -> None:
+    """``htpasswd -B`` (apache2-utils, installed by .ci/install-htpasswd) writes $2y$ lines; a
+    UTF-8 password goes through it too, and a user it adds later works without a restart."""
+    users = tmp_path / "users.htpasswd"
+    subprocess.run(["htpasswd", "-cbB", str(users), "alice", "s3cret"], check=True)
+    subprocess.run(["htpasswd", "-bB", str(users), "jürgen", "pässwörd"], check=True)
+    assert "alice:$2y$" in users.read_text()
+
+    def build(upstreams: dict[str, EchoUpstream]) -> StackConfig:
+        return StackConfig(
+            pools={"app": [upstreams["a"].url]},
+            routes=[{"path_prefix": "/", "upstream": "app", "middlewares": ["auth"]}],
+            middlewares={"auth": {"type": "basic_auth", "htpasswd": str(users)}},
+        )
+
+    with stack(tmp_path / "gw", ["a"], build) as s, s.gateway.client() as c:
+        assert c.get("/echo", headers=basic("alice", "s3cret")).status_code == 200
+        assert c.get("/echo", headers=basic("jürgen", "pässwörd")).status_code == 200
+        assert c.get("/echo", headers=basic("alice", "S3cret")).status_code == 401
+        assert c.get("/echo", headers=basic("bob", "later")).status_code == 401
+        subprocess.run(["htpasswd", "-bB", str(users), "bob", "later"], check=True)
+        assert c.get("/echo", headers=basic("bob", "later")).status_code == 200
+        challenge = c.get("/echo").headers["www-authenticate"]
+        assert challenge == 'Basic realm="Restricted", charset="UTF-8"'  # the default realm
+
+
 def test_failed_logins_are_rate_limited_per_client(mw: Stack, client: httpx.Client) -> None:
     """max_failures = 3: the 4th guess is not even checked (429 + Retry-After), and then not
     even the right password gets through until the bucket refills."""
