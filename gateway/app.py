@@ -54,6 +54,7 @@ from gateway.routing import Route, Router
 from gateway.tracing import (
     TRACE_SCOPE_KEY,
     Trace,
+    app_trace,
     emit,
     route_text,
     trace_title,
@@ -222,7 +223,7 @@ class GatewayApp:
             request_id(scope, self.trusted) if self.ids_from_proxies else new_request_id()
         )
         if self.trace:
-            exchange.trace = scope.get(TRACE_SCOPE_KEY) or Trace()
+            exchange.trace = scope.get(TRACE_SCOPE_KEY) or app_trace(scope)
         client_send = ClientSend(send, exchange, self.extra_headers, self.server_timing)
         labels = NO_ROUTE
         try:

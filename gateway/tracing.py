@@ -131,6 +131,19 @@ def head_text(method: str, target: bytes, http_version: str, fields: int, head_b
     )
 
 
+def app_trace(scope: Mapping[str, Any]) -> Trace:
+    """A trace begun by the app: trace mode was turned on by a reload, after the listeners
+    (whose protocol classes are chosen at start-up) began serving without it."""
+    trace = Trace()
+    target = scope.get("raw_path") or b""
+    trace.add(
+        "gateway.app",
+        f"request received: {scope.get('method')} {target.decode('latin-1')}"
+        f" HTTP/{scope.get('http_version', '1.1')} (connection stages need trace mode at start-up)",
+    )
+    return trace
+
+
 # --- validation and routing --------------------------------------------------------------------
 
 

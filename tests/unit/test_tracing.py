@@ -271,6 +271,11 @@ def test_gateway_app_logs_one_block_per_request_with_stages_in_order(
     assert redirect.splitlines()[-1].endswith("final status 308, 21 body bytes sent")
 
     assert "gateway.errors" in missing and "404 NoRouteMatched: no route matches" in missing
+    # No listener trace in the scope (trace mode turned on by a reload): the app starts one.
+    assert missing.splitlines()[1].endswith(
+        "gateway.app         request received: GET /nothing HTTP/1.1"
+        " (connection stages need trace mode at start-up)"
+    )
     assert "gateway.validation  refused: 421 MisdirectedRequest" in foreign
 
 
