@@ -294,3 +294,5 @@ class Reloader:
                 gw.retired_upstreams.remove(upstream)
         if old_app.access_log is not gw.app.access_log:
             old_app.access_log.close()
+        if old_app.cache is not None and old_app.cache is not gw.app.cache:
+            await old_app.cache.store.aclose()  # a Redis connection pool, a memo of entries
