@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import json
 from email.utils import formatdate
+from random import getrandbits
 
 
 class GatewayError(Exception):
@@ -284,8 +285,11 @@ def error_response(
 
 def raw_error_response(exc: GatewayError) -> bytes:
     """A whole HTTP/1.1 error response as bytes, for answers written before any ASGI app runs
-    (the listener's parser errors); the connection is closed after it."""
-    headers, body = error_response(exc.status, exc.message, exc.response_headers())
+    (the listener's parser errors); the connection is closed after it.  It has its own
+    X-Request-ID, like every answer of the gateway, for a client reporting it."""
+    request_id = getrandbits(128).to_bytes(16).hex()
+    headers, body = error_response(exc.status, exc.message, exc.response_headers(), request_id)
+    headers.append((b"x-request-id", request_id.encode()))
     headers.append((b"connection", b"close"))
     reason = REASONS.get(exc.status, "Error").encode()
     head = b"".join(b"%s: %s\r\n" % pair for pair in headers)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import bcrypt
 import pytest
 
 from gateway.config import ConfigError, parse_settings
+from gateway.errors import parse_error, raw_error_response
 from gateway.middleware.headers import HeaderRule
 
 
@@ -126,3 +128,12 @@ def test_header_rule_replaces_and_removes() -> None:
     headers = [(b"server", b"x"), (b"x-frame-options", b"ALLOW"), (b"content-type", b"t")]
     assert rule.apply(headers) == [(b"content-type", b"t"), (b"x-frame-options", b"DENY")]
     assert not HeaderRule.from_options(None, None)
+
+
+def test_listener_error_responses_carry_a_request_id() -> None:
+    """Answers written before any ASGI app runs (parser errors) have an X-Request-ID too,
+    the same in the header and the JSON body."""
+    head, _, body = raw_error_response(parse_error(False, 1024)).partition(b"\r\n\r\n")
+    (line,) = [h for h in head.split(b"\r\n") if h.startswith(b"x-request-id: ")]
+    request_id = line.split(b": ", 1)[1].decode()
+    assert len(request_id) == 32 and json.loads(body)["request_id"] == request_id
