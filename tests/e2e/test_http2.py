@@ -264,6 +264,29 @@ def test_the_gateways_own_error_responses(h2s: Stack) -> None:
     assert h2s.upstreams["a"].seen("/echo/too-large") == 0
 
 
+def test_a_name_other_than_the_tls_server_name_gets_421(h2s: Stack) -> None:
+    """The connection was made for "localhost" (SNI); a stream for 127.0.0.1 on it is
+    misdirected (a browser then opens a connection for that name, RFC 9113 §9.1.2)."""
+    client = RawH2(h2s.gateway)
+    try:
+        frame = HeadersFrame(1, flags=["END_HEADERS", "END_STREAM"])
+        frame.data = client.encoder.encode(
+            [
+                (":method", "GET"),
+                (":scheme", "https"),
+                (":authority", f"127.0.0.1:{h2s.gateway.https_port}"),
+                (":path", "/echo/other-name"),
+            ]
+        )
+        client.send(frame.serialize())
+        frames = client.frames_until(lambda f: "END_STREAM" in getattr(f, "flags", ()))
+        head = [f for f in frames if isinstance(f, HeadersFrame)]
+        assert head and hpack.Decoder().decode(head[0].data)[0] == (":status", "421")
+    finally:
+        client.close()
+    assert h2s.upstreams["a"].seen("/echo/other-name") == 0
+
+
 def post_head(client: RawH2, stream_id: int, path: str, length: int) -> bytes:
     frame = HeadersFrame(stream_id, flags=["END_HEADERS"])
     frame.data = client.encoder.encode(
