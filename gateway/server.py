@@ -195,6 +195,8 @@ class Gateway:
                 await upstream.checker.stop()
                 upstream.close()
             self.app.access_log.close()
+            if self.app.cache is not None:
+                await self.app.cache.store.aclose()  # a Redis store's connection pool
         log.info("gateway stopped")
 
     def _start_servers(
