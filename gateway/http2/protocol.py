@@ -62,6 +62,24 @@ _CONFIG = h2.config.H2Configuration(
     normalize_outbound_headers=False,
 )
 _DISCONNECT: Message = {"type": "http.disconnect"}
+HARD_STREAM_FACTOR = 2
+
+
+class _Settings(h2.settings.Settings):
+    """Our SETTINGS as sent, with h2's own check of inbound streams set higher.
+
+    h2 makes a stream over SETTINGS_MAX_CONCURRENT_STREAMS a connection error; RFC 9113
+    §5.1.2 asks for a stream error (a client may open streams before it has our SETTINGS).
+    So ``_request`` refuses the stream over the limit with REFUSED_STREAM, and h2's check
+    only ends the connection of a client that goes on far past it (``hard_cap``)."""
+
+    def __init__(self, hard_cap: int, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.hard_cap = hard_cap
+
+    @property  # type: ignore[misc]
+    def max_concurrent_streams(self) -> int:
+        return self.hard_cap
 
 
 class Stream:
@@ -256,7 +274,9 @@ class H2Protocol(asyncio.Protocol):
         self.conn = h2.connection.H2Connection(config=_CONFIG)
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, Stream] = {}
-        self.running = 0  # app tasks alive, streams reset or not (limits.py, defence 2)
+        # Streams taken and not finished, reset or not: their apps run, or will at the end of
+        # this read (limits.py, defence 2; and SETTINGS_MAX_CONCURRENT_STREAMS, see _Settings).
+        self.running = 0
         self.blocked: set[Stream] = set()  # streams waiting for the client's window
         self.budget = ResetBudget(limits.reset_burst, limits.reset_rate)
         self.write_paused = False
@@ -305,7 +325,8 @@ class H2Protocol(asyncio.Protocol):
         self.server_state.connections.add(self)
         limits, conn = self.limits, self.conn
         codes = h2.settings.SettingCodes
-        conn.local_settings = h2.settings.Settings(
+        conn.local_settings = _Settings(
+            limits.max_concurrent_streams * HARD_STREAM_FACTOR,
             client=False,
             initial_values={
                 codes.MAX_CONCURRENT_STREAMS: limits.max_concurrent_streams,
@@ -360,9 +381,7 @@ class H2Protocol(asyncio.Protocol):
             # request is sent chunked without them).
         for stream in new:
             # Opened and reset within this read: the app never runs (rapid reset, defence 1).
-            if stream.disconnected:
-                self.streams.pop(stream.stream_id, None)
-            else:
+            if not stream.disconnected:
                 self._start(stream)
         self._check_header_block()
         self._flush()
@@ -468,6 +487,7 @@ class H2Protocol(asyncio.Protocol):
             scope[TRACE_SCOPE_KEY] = self._start_trace(scope, stream_id)
         stream = Stream(self, stream_id, scope, event.stream_ended is not None)
         self.streams[stream_id] = stream
+        self.running += 1
         if self.idle_timer is not None:
             self.idle_timer.cancel()
             self.idle_timer = None
@@ -497,7 +517,9 @@ class H2Protocol(asyncio.Protocol):
         stream.gone()
         if stream.started:
             return  # the task ends when the app notices; it is removed then
+        # Never started (opened in this same read): its slot is free again at once.
         self.streams.pop(stream_id, None)
+        self.running -= 1
 
     def _window_opened(self, stream_id: int) -> None:
         if stream_id == 0:
@@ -512,7 +534,6 @@ class H2Protocol(asyncio.Protocol):
 
     def _start(self, stream: Stream) -> None:
         stream.started = True
-        self.running += 1
         task = self.loop.create_task(self._run(stream))
         tasks = self.server_state.tasks
         tasks.add(task)

@@ -397,12 +397,20 @@ def test_max_concurrent_streams_is_advertised_and_enforced(h2s: Stack) -> None:
         settings = frames[-1].settings  # type: ignore[attr-defined]
         assert settings[SettingCodes.MAX_CONCURRENT_STREAMS] == 100
         assert settings[SettingCodes.MAX_HEADER_LIST_SIZE] == 64 * 1024
-        # 101 requests kept open (bodies never sent): the last one is over the limit.
+        # 101 requests kept open (bodies never sent): the last one is over the limit, a
+        # stream error (RFC 9113 §5.1.2); the 100 others and the connection go on.
         burst = b"".join(client.request(2 * i + 1, "/echo/open", end=False) for i in range(101))
         client.send(burst)
-        frames = client.frames_until(lambda f: isinstance(f, GoAwayFrame))
-        assert goaway(frames).error_code == ErrorCodes.PROTOCOL_ERROR
-        assert client.is_closed()
+        frames = client.frames_until(lambda f: isinstance(f, RstStreamFrame))
+        resets = [(f.stream_id, f.error_code) for f in frames if isinstance(f, RstStreamFrame)]
+        assert resets == [(201, ErrorCodes.REFUSED_STREAM)]
+        assert not any(isinstance(f, GoAwayFrame) for f in frames)
+        # One of the 100 finishes (its body ends): the upstream answers it.
+        client.send(DataFrame(1, b"", flags=["END_STREAM"]).serialize())
+        frames = client.frames_until(
+            lambda f: isinstance(f, DataFrame) and f.stream_id == 1 and "END_STREAM" in f.flags
+        )
+        assert not any(isinstance(f, GoAwayFrame) for f in frames)
     finally:
         client.close()
     assert h2s.upstreams["a"].seen("/echo/open") <= 100

@@ -19,7 +19,16 @@ import h2.settings
 import hpack
 import pytest
 from h2.errors import ErrorCodes
-from hyperframe.frame import ContinuationFrame, DataFrame, Frame, HeadersFrame, RstStreamFrame
+from h2.settings import SettingCodes
+from hyperframe.frame import (
+    ContinuationFrame,
+    DataFrame,
+    Frame,
+    GoAwayFrame,
+    HeadersFrame,
+    RstStreamFrame,
+    SettingsFrame,
+)
 
 from gateway.http2.dispatch import ALPNDispatchProtocol
 from gateway.http2.limits import Http2Limits
@@ -352,27 +361,43 @@ def test_reset_streams_keep_counting_until_their_app_is_done() -> None:
     run(scenario)
 
 
-def test_more_streams_than_advertised_is_refused() -> None:
+def test_a_stream_over_the_advertised_limit_is_refused_not_the_connection() -> None:
     release = asyncio.Event()
+    calls: list[str] = []
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
+        calls.append(scope["path"])
         await release.wait()
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
 
     async def scenario() -> None:
         peer = Peer(app, Http2Limits(max_concurrent_streams=3))
-        await peer.settle()
+        assert peer.client.remote_settings.max_concurrent_streams > 3  # ours not read yet
         encoder = hpack.Encoder()
         raw = bytearray()
-        for stream_id in (1, 3, 5, 7):  # the fourth ignores the client's SETTINGS
+        # A client may open streams before it has our SETTINGS (RFC 9113 §5.1.2): the one
+        # over the limit is a stream error, in the same read as the others.
+        for stream_id in (1, 3, 5, 7):
             frame = HeadersFrame(stream_id, flags=["END_HEADERS", "END_STREAM"])
-            frame.data = encoder.encode(GET)
+            frame.data = encoder.encode([*GET[:3], (":path", f"/{stream_id}")])
             raw += frame.serialize()
         peer.send(bytes(raw))
-        await peer.settle()
-        assert peer.server.running <= 3
-        (goaway,) = peer.of(h2.events.ConnectionTerminated)
-        assert goaway.error_code == ErrorCodes.PROTOCOL_ERROR
+        out = await peer.wire()
+        settings = [f for f in out if isinstance(f, SettingsFrame) and "ACK" not in f.flags]
+        assert settings[0].settings[SettingCodes.MAX_CONCURRENT_STREAMS] == 3
+        resets = [(f.stream_id, f.error_code) for f in out if isinstance(f, RstStreamFrame)]
+        assert resets == [(7, ErrorCodes.REFUSED_STREAM)]
+        assert not any(isinstance(f, GoAwayFrame) for f in out)
+        assert calls == ["/1", "/3", "/5"] and peer.server.running == 3
+        # Once those finish, new streams are taken again.
         release.set()
+        await peer.wire()
+        frame = HeadersFrame(9, flags=["END_HEADERS", "END_STREAM"])
+        frame.data = encoder.encode([*GET[:3], (":path", "/9")])
+        peer.send(frame.serialize())
+        out = await peer.wire()
+        assert calls[-1] == "/9" and not any(isinstance(f, RstStreamFrame) for f in out)
 
     run(scenario)
 
