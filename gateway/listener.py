@@ -268,6 +268,7 @@ if HttpToolsProtocol is not None:
         _in_head = False  # between a message's first byte and the end of its head
         _requests = 0
         _sni: str | None = None
+        _cert_names: tuple[str, ...] | None = None  # on the certificate this connection got
         # The one timer of the connection: the head's or the body's deadline (see _expire).
         _timer: asyncio.TimerHandle | None = None
         _phase = Phase.HEAD
@@ -326,6 +327,7 @@ if HttpToolsProtocol is not None:
             ssl_object = transport.get_extra_info("ssl_object")
             if ssl_object is not None:
                 self._sni = getattr(ssl_object, "gateway_sni", None)
+                self._cert_names = getattr(ssl_object, "gateway_cert_names", None)
             self._arm(Phase.HEAD, self.limits.header_timeout)
 
         def connection_lost(self, exc: Exception | None) -> None:
@@ -464,6 +466,7 @@ if HttpToolsProtocol is not None:
             self._requests += 1
             if self._sni is not None:
                 self.scope["gateway.sni"] = self._sni  # type: ignore[typeddict-unknown-key]
+                self.scope["gateway.cert_names"] = self._cert_names  # type: ignore[typeddict-unknown-key]
             if self.url[:1] != b"/":
                 self.scope["gateway.target"] = bytes(self.url)  # type: ignore[typeddict-unknown-key]
             if (

@@ -113,11 +113,16 @@ class RequestFacts:
     chunked: bool
 
 
-def check_request(scope: Mapping[str, Any], hosts: HostPolicy) -> RequestFacts:
+def check_request(
+    scope: Mapping[str, Any], hosts: HostPolicy, *, routed: bool = True
+) -> RequestFacts:
     """Refuse requests that are ambiguous or not for us; return the facts the proxy needs.
 
     RequestRejected (400, connection closed) for framing and syntax problems,
-    MisdirectedRequest (421) for a well-formed Host we do not serve.
+    MisdirectedRequest (421) for a well-formed Host we do not serve (or that the connection's
+    TLS certificate does not cover).  ``routed``: the path will be routed and forwarded, so
+    encodings the router and the upstream could read differently are refused too (the plain
+    HTTP listener only redirects, keeping the target as it is).
     """
     method = scope["method"]
     if method == "CONNECT":
@@ -181,19 +186,52 @@ def check_request(scope: Mapping[str, Any], hosts: HostPolicy) -> RequestFacts:
             raise RequestRejected(f"not an open proxy: {hostname!r} is not served here")
         raise MisdirectedRequest(f"host {hostname!r} is not served here")
     sni: str | None = scope.get("gateway.sni")
-    if sni is not None and sni.lower().rstrip(".") != hostname:
-        # RFC 9110 §7.4: the connection was set up (certificate, ALPN) for another name.
-        raise MisdirectedRequest(f"host {hostname!r} differs from the TLS server name {sni!r}")
+    if sni is not None:
+        check_server_name(sni, hostname, hosts, scope.get("gateway.cert_names"))
 
     path: str = scope["path"]
     if not path.startswith("/") and not absolute:
         raise RequestRejected("the request target must be an absolute path")
     if has_dot_segments(path):
         raise RequestRejected('the path must not contain "." or ".." segments')
-    problem = ambiguous_path(scope.get("raw_path") or b"", path)
+    problem = ambiguous_path(scope.get("raw_path") or b"", path) if routed else None
     if problem:
         raise RequestRejected(f"the path must not contain {problem}")
     return RequestFacts(host_value, hostname, content_length, chunked)
+
+
+def check_server_name(
+    sni: str, hostname: str, hosts: HostPolicy, cert_names: tuple[str, ...] | None
+) -> None:
+    """421 (RFC 9110 §7.4, §15.5.20) when the TLS connection was not set up for this Host:
+    its SNI names a host we do not serve, or its certificate does not cover the Host.
+
+    A Host other than the SNI is fine when the same certificate covers both (one connection,
+    several names: what HTTP/2 connection reuse relies on); Nginx answers 421 in the same case,
+    when the Host's server would have needed another certificate.
+    """
+    name = sni.lower().rstrip(".")
+    if not hosts.allows(name):
+        raise MisdirectedRequest(f"the TLS server name {sni!r} is not served here")
+    if name != hostname and cert_names is not None and not covers(cert_names, hostname):
+        raise MisdirectedRequest(
+            f"host {hostname!r} is not covered by this connection's certificate "
+            f"(TLS server name {sni!r}); connect with that name instead"
+        )
+
+
+def covers(names: tuple[str, ...], hostname: str) -> bool:
+    """Whether certificate names cover ``hostname``; a wildcard covers one label (RFC 6125)."""
+    for name in names:
+        name = name.lower()
+        if name == hostname:
+            return True
+        if name.startswith("*."):
+            suffix = name[1:]
+            head = hostname[: -len(suffix)]
+            if hostname.endswith(suffix) and head and "." not in head:
+                return True
+    return False
 
 
 def ambiguous_path(raw_path: bytes, path: str) -> str | None:

@@ -77,7 +77,7 @@ class HTTPSRedirectApp:
             return
         exchange = Exchange(scope)
         try:
-            facts = check_request(scope, self.hosts)
+            facts = check_request(scope, self.hosts, routed=False)  # nothing routed here
         except GatewayError as exc:
             # A foreign Host gets 400 here, not 421: nothing on this port serves content.
             status = 400

@@ -238,6 +238,15 @@ class CertificateSelector:
         self._challenges.pop(name.lower(), None)
         self._watch_client_hellos(bool(self._challenges))
 
+    def names_served_by(self, context: ssl.SSLContext) -> tuple[str, ...]:
+        """The names on the certificate ``context`` serves (none for a challenge context)."""
+        if context is self.default:
+            return self.default_served.names
+        for candidate, served in self._by_name.values():
+            if candidate is context:
+                return served.names
+        return ()
+
     def certificates(self) -> list[ServedCertificate]:
         """Every certificate served: the default first, then one per name with its own."""
         return [self.default_served, *(served for _, served in self._by_name.values())]
@@ -258,13 +267,15 @@ class CertificateSelector:
         return entry[0] if entry is not None else self.default
 
     def _select(self, conn: Any, server_name: str | None, context: ssl.SSLContext) -> None:
-        # The server side of an SSLObject does not keep the SNI: the listener reads it here
-        # (421 when the request's Host is another name, see gateway.validation).
+        # The server side of an SSLObject keeps neither the SNI nor which certificate it got:
+        # the listener reads both here (421 for a Host the certificate does not cover, see
+        # gateway.validation).
         conn.gateway_sni = server_name
         try:
             chosen = self.context_for(server_name, self._offers.pop(conn, None))
             if chosen is not context:
                 conn.context = chosen
+            conn.gateway_cert_names = self.names_served_by(chosen)
         except Exception:  # an exception here would abort the handshake with no trace
             logger.exception("choosing the certificate for %r failed", server_name)
 

@@ -8,6 +8,7 @@ per connection) so the slow-client tests take about a second each.
 from __future__ import annotations
 
 import json
+import re
 import socket
 import ssl
 import time
@@ -21,6 +22,7 @@ import pytest
 from support.raw_upstream import RawUpstream, SeenRequest, ok
 
 from e2e.harness import Gateway, StackConfig, gateway, is_closed, read_response, vm_rss
+from gateway.tls.certs import CertificateAuthority, leaf_names
 
 pytestmark = pytest.mark.e2e
 
@@ -339,17 +341,70 @@ def test_a_request_that_already_passed_the_gateway_is_a_loop(site: Site) -> None
     assert seen(site.origin, "/loop") == []
 
 
-@pytest.mark.parametrize(("sni", "host"), [("app.localhost", "localhost"), ("x.test", "localhost")])
-def test_sni_naming_another_host_is_misdirected(site: Site, sni: str, host: str) -> None:
-    context = site.gateway.ssl_context()
+def sni_exchange(gw: Gateway, sni: str, host: str) -> tuple[int, bytes]:
+    context = gw.ssl_context()
     context.check_hostname = False  # x.test is not on the certificate: we test the gateway
-    raw = socket.create_connection(("127.0.0.1", site.gateway.https_port), timeout=5)
+    raw = socket.create_connection(("127.0.0.1", gw.https_port), timeout=5)
     with context.wrap_socket(raw, server_hostname=sni) as sock:
         sock.sendall(f"GET /sni HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
         status, _, body = read_response(sock)
-    assert status == 421 and sni.encode() in body
+    return status, body
+
+
+def test_sni_naming_a_host_we_do_not_serve_is_misdirected(site: Site) -> None:
+    status, body = sni_exchange(site.gateway, "x.test", "localhost")
+    assert status == 421 and b"x.test" in body
     assert seen(site.origin, "/sni") == []
-    assert exchange(site.gateway, get("/sni-ok"), server_hostname="localhost")[0] == 200
+
+
+def test_another_host_covered_by_the_same_certificate_is_served(site: Site) -> None:
+    """One connection, several names on its certificate (HTTP/2 connection reuse relies on
+    it): not misdirected."""
+    assert sni_exchange(site.gateway, "app.localhost", "localhost")[0] == 200
+
+
+@dataclass
+class OwnCertificate(StackConfig):
+    """A StackConfig whose [tls] table names a certificate file pair instead of the local CA."""
+
+    cert_file: Path = Path()
+    key_file: Path = Path()
+
+    def render(self, directory: Path, http_port: int, https_port: int) -> str:
+        text = super().render(directory, http_port, https_port)
+        tls = f'cert_file = "{self.cert_file}"\nkey_file = "{self.key_file}"\n'
+        return re.sub(r'\[tls\]\ndir = "[^"]*"\n', "[tls]\n" + tls, text)
+
+
+def test_a_host_the_connections_certificate_does_not_cover_is_misdirected(
+    tmp_path: Path,
+) -> None:
+    """The certificate of the connection (SNI localhost) does not cover app.localhost: 421,
+    as Nginx answers when the Host's server would need another certificate."""
+    ca = CertificateAuthority.create()
+    (tmp_path / "ca.pem").write_bytes(ca.cert_pem())
+    leaf = ca.issue_leaf(leaf_names(["localhost"]))
+    cert_file, key_file = tmp_path / "site.pem", tmp_path / "site-key.pem"
+    cert_file.write_bytes(leaf.cert_pem())
+    key_file.write_bytes(leaf.key_pem())
+    with RawUpstream() as origin:
+        config = OwnCertificate(
+            pools={"raw": [origin.url]},
+            routes=[{"path_prefix": "/", "upstream": "raw"}],
+            gateway={"hostnames": ["localhost", "app.localhost"]},
+            cert_file=cert_file,
+            key_file=key_file,
+        )
+        with gateway(tmp_path / "gw", config) as gw:
+            context = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+            raw = socket.create_connection(("127.0.0.1", gw.https_port), timeout=5)
+            with context.wrap_socket(raw, server_hostname="localhost") as sock:
+                sock.sendall(b"GET /other HTTP/1.1\r\nHost: app.localhost\r\n\r\n")
+                status, _, body = read_response(sock)
+                assert status == 421 and b"not covered" in body
+                sock.sendall(get("/same"))  # 421 keeps the connection: the right host works
+                assert read_response(sock)[0] == 200
+        assert [r.target for r in origin.requests] == ["/same"]
 
 
 def test_trace_connect_and_options_max_forwards_zero(site: Site) -> None:

@@ -22,6 +22,7 @@ from gateway.validation import (
     ambiguous_path,
     answers_options_itself,
     check_request,
+    covers,
     has_dot_segments,
     parse_host,
 )
@@ -296,23 +297,52 @@ def test_other_proxies_in_via_pass(via: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("sni", "host", "ok"),
+    ("sni", "host", "names", "ok"),
     [
-        ("localhost", "localhost:8443", True),
-        ("LOCALHOST", "localhost", True),
-        ("a.apps.test", "a.apps.test", True),
-        ("a.apps.test", "b.apps.test", False),  # both served, but not the same name
-        ("localhost", "a.apps.test", False),
+        ("localhost", "localhost:8443", ("localhost",), True),
+        ("LOCALHOST", "localhost", ("localhost",), True),
+        # Another Host on the same connection is fine when the certificate covers it ...
+        ("localhost", "a.apps.test", ("localhost", "*.apps.test"), True),
+        ("a.apps.test", "b.apps.test", ("*.apps.test",), True),
+        # ... and misdirected when it does not (the Host needs another certificate).
+        ("a.apps.test", "b.apps.test", ("a.apps.test",), False),
+        ("localhost", "a.apps.test", ("localhost",), False),
+        # An SNI naming a host we do not serve, whatever the Host.
+        ("evil.example", "localhost", ("localhost",), False),
     ],
 )
-def test_sni_must_name_the_host(sni: str, host: str, ok: bool) -> None:
-    request = {**scope(("Host", host)), "gateway.sni": sni}
+def test_sni_and_the_certificate_must_fit_the_host(
+    sni: str, host: str, names: tuple[str, ...], ok: bool
+) -> None:
+    request = {**scope(("Host", host)), "gateway.sni": sni, "gateway.cert_names": names}
     if ok:
         assert check_request(request, HOSTS)
     else:
         with pytest.raises(MisdirectedRequest) as info:
             check_request(request, HOSTS)
         assert info.value.status == 421 and sni in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("names", "hostname", "expected"),
+    [
+        (("localhost",), "localhost", True),
+        (("*.apps.test",), "a.apps.test", True),
+        (("*.apps.test",), "apps.test", False),
+        (("*.apps.test",), "x.a.apps.test", False),  # one label only (RFC 6125)
+        (("LOCALHOST",), "localhost", True),
+        ((), "localhost", False),
+    ],
+)
+def test_certificate_names_cover(names: tuple[str, ...], hostname: str, expected: bool) -> None:
+    assert covers(names, hostname) is expected
+
+
+def test_the_redirect_listener_keeps_paths_it_does_not_route() -> None:
+    request = scope(HOST, path="/a/b", raw_path=b"/a%2Fb")
+    assert check_request(request, HOSTS, routed=False).hostname == "localhost"
+    with pytest.raises(RequestRejected):
+        check_request(request, HOSTS)
 
 
 @pytest.mark.parametrize(
