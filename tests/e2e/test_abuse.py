@@ -43,7 +43,7 @@ def answer(request: SeenRequest) -> bytes | None:
             b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
             b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
         )
-    if path == "/reset":
+    if path in ("/reset", "/head-only-reset"):
         return None
     return ok(b"ok:" + request.body)
 
@@ -75,6 +75,13 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
                     "request_buffering": False,
                 },
                 {"path_prefix": "/pair", "upstream": "pair", "cache": False, "strip_prefix": True},
+                {
+                    "path_prefix": "/pairstream",
+                    "upstream": "pair",
+                    "cache": False,
+                    "strip_prefix": True,
+                    "request_buffering": False,
+                },
             ],
             gateway={
                 "hostnames": ["localhost", "app.localhost"],
@@ -255,6 +262,18 @@ def test_stalled_body_on_a_streaming_route_is_408_and_not_the_servers_fault(site
     assert data.startswith(b"HTTP/1.1 408 ")
     assert not site.gateway.log_lines("upstream raw server")
     assert exchange(site.gateway, get("/after-stall"))[0] == 200
+
+
+def test_an_upstream_failure_during_an_unfinished_body_never_counts(site: Site) -> None:
+    """A server of a two-server pool drops a streamed request while the client's body is
+    still incomplete: the client gets 502, and the failure (likely caused by the slow client)
+    is not counted against the server, which stays UP."""
+    with tls(site.gateway) as sock:
+        sock.sendall(get("/pairstream/head-only-reset", "Content-Length: 100", method="POST"))
+        sock.sendall(b"x" * 10)
+        status, _, _ = read_response(sock)
+    assert status == 502
+    assert not [line for line in site.gateway.log_lines("upstream pair") if "DOWN" in line]
 
 
 def test_at_most_keepalive_requests_per_connection(site: Site) -> None:

@@ -36,6 +36,8 @@ class SeenRequest:
 
 
 Answer = Callable[[SeenRequest], bytes | None]
+# A target containing this is answered as soon as its head is read, its body left unread.
+HEAD_ONLY = "head-only"
 
 
 def ok(body: bytes = b"ok", *headers: tuple[str, str]) -> bytes:
@@ -160,7 +162,9 @@ class _Reader:
             headers.append((name.strip().lower(), value.strip()))
         raw, body = head, b""
         names = {name: value for name, value in headers}
-        if names.get("transfer-encoding", "").lower() == "chunked":
+        if HEAD_ONLY in target:
+            pass  # answered (or dropped) before its body is read: an impatient server
+        elif names.get("transfer-encoding", "").lower() == "chunked":
             while True:
                 size_line = self._until(b"\r\n")
                 if size_line is None:
