@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from email.utils import formatdate
 from pathlib import Path
 
 from gateway.errors import ClientDisconnected, GatewayError, MethodNotAllowed, NotFound
@@ -269,5 +270,5 @@ def _now() -> bytes:
     global _date_cache
     second = int(time.time())
     if _date_cache[0] != second:
-        _date_cache = (second, http_date(second))
+        _date_cache = (second, formatdate(second, usegmt=True).encode())
     return _date_cache[1]

@@ -148,7 +148,7 @@ class Found:
     """Where the file for a request path is: the result of a lookup, kept by ``Lookups``."""
 
     path: str  # real path of the file itself
-    name: str  # the requested name (its extension gives the type; sidecars are name + suffix)
+    content_type: str  # by the requested name's extension (a symlink's target may differ)
     sidecars: tuple[tuple[str, str], ...]  # (coding, real path) in SIDECARS order
 
 
@@ -188,7 +188,7 @@ def find(root: str, segments: Sequence[str], directory: bool) -> Found:
         found = resolve(root, parent, (name + suffix,))
         if found is not None and stat.S_ISREG(found[1].st_mode):
             sidecars.append((coding, found[0]))
-    return Found(real, name, tuple(sidecars))
+    return Found(real, content_type(name), tuple(sidecars))
 
 
 def open_found(found: Found, accept_encoding: bytes | None, prefetch: int = 0) -> StaticFile:
@@ -209,8 +209,9 @@ def open_found(found: Found, accept_encoding: bytes | None, prefetch: int = 0) -
     except BaseException:
         os.close(fd)
         raise
-    kind = content_type(found.name)
-    return StaticFile(fd, st.st_size, st.st_mtime_ns, kind, coding, bool(found.sidecars), head)
+    return StaticFile(
+        fd, st.st_size, st.st_mtime_ns, found.content_type, coding, bool(found.sidecars), head
+    )
 
 
 def find_and_open(

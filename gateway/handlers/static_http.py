@@ -5,6 +5,7 @@ precompressed variant by Accept-Encoding (§12.5.3).  No I/O: ``handlers.static`
 
 from __future__ import annotations
 
+import functools
 import mimetypes
 import os
 from collections.abc import Iterable, Sequence
@@ -63,7 +64,9 @@ def entity_tag(size: int, mtime_ns: int, coding: str | None) -> bytes:
     return tag + (b"-" + coding.encode() if coding else b"") + b'"'
 
 
-def http_date(seconds: float) -> bytes:
+@functools.lru_cache(maxsize=1024)
+def http_date(seconds: int) -> bytes:
+    """An IMF-fixdate; memoized, as the same Last-Modified values come back on every request."""
     return formatdate(seconds, usegmt=True).encode()
 
 

@@ -702,12 +702,12 @@ def test_read_nowait_reads_cached_pages_and_stops_at_the_end(site: Path) -> None
 
 def test_lookups_expire_are_bounded_and_keep_no_misses() -> None:
     lookups = Lookups(ttl=1.0, size=2)
-    found = Found("/srv/a", "a", ())
+    found = Found("/srv/a", "text/plain", ())
     lookups.put((("a",), False), found, now=10.0)
     assert lookups.get((("a",), False), now=10.9) is found
     assert lookups.get((("a",), False), now=11.0) is None  # expired, and dropped
     for name in ("a", "b", "c"):
-        lookups.put(((name,), False), Found("/srv/" + name, name, ()), now=20.0)
+        lookups.put(((name,), False), Found("/srv/" + name, "text/plain", ()), now=20.0)
     assert lookups.get((("a",), False), now=20.0) is None  # the oldest made room
     assert lookups.get((("c",), False), now=20.0) is not None
     lookups.discard((("c",), False))
