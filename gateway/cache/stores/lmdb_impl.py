@@ -65,6 +65,10 @@ def _slot(primary_key: str, entry_vary: bytes) -> bytes:
     return key_hash(primary_key) + hashlib.blake2b(entry_vary, digest_size=8).digest()
 
 
+class SharedStoreError(Exception):
+    """The shared store's directory cannot be used (the message says why and what to do)."""
+
+
 class SharedStore:
     """Stored responses in the LMDB environment at ``directory`` (created when missing)."""
 
@@ -387,15 +391,21 @@ def _environment(directory: Path, map_size: int) -> lmdb.Environment:
     directory = directory.resolve()
     env = _ENVIRONMENTS.get(directory)
     if env is None:
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        env = lmdb.open(
-            str(directory),
-            map_size=map_size,
-            max_dbs=8,
-            sync=False,  # a cache: nothing needs to survive a power cut
-            metasync=False,
-            mode=0o600,
-        )
+        try:
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            env = lmdb.open(
+                str(directory),
+                map_size=map_size,
+                max_dbs=8,
+                sync=False,  # a cache: nothing needs to survive a power cut
+                metasync=False,
+                mode=0o600,
+            )
+        except (OSError, lmdb.Error) as exc:
+            raise SharedStoreError(
+                f'[cache] store = "shared": cannot open {directory} ({exc}); the directory '
+                'must be writable by the gateway, or use store = "memory"'
+            ) from exc
         env.reader_check()  # slots of readers that died with their process
         _ENVIRONMENTS[directory] = env
     elif env.info()["map_size"] < map_size:

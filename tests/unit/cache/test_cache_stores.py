@@ -18,7 +18,7 @@ from gateway.cache.decisions import Action
 from gateway.cache.policy import DEFAULT_POLICY
 from gateway.cache.store import ResponseCache
 from gateway.cache.stores import CacheStore, open_store
-from gateway.cache.stores.lmdb_impl import SharedStore
+from gateway.cache.stores.lmdb_impl import SharedStore, SharedStoreError
 from gateway.cache.stores.memory import MemoryStore
 from gateway.cache.stores.redis_impl import RedisStore
 from gateway.cache.storing import StoredResponse, make_stored_response
@@ -332,3 +332,11 @@ def test_redis_unreachable_from_the_start_is_a_miss(caplog: pytest.LogCaptureFix
         await store.aclose()
 
     run(scenario())
+
+
+def test_an_unusable_shared_directory_says_what_to_do(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(SharedStoreError) as info:
+        SharedStore(blocker / "cache", MAX, MAX // 2, DEFAULT_POLICY)
+    assert str(blocker / "cache") in str(info.value) and 'store = "memory"' in str(info.value)
