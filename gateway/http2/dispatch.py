@@ -38,10 +38,12 @@ class ALPNDispatchProtocol(GatewayHttpToolsProtocol):
             server=get_local_addr(transport),  # type: ignore[arg-type]
             client=get_remote_addr(transport),
             root_path=self.root_path,
-            # The TLS server name (set by the SNI callback), for validation's SNI != Host 421:
-            # browsers reuse an h2 connection for every name its certificate covers, and a
-            # 421 is how they learn to open another one (RFC 9113 §9.1.2).
+            # The TLS server name and the names of the certificate served (both recorded by
+            # the SNI callback), for validation's 421: browsers reuse an h2 connection for
+            # every name its certificate covers, and a 421 is how they learn to open another
+            # one (RFC 9113 §9.1.2).
             sni=getattr(ssl_object, "gateway_sni", None),
+            cert_names=getattr(ssl_object, "gateway_cert_names", None),
         )
         if self.trace:  # gateway.tracing: each stream's scope gets a Trace
             protocol.start_tracing(ssl_object)

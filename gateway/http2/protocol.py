@@ -253,6 +253,7 @@ class H2Protocol(asyncio.Protocol):
         client: tuple[str, int] | None = None,
         root_path: str = "",
         sni: str | None = None,
+        cert_names: tuple[str, ...] | None = None,
     ) -> None:
         self.app = app
         self.limits = limits
@@ -271,6 +272,7 @@ class H2Protocol(asyncio.Protocol):
         }
         if sni is not None:
             self.base_scope["gateway.sni"] = sni
+            self.base_scope["gateway.cert_names"] = cert_names
         self.conn = h2.connection.H2Connection(config=_CONFIG)
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, Stream] = {}

@@ -70,7 +70,11 @@ class FakeTransport:
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         if name == "ssl_object":
-            return SimpleNamespace(selected_alpn_protocol=lambda: self.alpn, gateway_sni=self.sni)
+            return SimpleNamespace(
+                selected_alpn_protocol=lambda: self.alpn,
+                gateway_sni=self.sni,
+                gateway_cert_names=("localhost", "127.0.0.1"),
+            )
         return default
 
     def pause_reading(self) -> None: ...
@@ -568,6 +572,10 @@ def test_alpn_decides_the_protocol_per_connection() -> None:
                 assert transport.protocol in state.connections
                 # The TLS server name reaches the scope, for validation's SNI != Host check.
                 assert transport.protocol.base_scope["gateway.sni"] == "localhost"
+                assert transport.protocol.base_scope["gateway.cert_names"] == (
+                    "localhost",
+                    "127.0.0.1",
+                )
             transport.close()
             await asyncio.sleep(0)
         # Without http2 the listener's class is the plain HTTP/1.1 one.
