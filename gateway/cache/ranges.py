@@ -50,17 +50,26 @@ def parse_ranges(value: bytes, length: int) -> list[ByteRange] | None:
         if not first_text:  # suffix-range: the last N bytes
             if not last_text:
                 return None
-            suffix = int(last_text)
+            suffix = _position(last_text)
             if suffix > 0 and length > 0:
                 satisfiable.append((max(0, length - suffix), length - 1))
             continue
-        first = int(first_text)
-        last = int(last_text) if last_text else None
+        first = _position(first_text)
+        last = _position(last_text) if last_text else None
         if last is not None and last < first:
             return None  # an invalid range-spec invalidates the ranges-specifier
         if first < length:
             satisfiable.append((first, length - 1 if last is None else min(last, length - 1)))
     return satisfiable
+
+
+# Positions past any body we could hold; more digits than this mean "beyond the end" (and
+# int() of over 4,300 digits would raise: Python's limit on long digit strings).
+HUGE_POSITION = 10**18
+
+
+def _position(text: bytes) -> int:
+    return int(text) if len(text) <= 18 else HUGE_POSITION
 
 
 def _digits(*texts: bytes) -> bool:

@@ -244,3 +244,11 @@ def test_a_range_the_stored_response_cannot_answer_as_it_is_bypasses(
     # Without the Range the same request is revalidated or served stale.
     plain = lookup_decision(entry, "GET", [], T0 + 10)
     assert plain.action in (Action.REVALIDATE, Action.STALE_WHILE_REVALIDATE)
+
+
+def test_positions_with_thousands_of_digits_mean_beyond_the_end() -> None:
+    """int() refuses over 4,300 digits; such a position is past any body, never a crash."""
+    huge = b"9" * 5000
+    assert parse_ranges(b"bytes=0-" + huge, 100) == [(0, 99)]
+    assert parse_ranges(b"bytes=" + huge + b"-", 100) == []
+    assert parse_ranges(b"bytes=-" + huge, 100) == [(0, 99)]
