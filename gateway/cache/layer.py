@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -99,12 +100,9 @@ class CacheLayer:
         self._refreshes: set[asyncio.Task[None]] = set()
 
     def wrap(self, forward: Forward) -> Handler:
-        """The handler of a caching route: this cache in front of ``forward``."""
-
-        async def cached(request: Request) -> None:
-            await self.handle(request, forward)
-
-        return cached
+        """The handler of a caching route: this cache in front of ``forward`` (a partial, not
+        a wrapping coroutine: one frame less per request)."""
+        return functools.partial(self.handle, forward=forward)
 
     async def handle(self, request: Request, forward: Forward) -> None:
         method = request.method
