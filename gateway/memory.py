@@ -18,6 +18,8 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import ssl
+from typing import Any
 
 log = logging.getLogger("gateway.memory")
 
@@ -41,3 +43,20 @@ def fix_mmap_threshold() -> bool:
         log.debug("mallopt(M_MMAP_THRESHOLD) refused; idle TLS connections cost more memory")
         return False
     return True
+
+
+# uvloop reads a TLS connection with ``SSLObject.read(256 KiB)``, and CPython allocates the
+# whole length before it knows how little the record holds (it then shrinks the bytes).  Above
+# the pinned threshold, every request's read was an mmap, an mremap, a munmap and a page fault:
+# ~6% of a request's CPU (bench/README.md, "Hot path").  A TLS record carries at most 16 KiB,
+# so asking for 64 KiB at most changes what is read not at all, only where the buffer comes from.
+READ_CAP = 64 * 1024
+
+
+class CappedReadSSLObject(ssl.SSLObject):
+    """The listener's ``SSLContext.sslobject_class``: reads ask for at most ``READ_CAP``."""
+
+    def read(self, len: int = 1024, buffer: Any = None) -> Any:
+        if buffer is not None:
+            return super().read(len, buffer)
+        return super().read(min(len, READ_CAP))

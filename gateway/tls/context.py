@@ -35,6 +35,7 @@ from typing import Any
 
 from cryptography import x509
 
+from gateway.memory import CappedReadSSLObject
 from gateway.tls.certs import CertificateError, certificate_names
 
 logger = logging.getLogger("gateway.tls")
@@ -114,6 +115,7 @@ def client_ssl_context(ca_file: str | Path) -> ssl.SSLContext:
 
 def _intermediate_context() -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.sslobject_class = CappedReadSSLObject  # no mmap per read (gateway.memory)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.maximum_version = ssl.TLSVersion.TLSv1_3
     context.set_ciphers(INTERMEDIATE_CIPHERS)
