@@ -56,7 +56,7 @@ class GatewaySettings:
     trusted_proxies: tuple[str, ...] = ()
     keepalive_timeout: float = 15.0
     graceful_timeout: float = 10.0
-    # Processes sharing the listeners (Nginx's worker_processes); each has its own cache.
+    # Processes sharing the listeners (Nginx's worker_processes) and, by default, one cache.
     workers: int = 1
     # A WebSocket tunnel with no byte in either direction for this long is closed (Nginx
     # closes after proxy_read_timeout, 60 s, which surprises every dev server; 5 minutes here).
