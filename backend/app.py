@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -33,7 +33,7 @@ from .tokens import TokenCodec
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
-def _by_method(handlers: dict[str, Endpoint]) -> Endpoint:
+def by_method(handlers: dict[str, Endpoint]) -> Endpoint:
     """One route for several methods, so a 405 lists all of them in Allow."""
 
     async def dispatch(request: Request) -> Response:
@@ -51,7 +51,7 @@ ROUTES = [
     Route("/logout", auth.logout, methods=["POST"]),
     Route(
         "/user/{user_id:int}",
-        _by_method({"GET": users.get_user, "DELETE": users.delete_user}),
+        by_method({"GET": users.get_user, "DELETE": users.delete_user}),
         methods=["GET", "DELETE"],
     ),
     Route("/users", users.list_users, methods=["GET"]),
@@ -71,6 +71,27 @@ async def _api_error(request: Request, exc: Exception) -> JSONResponse:
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
     return http_exception_response(exc)
+
+
+def json_api(
+    routes: list[Route], lifespan: Callable[[Starlette], AbstractAsyncContextManager[None]]
+) -> Starlette:
+    """A Starlette app with the demo services' common shape: every error a JSON body with a
+    ``message``, ``Cache-Control: no-store`` unless an endpoint says otherwise, the body
+    size limit, and no trailing-slash redirects."""
+    app = Starlette(
+        routes=routes,
+        middleware=[
+            Middleware(ErrorBoundary),
+            Middleware(NoStoreByDefault),
+            Middleware(BodySizeLimit),
+        ],
+        exception_handlers={APIError: _api_error, HTTPException: _http_error},
+        lifespan=lifespan,
+    )
+    # A trailing-slash redirect would be built from the client's Host header; answer 404.
+    app.router.redirect_slashes = False
+    return app
 
 
 def create_app(
@@ -102,16 +123,4 @@ def create_app(
         finally:
             await db.close()
 
-    app = Starlette(
-        routes=ROUTES,
-        middleware=[
-            Middleware(ErrorBoundary),
-            Middleware(NoStoreByDefault),
-            Middleware(BodySizeLimit),
-        ],
-        exception_handlers={APIError: _api_error, HTTPException: _http_error},
-        lifespan=lifespan,
-    )
-    # A trailing-slash redirect would be built from the client's Host header; answer 404.
-    app.router.redirect_slashes = False
-    return app
+    return json_api(ROUTES, lifespan)

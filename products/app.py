@@ -4,29 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from backend import db as database
+from backend.app import by_method, json_api
 from backend.auth import authenticate_with, require_admin
 from backend.errors import (
-    APIError,
     NotFound,
     ValidationFailed,
-    error_response,
-    http_exception_response,
 )
 from backend.inputs import query_int, read_json
-from backend.middleware import BodySizeLimit, ErrorBoundary, NoStoreByDefault
 from backend.schemas import Message, parse
 from backend.signing_key import load_signing_key
 from backend.tokens import MAX_USER_ID, TokenCodec
@@ -36,7 +31,6 @@ from . import catalogue
 from .openapi import openapi_document
 from .schemas import ProductIn, ProductPatch, ProductsHealth
 
-Endpoint = Callable[[Request], Awaitable[Response]]
 NOT_FOUND = "Product not found."
 
 
@@ -133,38 +127,20 @@ async def openapi(request: Request) -> JSONResponse:
     return JSONResponse(openapi_document())
 
 
-def _by_method(handlers: dict[str, Endpoint]) -> Endpoint:
-    async def dispatch(request: Request) -> Response:
-        method = "GET" if request.method == "HEAD" else request.method
-        return await handlers[method](request)
-
-    return dispatch
-
-
 ROUTES = [
     Route("/products/health", health, methods=["GET"]),
     Route("/products/openapi.json", openapi, methods=["GET"]),
     Route(
         "/products",
-        _by_method({"GET": list_products, "POST": create_product}),
+        by_method({"GET": list_products, "POST": create_product}),
         methods=["GET", "POST"],
     ),
     Route(
         "/products/{product_id:int}",
-        _by_method({"GET": get_product, "PATCH": update_product, "DELETE": delete_product}),
+        by_method({"GET": get_product, "PATCH": update_product, "DELETE": delete_product}),
         methods=["GET", "PATCH", "DELETE"],
     ),
 ]
-
-
-async def _api_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, APIError)
-    return error_response(exc)
-
-
-async def _http_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, HTTPException)
-    return http_exception_response(exc)
 
 
 def create_app(
@@ -197,15 +173,4 @@ def create_app(
         finally:
             await products.close()
 
-    app = Starlette(
-        routes=ROUTES,
-        middleware=[
-            Middleware(ErrorBoundary),
-            Middleware(NoStoreByDefault),
-            Middleware(BodySizeLimit),
-        ],
-        exception_handlers={APIError: _api_error, HTTPException: _http_error},
-        lifespan=lifespan,
-    )
-    app.router.redirect_slashes = False
-    return app
+    return json_api(ROUTES, lifespan)
