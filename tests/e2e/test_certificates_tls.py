@@ -232,7 +232,9 @@ def test_local_leaf_is_renewed_while_running_without_dropping_connections(
     (certs / "key.pem").write_bytes(leaf.key_pem())
     (certs / "cert.pem").write_bytes(leaf.cert_pem())
     os.chmod(certs / "key.pem", 0o600)
-    with stack(tmp_path / "gw", ["a"], one_pool(gateway={"keepalive_timeout": 300})) as s:
+    with stack(
+        tmp_path / "gw", ["a"], one_pool(gateway={"keepalive_timeout": 300, "header_timeout": 300})
+    ) as s:
         gw = s.gateway
         assert gw.log_lines("reusing certificate for localhost")
         with gw.tls_socket() as old:
@@ -270,12 +272,14 @@ def test_bring_your_own_files_replaced_are_served_without_a_restart(tmp_path: Pa
                 [
                     toml_table(
                         "[gateway]",
-                        # Open connections idle while the files change: keep them.
+                        # Open connections idle while the files change: keep them (one
+                        # that has not sent its first request yet is under header_timeout).
                         {
                             "host": "127.0.0.1",
                             "http_port": ports[0],
                             "https_port": ports[1],
                             "keepalive_timeout": 300,
+                            "header_timeout": 300,
                         },
                     ),
                     toml_table("[tls]", {"cert_file": str(cert_file), "key_file": str(key_file)}),

@@ -353,6 +353,11 @@ def test_client_gone_during_the_handshake_closes_the_upstream_side(site: Site, h
     conn_id = uuid.uuid4().hex
     tls = site.gateway.tls_socket()
     tls.sendall(upgrade_request(f"/echo?id={conn_id}&delay=0.5"))
+    # Leave only once the upstream is answering: a reset that overtakes the request in the
+    # gateway's receive buffer discards it, and there would be nothing to close upstream.
+    deadline = time.monotonic() + PROMPT
+    while not site.upstream.stats(conn_id)["seen"]:
+        assert time.monotonic() < deadline, "the handshake never reached the upstream"
     if how == "reset":
         tls.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     tls.close()

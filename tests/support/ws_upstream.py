@@ -71,6 +71,14 @@ def _json(connection: ServerConnection, status: int, payload: Any) -> Response:
     return response
 
 
+watchers: set[asyncio.Task[None]] = set()
+
+
+async def _mark_closed(connection: ServerConnection, entry: Tracked) -> None:
+    await connection.wait_closed()
+    entry.closed.set()
+
+
 async def process_request(connection: ServerConnection, request: Request) -> Response | None:
     path, query = _query(request.path)
     if path == "/health":
@@ -88,6 +96,7 @@ async def process_request(connection: ServerConnection, request: Request) -> Res
                 "open": open_connections,
                 "sent": entry.sent if entry else 0,
                 "closed": entry.closed.is_set() if entry else False,
+                "seen": entry is not None,  # its handshake request has arrived
             },
         )
     if path == "/_wait_closed":
@@ -97,6 +106,13 @@ async def process_request(connection: ServerConnection, request: Request) -> Res
         except TimeoutError:
             return connection.respond(http.HTTPStatus.GATEWAY_TIMEOUT, "still open\n")
         return connection.respond(http.HTTPStatus.OK, "closed\n")
+    if "id" in query:
+        # A connection can close before its handshake completes (the gateway's client left
+        # during a ?delay): /_wait_closed must see that too, not only a closed tunnel.
+        entry = tracked.setdefault(query["id"], Tracked())
+        watcher = asyncio.create_task(_mark_closed(connection, entry))
+        watchers.add(watcher)
+        watcher.add_done_callback(watchers.discard)
     if "delay" in query:
         await asyncio.sleep(float(query["delay"]))
     return None  # a WebSocket handshake (or websockets' 426 for a plain request)
@@ -155,6 +171,7 @@ async def serve_forever(sock: socket.socket) -> None:
         extensions=[deflate],
         max_size=None,
         ping_interval=None,  # the tests decide when pings happen
+        open_timeout=WAIT_CLOSED_TIMEOUT + 5,  # /_wait_closed answers within its own timeout
     ) as server:
         await server.serve_forever()
 
