@@ -20,7 +20,9 @@ import os
 import signal
 import socket
 import ssl
+import sys
 from collections.abc import Callable, Generator
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -390,6 +392,13 @@ class Gateway:
                 )
 
 
+def _pygateway() -> str:
+    """The pygateway command as the user can type it: the script next to this interpreter
+    (``.venv/bin/pygateway`` under ``make run``), else the bare name."""
+    script = Path(sys.executable).with_name("pygateway")
+    return str(script) if script.exists() else "pygateway"
+
+
 def ready_line(settings: Settings) -> str:
     """The start-up banner: where to go, and how to make the browser trust it."""
     g = settings.gateway
@@ -403,7 +412,7 @@ def ready_line(settings: Settings) -> str:
     if settings.tls.cert_file is None:
         ca = settings.tls.dir / "ca.pem"
         line += (
-            f"\n  local CA: {ca}; trust it once with: pygateway trust --config {settings.path}"
+            f"\n  local CA: {ca}; trust it once with: {_pygateway()} trust --config {settings.path}"
             f"\n  or per command: curl --cacert {ca} https://{name}:{g.https_port}/"
         )
     return line
