@@ -73,6 +73,17 @@ class Connection(Protocol):
 Work = Callable[[Connection], Awaitable[T]]
 
 
+class _Queries:
+    """What both connection kinds derive from their own ``fetchall``."""
+
+    async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
+        raise NotImplementedError
+
+    async def fetchone(self, sql: str, params: Params = ()) -> Row | None:
+        rows = await self.fetchall(sql, params)
+        return rows[0] if rows else None
+
+
 class DatabaseUnavailable(ServiceUnavailable):
     def __init__(self, message: str = "The database is unavailable.") -> None:
         super().__init__(message, headers={"Retry-After": "1"})
@@ -125,15 +136,11 @@ def is_busy(exc: BaseException) -> bool:
     return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
-class SQLiteConnection:
+class SQLiteConnection(_Queries):
     dialect = SQLITE
 
     def __init__(self, raw: aiosqlite.Connection) -> None:
         self.raw = raw
-
-    async def fetchone(self, sql: str, params: Params = ()) -> Row | None:
-        rows = await self.fetchall(sql, params)
-        return rows[0] if rows else None
 
     async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
         try:
@@ -296,15 +303,11 @@ async def _guarded(work: Work[T], conn: Connection) -> T:
         raise _WorkFailed(exc) from exc
 
 
-class PostgresConnection:
+class PostgresConnection(_Queries):
     dialect = POSTGRESQL
 
     def __init__(self, raw: asyncpg.Connection) -> None:
         self.raw = raw
-
-    async def fetchone(self, sql: str, params: Params = ()) -> Row | None:
-        rows = await self.fetchall(sql, params)
-        return rows[0] if rows else None
 
     async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
         try:

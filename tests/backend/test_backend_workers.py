@@ -8,8 +8,6 @@ process's exit.  Every wait is bounded.
 from __future__ import annotations
 
 import asyncio
-import email
-import email.policy
 import os
 import random
 import re
@@ -22,10 +20,10 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from support.outbox import confirmation_path
 from support.postgres import PostgresServer
 
 from gateway.runtime.supervisor import restart_delay
@@ -222,19 +220,6 @@ def shared_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend
         yield stack
     finally:
         stack.stop()
-
-
-def confirmation_path(outbox: Path, address: str) -> str:
-    for path in outbox.glob("*.eml"):
-        message = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
-        if message["To"] == address:
-            body = message.get_body(("plain",))
-            assert body is not None
-            match = re.search(r"https://\S+", body.get_content())
-            assert match is not None
-            link = urlsplit(match.group(0))
-            return f"{link.path}?{link.query}"
-    raise AssertionError(f"no e-mail to {address}")
 
 
 @pytest.mark.e2e

@@ -150,6 +150,12 @@ class EchoUpstream:
             payload: dict[str, Any] = client.get(f"{self.url}/_stats").json()
             return payload
 
+    def answered(self, path: str) -> int:
+        """How many ``path`` requests the cache-family endpoints really answered."""
+        with httpx.Client(trust_env=False, timeout=5) as direct:
+            counts: dict[str, int] = direct.get(f"{self.url}/cache-count").json()["paths"]
+        return counts.get(path, 0)
+
     def seen(self, path: str) -> int:
         return int(self.stats()["seen"].get(path, 0))
 

@@ -61,12 +61,6 @@ def client(cached: Stack) -> Iterator[httpx.Client]:
         yield c
 
 
-def answered(upstream: EchoUpstream, path: str) -> int:
-    with httpx.Client(trust_env=False, timeout=5) as direct:
-        counts: dict[str, int] = direct.get(f"{upstream.url}/cache-count").json()["paths"]
-    return counts.get(path, 0)
-
-
 def get(client: httpx.Client, path: str, params: Params, **kw: Any) -> httpx.Response:
     return client.get(path, params=params, **kw)
 
@@ -82,7 +76,7 @@ def test_rfc9213_cdn_cache_control_decides_and_is_not_forwarded(
     assert first.status_code == 200 and "stored" in first.headers["cache-status"]
     second = get(client, "/cache/cdn", params)
     assert second.headers["x-cache"] == "HIT"
-    assert answered(cached.upstreams["r1"], "/cache/cdn") == 1
+    assert cached.upstreams["r1"].answered("/cache/cdn") == 1
     for forwarded in (first, second):
         assert "cdn-cache-control" not in forwarded.headers
         assert forwarded.headers["cache-control"] == "no-store"  # for the caches downstream
@@ -96,7 +90,7 @@ def test_rfc9213_cdn_no_store_overrides_a_cacheable_cache_control(
         response = get(client, "/cache/cdn-nostore", params)
         assert response.headers["x-cache"] == "MISS"
         assert "cdn-cache-control" not in response.headers
-    assert answered(cached.upstreams["r1"], "/cache/cdn-nostore") == 2
+    assert cached.upstreams["r1"].answered("/cache/cdn-nostore") == 2
 
 
 # --- RFC 9111 §4.2.2 heuristic freshness ----------------------------------------------------
@@ -114,7 +108,7 @@ def test_rfc9111_4_2_2_heuristic_freshness_from_last_modified(
     assert "detail=heuristic" in status
     ttl = int(status.split("ttl=")[1].split(";")[0])
     assert 3500 <= ttl <= 3600
-    assert answered(cached.upstreams["r1"], "/cache/heuristic") == 1
+    assert cached.upstreams["r1"].answered("/cache/heuristic") == 1
 
 
 def test_rfc9111_4_2_2_an_age_beyond_the_heuristic_lifetime_is_revalidated(
@@ -126,7 +120,7 @@ def test_rfc9111_4_2_2_an_age_beyond_the_heuristic_lifetime_is_revalidated(
     # Revalidated with If-Modified-Since: the upstream's 304 confirms the stored body.
     assert again.headers["x-cache"] == "REVALIDATED"
     assert again.json()["n"] == 1
-    assert answered(cached.upstreams["r1"], "/cache/heuristic-old") == 2
+    assert cached.upstreams["r1"].answered("/cache/heuristic-old") == 2
 
 
 # --- RFC 9111 §3 any status with explicit freshness, §5.2.2.3 must-understand ---------------
@@ -142,7 +136,7 @@ def test_rfc9111_3_any_status_with_explicit_freshness_is_cached(
     second = get(client, path, params, follow_redirects=False)
     assert first.status_code == second.status_code == status
     assert second.headers["x-cache"] == "HIT" and second.json() == first.json()
-    assert answered(cached.upstreams["r1"], path) == 1
+    assert cached.upstreams["r1"].answered(path) == 1
 
 
 def test_rfc9111_5_2_2_3_must_understand_overrides_no_store_for_a_known_status(
@@ -155,7 +149,7 @@ def test_rfc9111_5_2_2_3_must_understand_overrides_no_store_for_a_known_status(
     get(client, "/cache/mu-unknown", unknown)
     assert get(client, "/cache/mu-unknown", unknown).headers["x-cache"] == "MISS"
     r1 = cached.upstreams["r1"]
-    assert (answered(r1, "/cache/mu"), answered(r1, "/cache/mu-unknown")) == (1, 2)
+    assert (r1.answered("/cache/mu"), r1.answered("/cache/mu-unknown")) == (1, 2)
 
 
 # --- qualified private / no-cache and Set-Cookie --------------------------------------------
@@ -169,7 +163,7 @@ def test_rfc9111_5_2_2_7_private_field_is_stored_without_the_field(
     assert first.headers["x-user"] == "alice"  # the client it was made for gets it
     hit = get(client, "/cache/private-field", params)
     assert hit.headers["x-cache"] == "HIT" and "x-user" not in hit.headers
-    assert answered(cached.upstreams["r1"], "/cache/private-field") == 1
+    assert cached.upstreams["r1"].answered("/cache/private-field") == 1
 
 
 def test_set_cookie_is_stored_only_when_the_origin_lists_it_and_never_replayed(
@@ -181,7 +175,7 @@ def test_set_cookie_is_stored_only_when_the_origin_lists_it_and_never_replayed(
     client.cookies.clear()
     hit = get(client, "/cache/cookie-listed", params)
     assert hit.headers["x-cache"] == "HIT" and "set-cookie" not in hit.headers
-    assert answered(cached.upstreams["r1"], "/cache/cookie-listed") == 1
+    assert cached.upstreams["r1"].answered("/cache/cookie-listed") == 1
 
 
 # --- RFC 9111 §4.1 Vary normalisation -------------------------------------------------------
@@ -197,7 +191,7 @@ def test_rfc9111_4_1_equivalent_accept_encoding_shares_one_variant(
         assert again.headers["x-cache"] == "HIT", equivalent
     other = get(client, "/cache/vary-norm", params, headers={"accept-encoding": "gzip;q=0.5, br"})
     assert other.headers["x-cache"] == "MISS"
-    assert answered(cached.upstreams["r1"], "/cache/vary-norm") == 2
+    assert cached.upstreams["r1"].answered("/cache/vary-norm") == 2
 
 
 # --- 304s: client If-Modified-Since, upstream 304 updating the stored headers ---------------
@@ -223,7 +217,7 @@ def test_rfc9111_4_3_4_an_upstream_304_updates_the_stored_headers(
     assert revalidated.headers["x-cache"] == "REVALIDATED"
     assert revalidated.headers["x-served"] == "2"  # the 304's field replaced the stored one
     assert revalidated.json()["n"] == 1  # the body is still the stored one
-    assert answered(cached.upstreams["r1"], "/cache/update304") == 2
+    assert cached.upstreams["r1"].answered("/cache/update304") == 2
 
 
 # --- ranges from the cache ------------------------------------------------------------------
@@ -254,7 +248,7 @@ def test_rfc9110_14_a_range_is_answered_from_the_stored_response(
         client, "/cache/range", params, headers={"range": "bytes=0-1", "if-range": '"old"'}
     )
     assert changed.status_code == 200 and changed.content == whole
-    assert answered(cached.upstreams["r1"], "/cache/range") == 1
+    assert cached.upstreams["r1"].answered("/cache/range") == 1
 
 
 def test_a_range_miss_goes_upstream_and_stores_nothing(cached: Stack, client: httpx.Client) -> None:
@@ -263,7 +257,7 @@ def test_a_range_miss_goes_upstream_and_stores_nothing(cached: Stack, client: ht
     assert ranged.headers["x-cache"] == "BYPASS"
     whole = get(client, "/cache/range-miss", params)
     assert whole.headers["x-cache"] == "MISS" and "stored" in whole.headers["cache-status"]
-    assert answered(cached.upstreams["r1"], "/cache/range-miss") == 2
+    assert cached.upstreams["r1"].answered("/cache/range-miss") == 2
 
 
 # --- POST with Content-Location (RFC 9110 §9.3.3): decided against, for safety ---------------
@@ -277,7 +271,7 @@ def test_a_post_response_is_never_served_to_a_later_get(
     assert posted.status_code == 200 and posted.headers["x-cache"] == "BYPASS"
     later = get(client, "/cache/post-cl", params)
     assert later.headers["x-cache"] == "MISS" and later.json()["method"] == "GET"
-    assert answered(cached.upstreams["r1"], "/cache/post-cl") == 2
+    assert cached.upstreams["r1"].answered("/cache/post-cl") == 2
 
 
 # --- stale-if-error on a dropped upstream connection ----------------------------------------

@@ -13,8 +13,6 @@ loopback ports, real TLS.
 from __future__ import annotations
 
 import asyncio
-import email
-import email.policy
 import os
 import re
 import signal
@@ -24,10 +22,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from support.outbox import confirmation_path
 
 from e2e.harness import PYTHON, REPO, Gateway, ManagedProcess, free_port, toml_table
 from e2e.test_resilience import consecutive_free_ports, steady_gets, wait_until
@@ -149,19 +147,6 @@ def running_stack(directory: Path, **kw: Any) -> Iterator[StackRun]:
         yield StackRun(directory, config, process, gateway, ports["backend"], ports["products"])
     finally:
         process.stop(timeout=30)
-
-
-def confirmation_path(outbox: Path, address: str) -> str:
-    for path in outbox.glob("*.eml"):
-        message = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
-        if message["To"] == address:
-            body = message.get_body(("plain",))
-            assert body is not None
-            match = re.search(r"https://\S+", body.get_content())
-            assert match is not None
-            link = urlsplit(match.group(0))
-            return f"{link.path}?{link.query}"
-    raise AssertionError(f"no e-mail to {address}")
 
 
 def create_admin(config: Path, username: str) -> None:
