@@ -44,9 +44,48 @@ log = logging.getLogger("gateway")
 
 
 class _Server(uvicorn.Server):
+    """A uvicorn server on sockets we bound, whose TLS handshakes are under ``header_timeout``.
+
+    uvicorn creates its asyncio servers without ``ssl_handshake_timeout``, so a client that
+    opens a TLS connection and never finishes the handshake would hold it for the event loop's
+    default 60 s: the protocol (and its header timer) only exists once the handshake is done.
+    Nginx's ``client_header_timeout`` covers the handshake too; so does ours.
+    """
+
+    def __init__(self, config: uvicorn.Config, handshake_timeout: float) -> None:
+        super().__init__(config)
+        self.handshake_timeout = handshake_timeout
+
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield  # signals are handled by Gateway, for both servers at once
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        assert sockets is not None, "the gateway always binds its own sockets (listeners.py)"
+        config = self.config
+        await self.lifespan.startup()  # lifespan="off": nothing to run, kept for uvicorn's state
+
+        def create_protocol(_loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Protocol:
+            return config.http_protocol_class(  # type: ignore[call-arg]
+                config=config,
+                server_state=self.server_state,
+                app_state=self.lifespan.state,
+                _loop=_loop,
+            )
+
+        loop = asyncio.get_running_loop()
+        handshake_timeout = self.handshake_timeout if config.ssl else None
+        self.servers = [
+            await loop.create_server(
+                create_protocol,
+                sock=sock,
+                ssl=config.ssl,
+                backlog=config.backlog,
+                ssl_handshake_timeout=handshake_timeout,
+            )
+            for sock in sockets
+        ]
+        self.started = True
 
 
 class Gateway:
@@ -207,8 +246,11 @@ class Gateway:
         """Both listeners on ``sockets``; on a reload the previous ones stop accepting and
         finish their requests (``_retire_servers``)."""
         g = settings.gateway
-        https = _Server(self._config(self.switch, g.https_port, self.ssl_context))
-        http = _Server(self._config(self.http_switch, g.http_port, None))
+        handshake_timeout = max(g.header_timeout, 0.1)  # 0 would mean "no limit" to asyncio
+        https = _Server(
+            self._config(self.switch, g.https_port, self.ssl_context), handshake_timeout
+        )
+        http = _Server(self._config(self.http_switch, g.http_port, None), handshake_timeout)
         self.servers = [https, http]
         for server, sock in ((https, sockets[0]), (http, sockets[1])):
             task = asyncio.create_task(server.serve([sock]))

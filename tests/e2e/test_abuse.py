@@ -27,6 +27,8 @@ from gateway.tls.certs import CertificateAuthority, leaf_names
 pytestmark = pytest.mark.e2e
 
 TIMEOUT = 1.0  # header_timeout and body_timeout of the shared gateway
+# A TLS record announcing a 512-byte ClientHello, cut after its first 16 bytes.
+CLIENT_HELLO_START = bytes.fromhex("16030102000100 01fc 0303") + b"\x00" * 5
 
 
 def answer(request: SeenRequest) -> bytes | None:
@@ -146,6 +148,29 @@ def test_tls_connection_that_never_sends_a_byte_is_closed(site: Site) -> None:
         data, elapsed = wait_closed(sock, 5.0)
     assert data == b""  # not one byte of a request: nothing to answer
     assert elapsed < TIMEOUT + 2.0
+
+
+def raw_closed(sock: socket.socket, within: float) -> float:
+    """How long until the gateway closes a plain TCP socket (EOF or reset)."""
+    started = time.monotonic()
+    sock.settimeout(within)
+    try:
+        while sock.recv(65536):
+            pass
+    except ConnectionResetError:
+        pass
+    return time.monotonic() - started
+
+
+@pytest.mark.parametrize("sent", [b"", CLIENT_HELLO_START], ids=["nothing", "half-hello"])
+def test_a_tls_handshake_that_never_completes_is_cut_at_header_timeout(
+    site: Site, sent: bytes
+) -> None:
+    """The handshake is under header_timeout too (asyncio's own default would be 60 s)."""
+    with socket.create_connection(("127.0.0.1", site.gateway.https_port), timeout=5) as sock:
+        sock.sendall(sent)
+        elapsed = raw_closed(sock, TIMEOUT + 5.0)  # a recv timeout raises: the test fails
+    assert TIMEOUT * 0.8 <= elapsed < TIMEOUT + 2.0
 
 
 def test_slowloris_dripping_header_lines_is_cut_off(site: Site) -> None:
