@@ -160,8 +160,9 @@ def build_groups(
             ports=[None],
             start_timeout=START_TIMEOUT,
             grace=settings.gateway.graceful_timeout,
-            # Its configuration is reloaded through its own interface (pygateway reload).
-            on_hup="ignore",
+            # SIGHUP to the stack also reloads the gateway's configuration (as `pygateway
+            # reload` does), while the services' workers restart one at a time.
+            on_hup="forward",
             after_previous=True,
             numbered=False,
         )

@@ -275,6 +275,10 @@ def test_kill_9_and_sighup_of_a_service_under_load_lose_no_get(tmp_path: Path) -
         rolled = s.output_after(mark)
         # one at a time: the second worker is stopped only after the first replacement is up
         assert rolled.index("products 0 restarted") < rolled.index("restarting products 1")
+        # and the gateway reloaded its configuration, without a failed request either
+        assert re.search(r"^gateway +\| .*configuration reloaded from", rolled, re.MULTILINE), (
+            rolled
+        )
 
 
 @pytest.mark.parametrize(
