@@ -4,9 +4,10 @@ What is compressed: a compressible media type (``encoding.is_compressible``), no
 Content-Encoding yet, no ``Cache-Control: no-transform`` (RFC 9110 §7.7), not a 204/206/304,
 not a HEAD, and not a body the upstream declared shorter than ``min_bytes``.  Every response
 whose type could have been compressed gets ``Vary: Accept-Encoding``, whatever this client
-accepted, so shared caches keep the variants apart.  A compressed response loses its
-Content-Length (the listener frames it) and Accept-Ranges (ranges of the identity body no
-longer apply), and a strong ETag becomes weak.
+accepted, so shared caches keep the variants apart; so does a 304 for one (its type, or the
+client's copy being our encoded variant, says so: RFC 9110 §15.4.5).  A compressed response
+loses its Content-Length (the listener frames it) and Accept-Ranges (ranges of the identity
+body no longer apply), and a strong ETag becomes weak.
 
 Bodies with a declared length arrive at once (the proxy sends the head and the body back to
 back), so the head is held for the first body message: a body that is complete in it is
@@ -98,7 +99,7 @@ class CompressingSend:
         status: int = message["status"]
         headers: Headers = message["headers"]
         content_type = encoded = length = etag = None
-        skip = status in UNTOUCHED_STATUSES or status < 200
+        no_transform = False
         for name, value in headers:
             if name == b"content-type":
                 content_type = value
@@ -109,13 +110,19 @@ class CompressingSend:
             elif name == b"etag":
                 etag = value
             elif name == b"cache-control" and b"no-transform" in value.lower():
-                skip = True
-        if status == 304 and encoded is None and self.coding is not None and etag is not None:
-            # The client's copy is our weakened variant: its 304 must say so too.
-            if self.if_none_match and weak_etag(etag) in self.if_none_match:
-                message["headers"] = [(n, weak_etag(v) if n == b"etag" else v) for n, v in headers]
-            await self.send(message)
+                no_transform = True
+        if status == 304 and encoded is None:
+            # A 304 carries the Vary and ETag its 200 would have had (RFC 9110 §15.4.5).
+            inm, ours = self.if_none_match, False
+            if self.coding is not None and etag is not None and inm:
+                ours = weak_etag(etag) in inm
+            if ours:  # the client's copy is our weakened variant: the 304 must say so too
+                headers = [(n, weak_etag(v) if n == b"etag" else v) for n, v in headers]
+            if ours or (not no_transform and is_compressible(content_type)):
+                headers = with_vary(headers)
+            await self.send({**message, "headers": headers})
             return
+        skip = no_transform or status in UNTOUCHED_STATUSES or status < 200
         if skip or encoded is not None or not is_compressible(content_type):
             await self.send(message)
             return

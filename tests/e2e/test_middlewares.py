@@ -620,6 +620,7 @@ def test_compress_on_a_static_route(tmp_path: Path) -> None:
         assert etag.startswith('W/"')
         again = c.get("/files/big.txt", headers={"Accept-Encoding": "gzip", "If-None-Match": etag})
         assert again.status_code == 304 and again.headers["etag"] == etag
+        assert again.headers["vary"] == "Accept-Encoding"  # what its 200 said
         ranged = c.get("/files/big.txt", headers={"Accept-Encoding": "gzip", "Range": "bytes=0-9"})
         assert ranged.status_code == 206 and ranged.content == text[:10]
         assert "content-encoding" not in ranged.headers

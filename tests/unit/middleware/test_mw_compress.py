@@ -119,8 +119,19 @@ def test_head_gets_vary_but_no_encoding() -> None:
 def test_304_to_a_client_holding_the_encoded_variant_has_the_weak_etag() -> None:
     (head, _) = run([start(304, [(b"etag", b'"v1"')]), body(b"")], if_none_match=b'W/"v1"')
     assert header(head, b"etag") == b'W/"v1"'
+    assert header(head, b"vary") == b"Accept-Encoding"  # as its 200 had (RFC 9110 §15.4.5)
     (head, _) = run([start(304, [(b"etag", b'"v1"')]), body(b"")], if_none_match=b'"v1"')
     assert header(head, b"etag") == b'"v1"'
+
+
+def test_304_of_a_compressible_type_has_vary_and_others_not() -> None:
+    (head, _) = run([start(304, [JSON, (b"etag", b'"v1"')]), body(b"")], if_none_match=b'"v1"')
+    assert header(head, b"vary") == b"Accept-Encoding"
+    png = (b"content-type", b"image/png")
+    (head, _) = run([start(304, [png, (b"etag", b'"v1"')]), body(b"")], if_none_match=b'"v1"')
+    assert header(head, b"vary") is None
+    (head, _) = run([start(304, [(b"etag", b'"v1"')]), body(b"")], if_none_match=b'"v1"')
+    assert header(head, b"vary") is None  # nothing says the 200 could have been compressed
 
 
 def test_accepted_coding_joins_repeated_fields() -> None:
