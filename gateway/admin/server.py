@@ -3,7 +3,9 @@
 It runs in the process that can see the whole gateway: the gateway itself when it is one
 process (``LocalSource``), the parent of the workers otherwise (``control.WorkerPool``, which
 asks every worker).  HTTPS with the gateway's certificate, in a context of its own that
-offers HTTP/1.1 only (the proxy's offers h2, which uvicorn cannot speak).
+offers HTTP/1.1 only (the proxy's offers h2, which uvicorn cannot speak).  That context follows
+the certificate files as the proxy's does: a renewed local leaf or a replaced ``[tls]
+cert_file`` reaches new admin connections too, in whichever process runs the listener.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import contextlib
 import logging
 import socket
 import ssl
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
@@ -21,8 +24,9 @@ from gateway.admin.state import describe_process, merge_views, purge_cache
 from gateway.config import AdminSettings, Settings
 from gateway.listeners import ListenError, bind
 from gateway.runtime.reload import ReloadError
-from gateway.tls.certs import ensure_certificates
-from gateway.tls.context import server_ssl_context
+from gateway.tls.certs import CertificatePaths, ensure_certificates
+from gateway.tls.context import load_certificate, server_ssl_context
+from gateway.tls.service import follow_certificate_files
 
 if TYPE_CHECKING:
     from gateway.server import Gateway
@@ -44,9 +48,12 @@ def check_admin_port(settings: Settings) -> None:
     bind_admin(settings.admin).close()
 
 
-def admin_ssl_context(settings: Settings) -> ssl.SSLContext:
+AdminTLS = tuple[ssl.SSLContext, CertificatePaths]
+
+
+def admin_ssl_context(settings: Settings) -> AdminTLS:
     paths = ensure_certificates(settings.tls, settings.gateway.hostnames)
-    return server_ssl_context(paths.cert_file, paths.key_file, http2=False)
+    return server_ssl_context(paths.cert_file, paths.key_file, http2=False), paths
 
 
 class LocalSource:
@@ -77,8 +84,9 @@ class AdminServer:
         self.server: uvicorn.Server | None = None
         self.task: asyncio.Task[None] | None = None
         self.settings: AdminSettings | None = None
+        self.follower: asyncio.Task[None] | None = None
 
-    def prepare(self, settings: Settings) -> tuple[socket.socket | None, ssl.SSLContext | None]:
+    def prepare(self, settings: Settings) -> tuple[socket.socket | None, AdminTLS | None]:
         """For a reload: the new listening socket (None: disabled), bound now so a busy
         port fails the reload before anything changed."""
         admin = settings.admin
@@ -94,20 +102,18 @@ class AdminServer:
     def start(
         self,
         settings: Settings,
-        binding: tuple[socket.socket | None, ssl.SSLContext | None] | None = None,
+        binding: tuple[socket.socket | None, AdminTLS | None] | None = None,
     ) -> None:
         admin = settings.admin
         if admin is None or not admin.enabled:
             return
-        sock, context = binding if binding is not None else (None, None)
+        sock, tls = binding if binding is not None else (None, None)
         if sock is None:
             sock = bind_admin(admin)
-        if context is None:
-            context = admin_ssl_context(settings)
+        chosen, paths = tls if tls is not None else admin_ssl_context(settings)
         from gateway.admin.api import build_app
 
         app = build_app(self.source, admin.htpasswd)
-        chosen = context
 
         def factory(config: uvicorn.Config, default: object) -> ssl.SSLContext:
             return chosen
@@ -127,16 +133,25 @@ class AdminServer:
         self.server = server
         self.settings = admin
         self.task = asyncio.create_task(server.serve([sock]), name="admin listener")
+        self._stop_following()
+
+        def load(cert_file: Path, key_file: Path) -> None:
+            load_certificate(chosen, cert_file, key_file)
+
+        self.follower = asyncio.create_task(
+            follow_certificate_files(load, paths, "the admin listener"), name="admin certificate"
+        )
         host = f"[{admin.host}]" if ":" in admin.host else admin.host
         log.info("admin API and dashboard: https://%s:%d/", host, admin.port)
 
     async def restart(
-        self, settings: Settings, binding: tuple[socket.socket | None, ssl.SSLContext | None]
+        self, settings: Settings, binding: tuple[socket.socket | None, AdminTLS | None]
     ) -> None:
         """After a reload changed ``[admin]``: the new listener up, then the old one gone
         (it finishes the request that asked for the reload)."""
         old, old_task = self.server, self.task
         self.server = self.task = None
+        self._stop_following()
         if binding[0] is not None:
             self.start(settings, binding)
         if old is not None and old_task is not None:
@@ -144,7 +159,13 @@ class AdminServer:
             with contextlib.suppress(Exception):
                 await old_task
 
+    def _stop_following(self) -> None:
+        if self.follower is not None:
+            self.follower.cancel()
+            self.follower = None
+
     async def stop(self) -> None:
+        self._stop_following()
         if self.server is not None and self.task is not None:
             self.server.should_exit = True
             with contextlib.suppress(Exception):

@@ -14,6 +14,7 @@ import logging
 import ssl
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import hashes
@@ -116,22 +117,12 @@ class TLSService:
     async def _follow_files(self, paths: CertificatePaths) -> None:
         """Serve a replaced ``[tls] cert_file``/``key_file`` pair to new connections."""
         assert self.selector is not None
-        loaded = refused = _stamp(paths)
-        while True:
-            await asyncio.sleep(FILE_POLL.total_seconds())
-            current = _stamp(paths)
-            if current in (loaded, refused):
-                continue
-            try:
-                self.selector.replace_default(paths.cert_file, paths.key_file, "file")
-            except CertificateError as exc:
-                # Often the moment between writing the new certificate and its key: the old
-                # pair keeps serving, and the next change is tried again.
-                logger.warning("still serving the old certificate: %s", exc)
-                refused = current
-                continue
-            loaded = current
-            logger.info("serving the changed %s to new connections", paths.cert_file)
+        selector = self.selector
+
+        def load(cert_file: Path, key_file: Path) -> None:
+            selector.replace_default(cert_file, key_file, "file")
+
+        await follow_certificate_files(load, paths, "new connections")
 
     async def _keep_local_leaf(self, paths: CertificatePaths) -> None:
         """Issue the local leaf again when it is due and serve it without a restart."""
@@ -156,6 +147,29 @@ class TLSService:
                 # The old leaf keeps serving; a CA problem needs a human, so say it loudly.
                 logger.error("cannot renew the local certificate: %s", exc)
                 await asyncio.sleep(LOCAL_RECHECK.total_seconds())
+
+
+async def follow_certificate_files(
+    load: Callable[[Path, Path], None], paths: CertificatePaths, served_to: str
+) -> None:
+    """Call ``load`` with the certificate pair each time either file changes on disk (checked
+    every ``FILE_POLL``); a pair that does not load is logged and tried again at its next change."""
+    loaded = refused = _stamp(paths)
+    while True:
+        await asyncio.sleep(FILE_POLL.total_seconds())
+        current = _stamp(paths)
+        if current in (loaded, refused):
+            continue
+        try:
+            load(paths.cert_file, paths.key_file)
+        except CertificateError as exc:
+            # Often the moment between writing the new certificate and its key: the old
+            # pair keeps serving, and the next change is tried again.
+            logger.warning("still serving the old certificate to %s: %s", served_to, exc)
+            refused = current
+            continue
+        loaded = current
+        logger.info("serving the changed %s to %s", paths.cert_file, served_to)
 
 
 def _stamp(paths: CertificatePaths) -> tuple[float, ...]:

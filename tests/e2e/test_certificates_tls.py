@@ -11,6 +11,7 @@ import ssl
 import stat
 import subprocess
 import warnings
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -23,8 +24,10 @@ from e2e.harness import (
     READY_LINE,
     REPO,
     START_TIMEOUT,
+    EchoUpstream,
     Gateway,
     ManagedProcess,
+    StackConfig,
     echo_upstream,
     free_port,
     one_pool,
@@ -223,7 +226,8 @@ def test_local_leaf_is_renewed_while_running_without_dropping_connections(
     tmp_path: Path,
 ) -> None:
     """A leaf that reaches the last third of its lifetime 4 s after start is issued again by
-    the running gateway; new handshakes get the new one, an open connection keeps working."""
+    the running gateway; new handshakes get the new one (the admin listener's too), an open
+    connection keeps working."""
     certs = tmp_path / "gw" / "certs"
     ca = CertificateAuthority.load_or_create(certs)
     # The leaf starts when the CA does (an hour back-dated); renewal is due after two thirds
@@ -232,10 +236,22 @@ def test_local_leaf_is_renewed_while_running_without_dropping_connections(
     (certs / "key.pem").write_bytes(leaf.key_pem())
     (certs / "cert.pem").write_bytes(leaf.cert_pem())
     os.chmod(certs / "key.pem", 0o600)
-    with stack(
-        tmp_path / "gw", ["a"], one_pool(gateway={"keepalive_timeout": 300, "header_timeout": 300})
-    ) as s:
+    admin_port = free_port()
+    topology = one_pool(gateway={"keepalive_timeout": 300, "header_timeout": 300})
+
+    def build(upstreams: dict[str, EchoUpstream]) -> StackConfig:
+        return replace(topology(upstreams), admin={"port": admin_port})
+
+    def admin_serial() -> int:
+        context = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+        with socket.create_connection(("127.0.0.1", admin_port), timeout=10) as raw:
+            with context.wrap_socket(raw, server_hostname="localhost") as tls:
+                der = tls.getpeercert(binary_form=True) or b""
+        return x509.load_der_x509_certificate(der).serial_number
+
+    with stack(tmp_path / "gw", ["a"], build) as s:
         gw = s.gateway
+        assert admin_serial() == leaf.certificate.serial_number
         assert gw.log_lines("reusing certificate for localhost")
         with gw.tls_socket() as old:
             first = x509.load_der_x509_certificate(old.getpeercert(binary_form=True) or b"")
@@ -247,6 +263,9 @@ def test_local_leaf_is_renewed_while_running_without_dropping_connections(
                 renewed = x509.load_der_x509_certificate(new.getpeercert(binary_form=True) or b"")
             assert renewed.serial_number != first.serial_number
             assert renewed.not_valid_after_utc > first.not_valid_after_utc + timedelta(days=80)
+            # the admin listener (a context of its own) follows the renewed files too
+            gw.wait_for_log("serving the changed", timeout=30)
+            assert admin_serial() == renewed.serial_number
             old.sendall(b"GET /echo/two HTTP/1.1\r\nHost: localhost\r\n\r\n")
             assert read_response(old)[0] == 200
 
