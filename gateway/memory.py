@@ -11,12 +11,16 @@ resident.  Measured with 1,000 idle TLS connections: ~50 KiB each with the dynam
 Setting ``M_MMAP_THRESHOLD`` explicitly turns the dynamic adjustment off (mallopt(3)); the
 value is glibc's default, so small allocations are unaffected.  Elsewhere (musl, macOS) this
 is a no-op.
+
+Also here: ``freeze_startup_heap``, which keeps the start-up objects out of the cyclic garbage
+collector's way (tail latency, below).
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import logging
 import ssl
 from typing import Any
@@ -25,6 +29,21 @@ log = logging.getLogger("gateway.memory")
 
 M_MMAP_THRESHOLD = -3  # from <malloc.h>
 MMAP_THRESHOLD = 128 * 1024  # glibc's default starting value
+
+
+def freeze_startup_heap() -> None:
+    """Move everything alive once the gateway is serving (modules, config, app, certificates:
+    a few hundred thousand objects) to the collector's permanent generation (``gc.freeze``).
+
+    A full collection otherwise walks all of them again, a pause of milliseconds on whichever
+    request is in flight.  Measured (``bench/run.py --scenario json --scenario half-load``,
+    frozen and not frozen alternating, medians of 3 rounds each): p99 of small JSON at
+    saturation 9.9 / 10.2 / 11.0 ms frozen against 22.7 / 15.2 / 16.9 / 17.0 ms not; p99 at
+    half load 10.0 / 12.0 / 10.3 against 9.1 / 11.1 / 11.9 / 14.3 ms (noise); CPU per request
+    unchanged (163-169 against 161-170 us).
+    Objects made later (a reload's new app) are collected as usual."""
+    gc.collect()
+    gc.freeze()
 
 
 def fix_mmap_threshold() -> bool:

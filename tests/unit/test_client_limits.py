@@ -1,9 +1,11 @@
 """The listener's client limits as pure rules (gateway.client_limits), the HTTP/1.0 framing
-wrapper on a fake response cycle, and the glibc mmap threshold fix (gateway.memory)."""
+wrapper on a fake response cycle, the glibc mmap threshold fix and the frozen start-up heap
+(gateway.memory)."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 from typing import Any
 
 import pytest
@@ -11,7 +13,7 @@ import pytest
 from gateway.client_limits import ClientLimits, body_deadline, is_last_request
 from gateway.config import GatewaySettings
 from gateway.listener import http10_sender
-from gateway.memory import fix_mmap_threshold
+from gateway.memory import fix_mmap_threshold, freeze_startup_heap
 
 
 def test_limits_come_from_the_gateway_settings() -> None:
@@ -110,3 +112,13 @@ def test_http_1_0_framed_or_bodiless_responses_are_left_alone(
 
 def test_the_mmap_threshold_can_be_pinned_on_glibc() -> None:
     assert fix_mmap_threshold() is True  # the project runs on Debian (glibc)
+
+
+def test_the_startup_heap_leaves_the_collectors_way() -> None:
+    kept = [[object()] for _ in range(1000)]  # tracked containers alive at "start-up"
+    try:
+        freeze_startup_heap()
+        assert gc.get_freeze_count() >= len(kept)
+        assert gc.get_count()[0] < 100  # the young generation starts empty again
+    finally:
+        gc.unfreeze()  # the rest of the test session collects as before
