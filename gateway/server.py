@@ -246,7 +246,7 @@ class Gateway:
         """Both listeners on ``sockets``; on a reload the previous ones stop accepting and
         finish their requests (``_retire_servers``)."""
         g = settings.gateway
-        handshake_timeout = max(g.header_timeout, 0.1)  # 0 would mean "no limit" to asyncio
+        handshake_timeout = max(g.header_timeout, 0.1)  # asyncio takes only a positive one
         https = _Server(
             self._config(self.switch, g.https_port, self.ssl_context), handshake_timeout
         )
