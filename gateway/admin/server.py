@@ -26,7 +26,7 @@ from gateway.listeners import ListenError, bind
 from gateway.runtime.reload import ReloadError
 from gateway.tls.certs import CertificatePaths, ensure_certificates
 from gateway.tls.context import load_certificate, server_ssl_context
-from gateway.tls.service import follow_certificate_files
+from gateway.tls.service import certificate_stamp, follow_certificate_files
 
 if TYPE_CHECKING:
     from gateway.server import Gateway
@@ -48,12 +48,14 @@ def check_admin_port(settings: Settings) -> None:
     bind_admin(settings.admin).close()
 
 
-AdminTLS = tuple[ssl.SSLContext, CertificatePaths]
+# The context, its files and their certificate_stamp from before they were loaded.
+AdminTLS = tuple[ssl.SSLContext, CertificatePaths, tuple[float, ...]]
 
 
 def admin_ssl_context(settings: Settings) -> AdminTLS:
     paths = ensure_certificates(settings.tls, settings.gateway.hostnames)
-    return server_ssl_context(paths.cert_file, paths.key_file, http2=False), paths
+    stamp = certificate_stamp(paths)
+    return server_ssl_context(paths.cert_file, paths.key_file, http2=False), paths, stamp
 
 
 class LocalSource:
@@ -110,7 +112,7 @@ class AdminServer:
         sock, tls = binding if binding is not None else (None, None)
         if sock is None:
             sock = bind_admin(admin)
-        chosen, paths = tls if tls is not None else admin_ssl_context(settings)
+        chosen, paths, stamp = tls if tls is not None else admin_ssl_context(settings)
         from gateway.admin.api import build_app
 
         app = build_app(self.source, admin.htpasswd)
@@ -139,7 +141,8 @@ class AdminServer:
             load_certificate(chosen, cert_file, key_file)
 
         self.follower = asyncio.create_task(
-            follow_certificate_files(load, paths, "the admin listener"), name="admin certificate"
+            follow_certificate_files(load, paths, stamp, "the admin listener"),
+            name="admin certificate",
         )
         host = f"[{admin.host}]" if ":" in admin.host else admin.host
         log.info("admin API and dashboard: https://%s:%d/", host, admin.port)

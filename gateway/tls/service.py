@@ -52,6 +52,7 @@ class TLSService:
         tls, hostnames = self.settings.tls, self.settings.gateway.hostnames
         paths = ensure_certificates(tls, hostnames)
         self.local = paths.ca_file is not None
+        stamp = certificate_stamp(paths)  # before loading: a change from now on is seen
         selector = CertificateSelector.from_files(
             paths.cert_file, paths.key_file, self._source, self.settings.gateway.http2
         )
@@ -59,7 +60,7 @@ class TLSService:
         if self.local:
             self._spawn(self._keep_local_leaf(paths), "local leaf renewal")
         else:
-            self._spawn(self._follow_files(paths), "certificate file watch")
+            self._spawn(self._follow_files(paths, stamp), "certificate file watch")
         names = acme_names(hostnames)
         if tls.acme is not None and names:
             self.acme = ACMEManager(
@@ -114,7 +115,7 @@ class TLSService:
         assert self.selector is not None
         self.selector.set_challenge(name, challenge_ssl_context(pem))
 
-    async def _follow_files(self, paths: CertificatePaths) -> None:
+    async def _follow_files(self, paths: CertificatePaths, stamp: tuple[float, ...]) -> None:
         """Serve a replaced ``[tls] cert_file``/``key_file`` pair to new connections."""
         assert self.selector is not None
         selector = self.selector
@@ -122,7 +123,7 @@ class TLSService:
         def load(cert_file: Path, key_file: Path) -> None:
             selector.replace_default(cert_file, key_file, "file")
 
-        await follow_certificate_files(load, paths, "new connections")
+        await follow_certificate_files(load, paths, stamp, "new connections")
 
     async def _keep_local_leaf(self, paths: CertificatePaths) -> None:
         """Issue the local leaf again when it is due and serve it without a restart."""
@@ -150,14 +151,18 @@ class TLSService:
 
 
 async def follow_certificate_files(
-    load: Callable[[Path, Path], None], paths: CertificatePaths, served_to: str
+    load: Callable[[Path, Path], None],
+    paths: CertificatePaths,
+    loaded: tuple[float, ...],
+    served_to: str,
 ) -> None:
     """Call ``load`` with the certificate pair each time either file changes on disk (checked
-    every ``FILE_POLL``); a pair that does not load is logged and tried again at its next change."""
-    loaded = refused = _stamp(paths)
+    every ``FILE_POLL``); a pair that does not load is logged and tried again at its next change.
+    ``loaded`` is the pair's ``certificate_stamp`` taken before it was first loaded."""
+    refused = loaded
     while True:
         await asyncio.sleep(FILE_POLL.total_seconds())
-        current = _stamp(paths)
+        current = certificate_stamp(paths)
         if current in (loaded, refused):
             continue
         try:
@@ -172,7 +177,7 @@ async def follow_certificate_files(
         logger.info("serving the changed %s to %s", paths.cert_file, served_to)
 
 
-def _stamp(paths: CertificatePaths) -> tuple[float, ...]:
+def certificate_stamp(paths: CertificatePaths) -> tuple[float, ...]:
     """Modification times and sizes of the pair: what changes when either file is replaced."""
     try:
         cert, key = paths.cert_file.stat(), paths.key_file.stat()
