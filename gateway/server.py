@@ -36,7 +36,7 @@ from gateway.http2.limits import DEFAULT_HEADER_TIMEOUT, Http2Limits
 from gateway.listener import http_protocol_class, traced
 from gateway.listeners import bind, bind_listeners
 from gateway.memory import fix_mmap_threshold, freeze_startup_heap
-from gateway.runtime.reload import AppSwitch, Reloader, ReloadError, ReloadPlan
+from gateway.runtime.reload import AppSwitch, Reloader, ReloadError, ReloadPlan, reload_logged
 from gateway.tls.service import TLSService
 from gateway.upstream.group import Upstream
 
@@ -273,15 +273,7 @@ class Gateway:
         if self.control_path is not None:
             log.warning("SIGHUP to a worker is ignored: send it to the gateway's main process")
             return
-        self._spawn(self._reload_logged())
-
-    async def _reload_logged(self) -> None:
-        try:
-            await self.reloader.reload_file()
-        except ReloadError as exc:
-            for line in exc.errors:
-                log.error("reload refused: %s", line)
-            log.error("the configuration was not reloaded; the previous one keeps serving")
+        self._spawn(reload_logged(self.reloader.reload_file))
 
     def reopen_logs(self) -> None:
         """SIGUSR1: write to the access-log file the path names now (after logrotate)."""

@@ -37,7 +37,13 @@ from typing import TYPE_CHECKING, Any
 from gateway.admin.metrics import merge_metrics
 from gateway.admin.state import describe_process, merge_views, purge_cache
 from gateway.config import Settings
-from gateway.runtime.reload import ReloadError, load_new_settings, plan_reload
+from gateway.runtime.reload import (
+    ReloadError,
+    load_new_settings,
+    log_reloaded,
+    plan_reload,
+    reload_logged,
+)
 
 if TYPE_CHECKING:
     from gateway.server import Gateway
@@ -279,15 +285,7 @@ class WorkerPool:
                 await self.admin.restart(new, admin_binding)
             if self.on_reloaded is not None:
                 self.on_reloaded(new)
-            log.info(
-                "configuration reloaded from %s (generation %d): %s",
-                new.path,
-                self.generation,
-                plan.summary(),
-            )
-            for warning in plan.needs_restart:
-                log.warning("%s", warning)
-            return plan.needs_restart + errors
+            return log_reloaded(new.path, self.generation, plan) + errors
 
 
 class ParentControl:
@@ -327,15 +325,7 @@ class ParentControl:
     def reload_soon(self) -> None:
         """SIGHUP in the parent (called on the supervisor's thread)."""
         if self.loop is not None:
-            asyncio.run_coroutine_threadsafe(self._reload_logged(), self.loop)
-
-    async def _reload_logged(self) -> None:
-        try:
-            await self.pool.reload()
-        except ReloadError as exc:
-            for line in exc.errors:
-                log.error("reload refused: %s", line)
-            log.error("the configuration was not reloaded; the previous one keeps serving")
+            asyncio.run_coroutine_threadsafe(reload_logged(self.pool.reload), self.loop)
 
     def stop(self) -> None:
         if self.loop is not None and self._stop is not None:

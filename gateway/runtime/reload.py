@@ -27,8 +27,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gateway import tracing
@@ -50,6 +51,25 @@ class ReloadError(Exception):
     def __init__(self, errors: list[str]) -> None:
         super().__init__("\n".join(errors))
         self.errors = errors
+
+
+def log_reloaded(path: Path, generation: int, plan: ReloadPlan) -> list[str]:
+    """Log an applied reload (one process's or the whole worker pool's) and what it could
+    not apply; returns those warnings, the answer of ``pygateway reload``."""
+    log.info("configuration reloaded from %s (generation %d): %s", path, generation, plan.summary())
+    for warning in plan.needs_restart:
+        log.warning("%s", warning)
+    return plan.needs_restart
+
+
+async def reload_logged(reload: Callable[[], Awaitable[object]]) -> None:
+    """A reload asked for by SIGHUP: nobody waits for the answer, so a refusal is logged."""
+    try:
+        await reload()
+    except ReloadError as exc:
+        for line in exc.errors:
+            log.error("reload refused: %s", line)
+        log.error("the configuration was not reloaded; the previous one keeps serving")
 
 
 class AppSwitch:
@@ -269,15 +289,7 @@ class Reloader:
                 await upstream.checker.stop()
                 gw.retired_upstreams.append(upstream)
             self._spawn(self._release(old_app, retired))
-            log.info(
-                "configuration reloaded from %s (generation %d): %s",
-                new.path,
-                gw.generation,
-                plan.summary(),
-            )
-            for warning in plan.needs_restart:
-                log.warning("%s", warning)
-            return plan.needs_restart
+            return log_reloaded(new.path, gw.generation, plan)
 
     def _spawn(self, coroutine: Any) -> None:
         task = asyncio.create_task(coroutine)
