@@ -117,6 +117,12 @@ class Peer:
             self.server.data_received(self.client.data_to_send())  # acks
         return self.events
 
+    async def get(self, stream_id: int = 1) -> list[h2.events.Event]:
+        """Open ``stream_id`` with a whole GET request, and settle."""
+        self.client.send_headers(stream_id, GET, end_stream=True)
+        self.send()
+        return await self.settle()
+
     async def wire(self) -> list[Frame]:
         """Let the server's tasks run, then parse what it wrote as raw frames (for a client
         whose frames were built by hand, which h2's client state machine has not seen)."""
@@ -241,9 +247,7 @@ def test_a_client_that_does_not_read_holds_the_app_at_its_window(chunk: int) -> 
 
     async def scenario() -> None:
         peer = Peer(app)
-        peer.client.send_headers(1, GET, end_stream=True)
-        peer.send()
-        await peer.settle()
+        await peer.get()
         # The client's default window is 65,535 bytes: that much is sent, the app's second
         # chunk waits, nothing is buffered beyond it.
         assert len(peer.body(1)) == 65535
@@ -275,9 +279,7 @@ def test_transport_back_pressure_holds_send() -> None:
     async def scenario() -> None:
         peer = Peer(app)
         peer.server.pause_writing()
-        peer.client.send_headers(1, GET, end_stream=True)
-        peer.send()
-        await peer.settle()
+        await peer.get()
         assert not sent.is_set()  # waiting for the transport to drain
         peer.server.resume_writing()
         await peer.settle()
@@ -347,15 +349,11 @@ def test_reset_streams_keep_counting_until_their_app_is_done() -> None:
     async def scenario() -> None:
         peer = Peer(app, Http2Limits(max_concurrent_streams=2))
         for stream_id in (1, 3):
-            peer.client.send_headers(stream_id, GET, end_stream=True)
-            peer.send()
-            await peer.settle()
+            await peer.get(stream_id)
             peer.client.reset_stream(stream_id)
             peer.send()
         assert peer.server.running == 2  # reset, but their apps still run
-        peer.client.send_headers(5, GET, end_stream=True)
-        peer.send()
-        await peer.settle()
+        await peer.get(5)
         (refused,) = peer.of(h2.events.StreamReset, 5)
         assert refused.error_code == ErrorCodes.REFUSED_STREAM
         release.set()
@@ -464,9 +462,7 @@ def test_unfinished_header_block_hits_the_header_timeout() -> None:
 def test_idle_connection_gets_goaway_and_is_closed() -> None:
     async def scenario() -> None:
         peer = Peer(hello, Http2Limits(idle_timeout=0.05))
-        peer.client.send_headers(1, GET, end_stream=True)
-        peer.send()
-        await peer.settle()
+        await peer.get()
         assert peer.body(1) == b"hello /"
         await asyncio.wait_for(peer.transport.closed.wait(), 5)
         await peer.settle()
@@ -485,9 +481,7 @@ def test_graceful_shutdown_finishes_streams_taken_and_refuses_later_ones() -> No
 
     async def scenario() -> None:
         peer = Peer(app)
-        peer.client.send_headers(1, GET, end_stream=True)
-        peer.send()
-        await peer.settle()
+        await peer.get()
         peer.server.shutdown()
         await peer.settle()
         (goaway,) = peer.of(h2.events.ConnectionTerminated)
@@ -519,9 +513,7 @@ def test_app_giving_up_mid_response_resets_the_stream() -> None:
 
     async def scenario() -> None:
         peer = Peer(app)
-        peer.client.send_headers(1, GET, end_stream=True)
-        peer.send()
-        await peer.settle()
+        await peer.get()
         (reset,) = peer.of(h2.events.StreamReset, 1)
         assert reset.error_code == ErrorCodes.INTERNAL_ERROR
         assert not peer.of(h2.events.StreamEnded, 1)
@@ -538,9 +530,7 @@ def test_client_reset_is_a_disconnect_for_the_app() -> None:
 
     async def scenario() -> None:
         peer = Peer(app)
-        peer.client.send_headers(1, GET, end_stream=True)
-        peer.send()
-        await peer.settle()
+        await peer.get()
         peer.client.reset_stream(1)
         peer.send()
         await peer.settle()
@@ -594,9 +584,7 @@ def test_interim_response_goes_out_before_the_final_one() -> None:
 
     async def scenario() -> None:
         peer = Peer(app)
-        peer.client.send_headers(1, GET, end_stream=True)
-        peer.send()
-        await peer.settle()
+        await peer.get()
         (early,) = peer.of(h2.events.InformationalResponseReceived, 1)
         assert early.headers == [(":status", "103"), ("link", "</app.js>; rel=preload")]
         (final,) = peer.of(h2.events.ResponseReceived, 1)
@@ -619,9 +607,7 @@ def test_sending_on_a_stream_h2_has_closed_is_a_disconnect(
 
     async def scenario() -> None:
         peer = Peer(app)
-        peer.client.send_headers(1, GET, end_stream=True)
-        peer.send()
-        await peer.settle()
+        await peer.get()
         # Closed in h2 without the stream having heard of it (a reset not yet dispatched).
         peer.server.conn.reset_stream(1, ErrorCodes.CANCEL)
         release.set()
