@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from types import FrameType
@@ -688,58 +689,40 @@ def main(argv: list[str] | None = None) -> int:
             f"  backend {p.backend} ({'echo_upstream' if opts.echo_backend else 'run_backend.py'})"
             f", static upstream {p.static}, gateway https {p.https}, nginx https {p.nginx}"
         )
+        started = stack
+
+        def measure(scenario: Scenario, prepare: Callable[[Stack, Scenario], None]) -> None:
+            """Check (or warm) what both proxies answer, then run the scenario's rounds."""
+            prepare(started, scenario)
+            run_scenario(scenario, opts)
+            scenarios.append(scenario)
+
         if "json" in opts.scenarios:
-            scenario = json_scenario(stack, opts.echo_backend)
-            check_json(stack, scenario)
-            run_scenario(scenario, opts)
-            scenarios.append(scenario)
+            measure(json_scenario(stack, opts.echo_backend), check_json)
         if "cache" in opts.scenarios:
-            scenario = cache_scenario(stack)
-            warm_cache(stack, scenario)
-            run_scenario(scenario, opts)
-            scenarios.append(scenario)
+            measure(cache_scenario(stack), warm_cache)
         if "static" in opts.scenarios:
-            scenario = static_scenario(stack)
-            check_static(stack, scenario)
-            run_scenario(scenario, opts)
-            scenarios.append(scenario)
+            measure(static_scenario(stack), check_static)
         if "websocket" in opts.scenarios:
             opts.ca_file = str(stack.ca_file)
-            scenario = websocket_scenario(stack)
-            check_websocket(stack, scenario)
-            run_scenario(scenario, opts)
-            scenarios.append(scenario)
+            measure(websocket_scenario(stack), check_websocket)
         for name, cached in (("compress", False), ("compress-cache", True)):
             if name in opts.scenarios:
-                scenario = compress_scenario(stack, cached)
-                check_compress(stack, scenario)
-                run_scenario(scenario, opts)
-                scenarios.append(scenario)
+                measure(compress_scenario(stack, cached), check_compress)
         for name, cached in (("h2", False), ("h2-cache", True)):
             if name in opts.scenarios:
                 opts.h2load = find_tool("h2load")
                 if opts.h2load is None:
                     raise StackError("h2load not found: apt-get install -y nghttp2-client")
                 scenario = h2_scenario(stack, opts.echo_backend, cached, opts.threads)
-                if cached:
-                    warm_cache(stack, scenario)
-                else:
-                    check_json(stack, scenario)
-                run_scenario(scenario, opts)
-                scenarios.append(scenario)
+                measure(scenario, warm_cache if cached else check_json)
         if "handshake" in opts.scenarios:
-            scenario = handshake_scenario(stack, opts.echo_backend)
-            check_json(stack, scenario)
-            run_scenario(scenario, opts)
-            scenarios.append(scenario)
+            measure(handshake_scenario(stack, opts.echo_backend), check_json)
         if "half-load" in opts.scenarios:
             opts.hey = find_tool("hey")
             if opts.hey is None:
                 raise StackError("hey not found: apt-get install -y hey")
-            scenario = half_load_scenario(stack, opts)
-            check_json(stack, scenario)
-            run_scenario(scenario, opts)
-            scenarios.append(scenario)
+            measure(half_load_scenario(stack, opts), check_json)
         size = opts.transfer_mib * MIB
         for direction in ("download", "upload"):
             if direction in opts.scenarios:
