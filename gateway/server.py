@@ -29,6 +29,7 @@ import uvicorn
 
 from gateway.admin.metrics import Metrics
 from gateway.app import GatewayApp
+from gateway.background import Background
 from gateway.client_limits import ClientLimits
 from gateway.config import Settings
 from gateway.handlers.redirect import HTTPSRedirectApp
@@ -113,7 +114,7 @@ class Gateway:
         self.control_path = control_path  # a worker's control socket (runtime/control.py)
         self._stopping = asyncio.Event()
         self._server_tasks: dict[_Server, asyncio.Task[None]] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._background = Background()
         self.admin: Any = None  # gateway.admin.server.AdminServer when this process runs it
 
     def build_app(
@@ -273,17 +274,12 @@ class Gateway:
         if self.control_path is not None:
             log.warning("SIGHUP to a worker is ignored: send it to the gateway's main process")
             return
-        self._spawn(reload_logged(self.reloader.reload_file))
+        self._background.spawn(reload_logged(self.reloader.reload_file))
 
     def reopen_logs(self) -> None:
         """SIGUSR1: write to the access-log file the path names now (after logrotate)."""
         self.app.access_log.reopen()
         log.info("access log reopened")
-
-    def _spawn(self, coroutine: Any) -> None:
-        task = asyncio.create_task(coroutine)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     async def prepare_reload(
         self,
@@ -333,7 +329,7 @@ class Gateway:
             for sock in opened:
                 sock.close()
             if "tls" in prepared:
-                self._spawn(prepared["tls"].stop())
+                self._background.spawn(prepared["tls"].stop())
             if isinstance(exc, ReloadError):
                 raise
             prefix = "[tls]: " if isinstance(exc, CertificateError) else ""
@@ -355,7 +351,7 @@ class Gateway:
             # Open listeners keep their context; its SNI callback now picks from the new
             # certificates, so every new handshake gets them.
             self.ssl_context.sni_callback = prepared["ssl_context"].sni_callback
-            self._spawn(old_tls.stop())
+            self._background.spawn(old_tls.stop())
         self.settings = new
         self.upstreams = upstreams
         self.app = app
@@ -374,7 +370,7 @@ class Gateway:
         if "admin" in prepared:
             admin, binding = prepared["admin"]
             self.admin = admin
-            self._spawn(admin.restart(new, binding))
+            self._background.spawn(admin.restart(new, binding))
 
     def upstream_status(self) -> list[dict[str, Any]]:
         """Every server of every pool with its UP/DOWN state: the one place to read it."""

@@ -40,6 +40,7 @@ from collections.abc import Callable
 
 from gateway.access_log import Exchange
 from gateway.asgi import Message, Receive
+from gateway.background import Background
 from gateway.cache.coalescing import Flight, HitForPass
 from gateway.cache.conditional import freshen, revalidation_request_headers
 from gateway.cache.decisions import (
@@ -97,7 +98,7 @@ class CacheLayer:
         self.clock = clock
         self.passes = HitForPass(clock, HIT_FOR_PASS_SECONDS)
         # Background refreshes (stale-while-revalidate); a reference keeps each task alive.
-        self._refreshes: set[asyncio.Task[None]] = set()
+        self._refreshes = Background()
 
     def wrap(self, forward: Forward) -> Handler:
         """The handler of a caching route: this cache in front of ``forward`` (a partial, not
@@ -310,9 +311,7 @@ class CacheLayer:
         flight = self.coalescer.try_lead(key)
         if flight is None:
             return  # a refresh (or a miss) for this key is already upstream
-        task = asyncio.create_task(self._refresh(request, forward, key, decision, flight))
-        self._refreshes.add(task)
-        task.add_done_callback(self._refreshes.discard)
+        self._refreshes.spawn(self._refresh(request, forward, key, decision, flight))
 
     async def _refresh(
         self,

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway import tracing
 from gateway.asgi import Receive, Scope, Send
+from gateway.background import Background
 from gateway.config import ConfigError, Settings, load_settings
 from gateway.upstream.group import Upstream
 
@@ -247,7 +248,7 @@ class Reloader:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self._lock = asyncio.Lock()  # one reload at a time
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._background = Background()
 
     async def reload_file(self) -> list[str]:
         """SIGHUP / POST /api/reload in a single-process gateway: read the file, apply it.
@@ -288,13 +289,8 @@ class Reloader:
             for upstream in retired:
                 await upstream.checker.stop()
                 gw.retired_upstreams.append(upstream)
-            self._spawn(self._release(old_app, retired))
+            self._background.spawn(self._release(old_app, retired))
             return log_reloaded(new.path, gw.generation, plan)
-
-    def _spawn(self, coroutine: Any) -> None:
-        task = asyncio.create_task(coroutine)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     async def _release(self, old_app: Any, retired: list[Upstream]) -> None:
         """Once no request runs on the replaced app: close what only it used."""

@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 
 from acme import messages
 
+from gateway.background import Background
 from gateway.config import ACMESettings
 from gateway.tls import pemfiles
 from gateway.tls.acme import (
@@ -184,7 +185,7 @@ class ACMEManager:
         self.clear_alpn_certificate = clear_alpn_certificate
         self.clock = clock
         self._serving: dict[str, int] = {}  # name -> serial number served
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._background = Background()
 
     def load_stored(self) -> None:
         """Serve every still-valid stored certificate from the first handshake on."""
@@ -196,14 +197,10 @@ class ACMEManager:
         if self.settings.challenge == TLS_ALPN01:
             jobs.append((self._follow_alpn_challenges(), "acme tls-alpn-01 watch"))
         for coroutine, name in jobs:
-            task = asyncio.create_task(coroutine, name=name)
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._background.spawn(coroutine, name)
 
     async def stop(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._background.cancel_all()
 
     def _serve_stored(self, name: str) -> StoredCertificate | None:
         stored = self.store.load(name)

@@ -19,6 +19,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives import hashes
 
+from gateway.background import Background
 from gateway.config import Settings
 from gateway.tls import pemfiles
 from gateway.tls.acme import TLS_ALPN01, StoredCertificate, acme_names, renewal_time
@@ -45,7 +46,7 @@ class TLSService:
         self.selector: CertificateSelector | None = None
         self.acme: ACMEManager | None = None
         self.local = True  # the local CA's leaf, not a [tls] cert_file pair
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._background = Background()
 
     def start(self) -> ssl.SSLContext:
         """The listener's context (with SNI); call inside the running event loop."""
@@ -58,9 +59,9 @@ class TLSService:
         )
         self.selector = selector
         if self.local:
-            self._spawn(self._keep_local_leaf(paths), "local leaf renewal")
+            self._background.spawn(self._keep_local_leaf(paths), "local leaf renewal")
         else:
-            self._spawn(self._follow_files(paths, stamp), "certificate file watch")
+            self._background.spawn(self._follow_files(paths, stamp), "certificate file watch")
         names = acme_names(hostnames)
         if tls.acme is not None and names:
             self.acme = ACMEManager(
@@ -94,18 +95,11 @@ class TLSService:
     async def stop(self) -> None:
         if self.acme is not None:
             await self.acme.stop()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._background.cancel_all()
 
     @property
     def _source(self) -> str:
         return "local" if self.local else "file"
-
-    def _spawn(self, coroutine: Any, name: str) -> None:
-        task = asyncio.create_task(coroutine, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     def _install_acme(self, name: str, stored: StoredCertificate) -> None:
         assert self.selector is not None
