@@ -13,12 +13,12 @@ test can check exactly what the gateway forwarded.  It runs in threads of the te
 
 from __future__ import annotations
 
-import contextlib
 import socket
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from support.threaded_origin import ThreadedOrigin
 
 
 @dataclass
@@ -49,20 +49,11 @@ def default_answer(request: SeenRequest) -> bytes | None:
     return ok(b"ok")
 
 
-class RawUpstream:
+class RawUpstream(ThreadedOrigin):
     def __init__(self, answer: Answer = default_answer) -> None:
+        super().__init__()
         self.answer = answer
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port: int = self._listener.getsockname()[1]
-        self._lock = threading.Lock()
         self._requests: list[SeenRequest] = []
-        self.connections = 0
-        self._socks: list[socket.socket] = []
-        self._closed = False
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     @property
     def requests(self) -> list[SeenRequest]:
@@ -74,33 +65,6 @@ class RawUpstream:
     def request_connections(self) -> set[int]:
         """The connections that carried a request (the gateway's health checks left out)."""
         return {r.connection for r in self.requests}
-
-    def __enter__(self) -> RawUpstream:
-        threading.Thread(target=self._accept, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._closed = True
-        with contextlib.suppress(OSError):
-            self._listener.shutdown(socket.SHUT_RDWR)
-        self._listener.close()
-        with self._lock:
-            socks = list(self._socks)
-        for sock in socks:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-
-    def _accept(self) -> None:
-        while not self._closed:
-            try:
-                conn, _ = self._listener.accept()
-            except OSError:
-                return
-            with self._lock:
-                self.connections += 1
-                number = self.connections
-                self._socks.append(conn)
-            threading.Thread(target=self._serve, args=(conn, number), daemon=True).start()
 
     def _serve(self, conn: socket.socket, number: int) -> None:
         reader = _Reader(conn)

@@ -12,10 +12,10 @@ before the final one.  It runs in threads of the test process on a free 127.0.0.
 from __future__ import annotations
 
 import socket
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from types import TracebackType
+
+from support.threaded_origin import ThreadedOrigin
 
 # A scripted step: the raw bytes to answer with, or DROP to close without answering.
 DROP = None
@@ -35,21 +35,13 @@ def interim(status: int, headers: list[tuple[str, str]]) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
-class ScriptedUpstream:
+class ScriptedUpstream(ThreadedOrigin):
     """Answers request N on a path with that path's N-th scripted step; the last step repeats."""
 
     def __init__(self) -> None:
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port: int = self._listener.getsockname()[1]
+        super().__init__()
         self._scripts: dict[str, list[Step]] = {}
         self._counts: dict[str, int] = {}
-        self._lock = threading.Lock()
-        self._threads: list[threading.Thread] = []
-        self._closed = False
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     def script(self, path: str, *steps: Step) -> None:
         with self._lock:
@@ -61,31 +53,7 @@ class ScriptedUpstream:
         with self._lock:
             return self._counts.get(path, 0)
 
-    def __enter__(self) -> ScriptedUpstream:
-        thread = threading.Thread(target=self._accept, name="scripted-upstream", daemon=True)
-        thread.start()
-        self._threads.append(thread)
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._closed = True
-        self._listener.close()
-
-    def _accept(self) -> None:
-        while not self._closed:
-            try:
-                conn, _ = self._listener.accept()
-            except OSError:
-                return
-            thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
-            thread.start()
-
-    def _serve(self, conn: socket.socket) -> None:
+    def _serve(self, conn: socket.socket, number: int) -> None:
         with conn:
             for path in _request_paths(conn):
                 with self._lock:
