@@ -612,9 +612,20 @@ def _fraction(value: Any) -> tuple[Any, str | None]:
 
 
 def _cache_store(value: Any) -> tuple[Any, str | None]:
-    allowed = '"memory", "shared" or "redis://host:port/db"'
     if value in ("memory", "shared"):
         return value, None
+    return _redis_url(value, '"memory", "shared" or "redis://host:port/db"')
+
+
+def _rate_limit_store(value: Any) -> tuple[Any, str | None]:
+    """Only Redis: without ``store`` the buckets stay on this machine (``rate_limit.py``)."""
+    allowed = 'must be "redis://host:port/db"'
+    if not isinstance(value, str) or not value.startswith("redis://"):
+        return None, f"{allowed} (leave store out to keep the buckets on this machine)"
+    return _redis_url(value, allowed)
+
+
+def _redis_url(value: Any, allowed: str) -> tuple[Any, str | None]:
     if not isinstance(value, str) or not value.startswith("redis://"):
         return None, allowed
     try:
@@ -695,7 +706,11 @@ MIDDLEWARE_TYPES: dict[str, dict[str, Check | str]] = {
         "max_failures": _int(1, 10000),
         "failure_window": _number(0),
     },
-    "rate_limit": {"average": _number(0), "burst": _int(1, 1_000_000)},
+    "rate_limit": {
+        "average": _number(0),
+        "burst": _int(1, 1_000_000),
+        "store": _rate_limit_store,
+    },
     "headers": {
         "request_set": _header_set(request=True),
         "request_remove": _header_names(request=True),

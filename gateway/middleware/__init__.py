@@ -7,6 +7,10 @@ route's list is applied first-listed-outermost by ``GatewayApp._handlers``; thos
 ``applies_to_websocket`` wrap the route's WebSocket handler too (a tunnel has no response
 body to compress, but must be authenticated and counted).
 
+A type that holds something outside the process (``rate_limit``'s Redis client) has an
+``aclose`` coroutine method; ``close_middlewares`` calls it once the app that built the
+instances serves no more requests (a reload's clean-up).
+
 Implementations are chosen from a name -> import-string table, as uvicorn chooses its
 protocols, so a type's dependencies (brotli, bcrypt, ...) load only when a config uses it.
 """
@@ -14,6 +18,7 @@ protocols, so a type's dependencies (brotli, bcrypt, ...) load only when a confi
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterable
 from typing import Protocol
 
 from gateway.config import MiddlewareSettings, Settings
@@ -52,3 +57,11 @@ def build_middlewares(settings: Settings) -> dict[str, Middleware]:
         for name, config in settings.middlewares.items()
         if name in used
     }
+
+
+async def close_middlewares(middlewares: Iterable[Middleware]) -> None:
+    """Release what the instances hold outside the process (see the module docstring)."""
+    for middleware in middlewares:
+        aclose = getattr(middleware, "aclose", None)
+        if aclose is not None:
+            await aclose()

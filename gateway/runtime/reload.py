@@ -16,8 +16,8 @@ also on an open keep-alive connection, gets the new one.  A reload therefore:
    listener stops accepting and finishes its requests), points the old TLS context's SNI
    callback at the new certificates;
 5. once the old app has no request left, closes what only it used (pools of removed
-   servers, a replaced access-log file).  Until then servers a reload removed are shown
-   DRAINING by the admin API.
+   servers, a replaced access-log file, the old middlewares' Redis clients).  Until then
+   servers a reload removed are shown DRAINING by the admin API.
 
 ``[gateway] workers`` and ``[backend]``/``[services]`` need a restart; a reload says so.
 """
@@ -36,6 +36,7 @@ from gateway import tracing
 from gateway.asgi import Receive, Scope, Send
 from gateway.background import Background
 from gateway.config import ConfigError, Settings, load_settings
+from gateway.middleware import close_middlewares
 from gateway.upstream.group import Upstream
 
 if TYPE_CHECKING:
@@ -304,3 +305,5 @@ class Reloader:
             old_app.access_log.close()
         if old_app.cache is not None and old_app.cache is not gw.app.cache:
             await old_app.cache.store.aclose()  # a Redis connection pool, a memo of entries
+        # Middlewares are built anew by every reload: the old ones' Redis clients go.
+        await close_middlewares(old_app.middlewares.values())

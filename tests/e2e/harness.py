@@ -378,6 +378,18 @@ def stack(
         yield Stack(gw, upstreams)
 
 
+@contextlib.contextmanager
+def two_gateways(
+    directory: Path, build: Callable[[str], StackConfig]
+) -> Iterator[tuple[Gateway, Gateway, EchoUpstream]]:
+    """Two gateways (two machines behind one load balancer, sharing a Redis, say) in front of
+    one echo upstream ``a``, each configured by ``build(upstream_url)``."""
+    with stack(directory / "one", ["a"], lambda upstreams: build(upstreams["a"].url)) as s:
+        upstream = s.upstreams["a"]
+        with gateway(directory / "two", build(upstream.url)) as other:
+            yield s.gateway, other, upstream
+
+
 def read_response(sock: ssl.SSLSocket | socket.socket) -> tuple[int, dict[str, list[str]], bytes]:
     """Read one HTTP/1.1 response framed by Content-Length (what the gateway's own errors
     and the echo upstream use): status, headers (lowercase names), body."""

@@ -12,14 +12,14 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-from support.redis_server import RedisServer, redis_server
+from support.redis_server import redis_server
 
-from e2e.harness import EchoUpstream, Gateway, StackConfig, free_port, gateway, stack
+from e2e.harness import EchoUpstream, Gateway, StackConfig, free_port, stack, two_gateways
 
 pytestmark = pytest.mark.e2e
 
@@ -112,19 +112,11 @@ def redis_config(url: str, upstream: str) -> StackConfig:
     )
 
 
-@contextlib.contextmanager
-def two_gateways(tmp_path: Path, redis: RedisServer) -> Iterator[tuple[Gateway, Gateway, Any]]:
-    def build(upstreams: dict[str, EchoUpstream]) -> StackConfig:
-        return redis_config(redis.url, upstreams["a"].url)
-
-    with stack(tmp_path / "one", ["a"], build) as s:
-        upstream = s.upstreams["a"]
-        with gateway(tmp_path / "two", redis_config(redis.url, upstream.url)) as other:
-            yield s.gateway, other, upstream
-
-
 def test_two_gateways_share_one_redis(tmp_path: Path) -> None:
-    with redis_server(tmp_path / "redis") as redis, two_gateways(tmp_path, redis) as gws:
+    with (
+        redis_server(tmp_path / "redis") as redis,
+        two_gateways(tmp_path, partial(redis_config, redis.url)) as gws,
+    ):
         one, two, upstream = gws
         params = {"cc": "max-age=60"}
         assert fresh_get(one, "/cache/r", params).headers["x-cache"] == "MISS"
@@ -139,7 +131,10 @@ def test_two_gateways_share_one_redis(tmp_path: Path) -> None:
 
 
 def test_redis_killed_mid_run_requests_still_succeed(tmp_path: Path) -> None:
-    with redis_server(tmp_path / "redis") as redis, two_gateways(tmp_path, redis) as gws:
+    with (
+        redis_server(tmp_path / "redis") as redis,
+        two_gateways(tmp_path, partial(redis_config, redis.url)) as gws,
+    ):
         one, two, upstream = gws
         params = {"cc": "max-age=60"}
         fresh_get(one, "/cache/k", params)

@@ -578,7 +578,7 @@ response_set = {Transfer-Encoding = "chunked"}
         "[middlewares.gzip] type = 'gzip': must be one of: compress, basic_auth, rate_limit",
         "[middlewares.auth] htpasswd = ",
         "[middlewares.gone] htpasswd = ",
-        "[middlewares.limit] bucket: unknown key (allowed keys: average, burst)",
+        "[middlewares.limit] bucket: unknown key (allowed keys: average, burst, store)",
         "middlewares = ['gzip', 'missing']: no such middleware 'missing'",
         "[middlewares.hdrs] response_set = {'Transfer-Encoding': 'chunked'}: "
         "'Transfer-Encoding': Transfer-Encoding is a hop-by-hop or framing header",

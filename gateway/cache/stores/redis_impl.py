@@ -12,17 +12,14 @@ Concurrent misses are coalesced within each process (``Coalescer``), not across 
 A Redis outage degrades to passing requests through: a lookup that fails is a miss, a put or
 an invalidation that fails does nothing, the first failure is logged once (and the recovery),
 and for ``RETRY_AFTER`` seconds after a failure Redis is not asked at all, so an outage adds
-no latency beyond the request that found it.
+no latency beyond the request that found it (``gateway.redis_client``, shared with
+``rate_limit``).
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
-
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from gateway.cache import codec
 from gateway.cache.coalescing import Coalescer
@@ -31,17 +28,15 @@ from gateway.cache.fields import HeaderPairs
 from gateway.cache.policy import CachePolicy
 from gateway.cache.stores import bypasses, decide
 from gateway.cache.storing import StoredResponse
+from gateway.redis_client import ERRORS, Outage, connect
 
 log = logging.getLogger("gateway.cache")
 
 PREFIX = "pygateway:cache:"
 # A request never waits longer than this for Redis (connect or answer).
 TIMEOUT = 0.5
-# After a failure, Redis is left alone this long before the next request tries it again.
-RETRY_AFTER = 1.0
 # Kept this long past the end of an entry's freshness and stale allowances (revalidation).
 KEEP_AFTER_USE = 86400
-_ERRORS = (RedisError, OSError, TimeoutError)
 
 
 class RedisStore:
@@ -50,17 +45,16 @@ class RedisStore:
         self.max_bytes = max_bytes
         self.max_entry_bytes = max_entry_bytes
         self.policy = policy
-        self.client: Any = aioredis.Redis.from_url(
-            url,
-            socket_timeout=TIMEOUT,
-            socket_connect_timeout=TIMEOUT,
-            retry_on_timeout=False,
-            retry=None,
-            health_check_interval=0,
-        )
+        self.client: Any = connect(url, TIMEOUT)
         self._memo = codec.DecodedEntries(min(max_bytes // 8, 8 * 1024 * 1024))
-        self._down_until = 0.0  # monotonic; 0 while Redis answers
-        self._outage = False
+        self.outage = Outage(
+            log,
+            lambda error: (
+                f"redis cache {url} unavailable ({error}): "
+                "passing requests through until it answers"
+            ),
+            f"redis cache {url} answers again",
+        )
 
     def __len__(self) -> int:
         """Not tracked per process: the server holds the count (``usage``, or
@@ -74,16 +68,16 @@ class RedisStore:
     async def lookup(
         self, primary_key: str, method: str, request_headers: HeaderPairs, now: float
     ) -> Decision:
-        if bypasses(method, request_headers) or not self._available():
+        if bypasses(method, request_headers) or not self.outage.available():
             return decide(
                 None if bypasses(method, request_headers) else [], method, request_headers, now
             )
         try:
             stored: dict[bytes, bytes] = await self.client.hgetall(PREFIX + primary_key)
-        except _ERRORS as exc:
-            self._failed(exc)
+        except ERRORS as exc:
+            self.outage.failed(exc)
             return decide([], method, request_headers, now)
-        self._answered()
+        self.outage.answered()
         entries = []
         for field, value in stored.items():
             slot = field + b"\x00" + primary_key.encode("utf-8", "surrogatepass")
@@ -104,7 +98,7 @@ class RedisStore:
     async def put(self, primary_key: str, entry: StoredResponse) -> bool:
         if len(entry.body) > self.max_entry_bytes or entry.size > self.max_bytes:
             return False
-        if not self._available():
+        if not self.outage.available():
             return False
         cc = entry.cache_control
         usable = entry.freshness_lifetime + max(
@@ -116,14 +110,14 @@ class RedisStore:
                 pipe.hset(name, codec.encode_vary(entry.vary), codec.encode(entry))
                 pipe.expire(name, int(usable) + KEEP_AFTER_USE)
                 await pipe.execute()
-        except _ERRORS as exc:
-            self._failed(exc)
+        except ERRORS as exc:
+            self.outage.failed(exc)
             return False
-        self._answered()
+        self.outage.answered()
         return True
 
     async def invalidate(self, primary_key: str) -> int:
-        if not self._available():
+        if not self.outage.available():
             return 0
         name = PREFIX + primary_key
         try:
@@ -131,22 +125,22 @@ class RedisStore:
                 pipe.hlen(name)
                 pipe.delete(name)
                 count, _ = await pipe.execute()
-        except _ERRORS as exc:
-            self._failed(exc)
+        except ERRORS as exc:
+            self.outage.failed(exc)
             return 0
-        self._answered()
+        self.outage.answered()
         return int(count)
 
     async def primary_keys(self) -> list[str]:
-        if not self._available():
+        if not self.outage.available():
             return []
         try:
             return [
                 key.decode("utf-8", "surrogatepass")[len(PREFIX) :]
                 async for key in self.client.scan_iter(match=PREFIX + "*", count=500)
             ]
-        except _ERRORS as exc:
-            self._failed(exc)
+        except ERRORS as exc:
+            self.outage.failed(exc)
             return []
 
     async def usage(self) -> tuple[int, int]:
@@ -156,8 +150,8 @@ class RedisStore:
         for key in await self.primary_keys():
             try:
                 lengths = await self.client.hvals(PREFIX + key)
-            except _ERRORS as exc:
-                self._failed(exc)
+            except ERRORS as exc:
+                self.outage.failed(exc)
                 break
             entries += len(lengths)
             size += sum(len(v) for v in lengths)
@@ -168,24 +162,3 @@ class RedisStore:
 
     async def aclose(self) -> None:
         await self.client.aclose()
-
-    # --- the outage switch ----------------------------------------------------------------------
-
-    def _available(self) -> bool:
-        return self._down_until == 0.0 or time.monotonic() >= self._down_until
-
-    def _failed(self, exc: BaseException) -> None:
-        self._down_until = time.monotonic() + RETRY_AFTER
-        if not self._outage:
-            self._outage = True
-            log.warning(
-                "redis cache %s unavailable (%s): passing requests through until it answers",
-                self.url,
-                exc or type(exc).__name__,
-            )
-
-    def _answered(self) -> None:
-        self._down_until = 0.0
-        if self._outage:
-            self._outage = False
-            log.warning("redis cache %s answers again", self.url)

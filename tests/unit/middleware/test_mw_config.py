@@ -53,6 +53,17 @@ def test_valid_tables_load(tmp_path: Path) -> None:
     assert settings.middlewares["limit"].options == {"average": 5.0, "burst": 10}
 
 
+def test_rate_limit_store_is_a_redis_url_or_absent(tmp_path: Path) -> None:
+    url = "redis://10.0.0.5:6379/2"
+    limits = {
+        "shared": {"type": "rate_limit", "store": url},
+        "local": {"type": "rate_limit"},
+    }
+    settings = settings_of(tmp_path, limits, ["shared", "local"])
+    assert settings.middlewares["shared"].options == {"store": url}
+    assert "store" not in settings.middlewares["local"].options
+
+
 @pytest.mark.parametrize(
     ("middlewares", "route_mws", "expected"),
     [
@@ -75,6 +86,31 @@ def test_valid_tables_load(tmp_path: Path) -> None:
             {"x": {"type": "rate_limit", "average": 0}},
             [],
             ["[middlewares.x] average = 0", "must be a number > 0"],
+        ),
+        (
+            {"x": {"type": "rate_limit", "store": "memory"}},
+            [],
+            ["[middlewares.x] store = 'memory'", 'must be "redis://host:port/db"', "leave store"],
+        ),
+        (
+            {"x": {"type": "rate_limit", "store": 6379}},
+            [],
+            ["[middlewares.x] store = 6379", 'must be "redis://host:port/db"'],
+        ),
+        (
+            {"x": {"type": "rate_limit", "store": "redis://limits"}},
+            [],
+            ["[middlewares.x] store = 'redis://limits'", "with a host and a port"],
+        ),
+        (
+            {"x": {"type": "rate_limit", "store": "redis://limits:port/0"}},
+            [],
+            ["[middlewares.x] store = 'redis://limits:port/0'", "port must be a number"],
+        ),
+        (
+            {"x": {"type": "rate_limit", "store": "redis://limits:6379/one"}},
+            [],
+            ["[middlewares.x] store", "database must be a number, got 'one'"],
         ),
         (
             {"x": {"type": "headers", "response_set": {"Transfer-Encoding": "chunked"}}},
