@@ -1,6 +1,8 @@
 """uvicorn's HTTP/1.1 protocol, adjusted for a proxy.
 
-Three changes, all on the httptools implementation (uvicorn's default when installed):
+The changes, all on the httptools implementation (uvicorn's default when installed); the
+response itself is written by ``gateway.http1_cycle.GatewayCycle``, which each request's
+cycle becomes:
 
 - Keep the raw request target.  uvicorn reduces an absolute-form target
   (``GET http://host/path``) to its path, but RFC 9112 §3.2.2 says that target's authority,
@@ -17,8 +19,8 @@ Three changes, all on the httptools implementation (uvicorn's default when insta
 
 - Relay interim responses.  A ``gateway.response.interim`` message (``asgi.INTERIM``, e.g. the
   upstream's 103 Early Hints) sent before the response starts is written as a 1xx head at
-  once; the scope says so (``gateway.interim``) only to HTTP/1.1 clients, as RFC 9110 §15.2
-  forbids 1xx to HTTP/1.0 ones.
+  once (``GatewayCycle``); the scope says so (``gateway.interim``) only to HTTP/1.1 clients,
+  as RFC 9110 §15.2 forbids 1xx to HTTP/1.0 ones.
 
 - Hand a WebSocket upgrade over.  llhttp stops at the end of an upgrade request's head and
   says where (``HttpParserUpgrade``'s offset); the bytes after it belong to the new protocol.
@@ -32,7 +34,7 @@ Three changes, all on the httptools implementation (uvicorn's default when insta
   ``max_connections``, ``keepalive_requests``, an 8 KiB request target (414) and 100 header
   fields (431).  Trailer fields of a chunked request are dropped, whatever the timing (llhttp
   reports them through ``on_header`` like header fields).  An HTTP/1.0 client never gets a
-  chunked response: the body is unframed and the connection's end delimits it.  The SNI name
+  chunked response (``GatewayCycle``).  The SNI name
   of the TLS handshake is put in the scope (``gateway.sni``) for ``validation``.
 - Answer a good request before refusing what follows it.  When the bytes after a complete
   request are not HTTP, the request in progress is answered first, then the 400 (Nginx does
@@ -46,11 +48,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
-from http import HTTPStatus
 from typing import Any
 
-from gateway.asgi import INTERIM, INTERIM_SCOPE_KEY, Message
+from gateway.asgi import INTERIM_SCOPE_KEY
 from gateway.client_limits import ClientLimits, Phase, body_deadline, is_last_request
 from gateway.errors import (
     CONNECT_REFUSED,
@@ -62,6 +62,7 @@ from gateway.errors import (
     parse_error,
     raw_error_response,
 )
+from gateway.http1_cycle import CorkedTransport, GatewayCycle
 from gateway.http2.limits import Http2Limits
 from gateway.tracing import TRACE_SCOPE_KEY, Trace, connection_text, head_text
 
@@ -101,110 +102,8 @@ def traced(protocol: type[asyncio.Protocol] | str, trace: bool) -> type[asyncio.
     return type(protocol.__name__, (protocol,), {"trace": True})
 
 
-class CorkedTransport:
-    """The transport as a response cycle sees it: the head write is held briefly."""
-
-    __slots__ = ("transport", "loop", "held", "expect_head")
-
-    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
-        self.transport = transport
-        self.loop = loop
-        self.held: bytes | None = None
-        self.expect_head = False
-
-    def write(self, data: bytes) -> None:
-        if self.expect_head:
-            self.expect_head = False
-            self.held = data
-            self.loop.call_soon(self.flush)
-            return
-        held = self.held
-        if held is None:
-            self.transport.write(data)
-            return
-        self.held = None
-        if len(data) > 4096:
-            # No copy of a large body just to glue the head on: both go to the TLS layer,
-            # which encrypts them in turn and still sends once.
-            self.transport.writelines((held, data))
-        else:
-            self.transport.write(held + data)
-
-    def flush(self) -> None:
-        held = self.held
-        if held is not None:
-            self.held = None
-            if not self.transport.is_closing():
-                self.transport.write(held)
-
-    def close(self) -> None:
-        self.flush()
-        self.transport.close()
-
-    def is_closing(self) -> bool:
-        return self.transport.is_closing()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.transport, name)
-
-
 class HeadTooLarge(Exception):
     pass
-
-
-def interim_head(status: int, headers: list[tuple[bytes, bytes]]) -> bytes:
-    """An HTTP/1.1 interim response head (RFC 9112 §4, RFC 9110 §15.2)."""
-    try:
-        reason = HTTPStatus(status).phrase.encode("ascii")
-    except ValueError:
-        reason = b""
-    lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
-    lines += [name + b": " + value + b"\r\n" for name, value in headers]
-    return b"".join(lines) + b"\r\n"
-
-
-def interim_sender(cycle: Any, corked: CorkedTransport) -> Callable[[Message], Awaitable[None]]:
-    """``cycle.send`` that also writes ``asgi.INTERIM`` messages, before the response only."""
-    send: Callable[[Message], Awaitable[None]] = cycle.send
-
-    async def send_with_interim(message: Message) -> None:
-        if message["type"] != INTERIM:
-            await send(message)
-            return
-        if cycle.response_started or cycle.disconnected or corked.is_closing():
-            return  # too late for a hint; never an error
-        corked.flush()  # a previous (pipelined) response's held head goes first
-        corked.transport.write(interim_head(message["status"], message["headers"]))
-
-    return send_with_interim
-
-
-def http10_sender(cycle: Any) -> Callable[[Message], Awaitable[None]]:
-    """``cycle.send`` for an HTTP/1.0 request: a response without Content-Length goes out
-    unframed, delimited by the connection's end (RFC 9112 §6.3), never chunked, which a 1.0
-    client cannot read.  uvicorn would add chunked framing, so it is told the response is
-    framed by a length it only learns with the last body message."""
-    send: Callable[[Message], Awaitable[None]] = cycle.send
-    unframed = False
-
-    async def send_unframed(message: Message) -> None:
-        nonlocal unframed
-        if message["type"] == "http.response.start":
-            headers = message.get("headers", [])
-            if (
-                cycle.scope["method"] != "HEAD"
-                and message["status"] not in (204, 304)
-                and not any(name.lower() == b"content-length" for name, _ in headers)
-            ):
-                unframed = True
-                cycle.keep_alive = False  # the close is the framing
-                cycle.chunked_encoding = False
-                cycle.expected_content_length = 1 << 62
-        elif unframed and not message.get("more_body", False):
-            cycle.expected_content_length = len(message.get("body", b""))
-        await send(message)
-
-    return send_unframed
 
 
 def asks_for_websocket(headers: list[tuple[bytes, bytes]]) -> bool:
@@ -485,12 +384,14 @@ if HttpToolsProtocol is not None:
             if cycle is not previous:
                 cycle.transport = self.corked  # type: ignore[assignment]
                 self.corked.expect_head = cycle is not None
-                if cycle is not None and self.scope.get(INTERIM_SCOPE_KEY):
-                    cycle.send = interim_sender(cycle, self.corked)  # type: ignore[method-assign,assignment]
-                elif cycle is not None and self.scope.get("http_version") == "1.0":
-                    cycle.send = http10_sender(cycle)  # type: ignore[method-assign,assignment]
-                if cycle is not None and is_last_request(self._requests, self.limits):
-                    cycle.keep_alive = False
+                if cycle is not None:
+                    # uvicorn builds its cycle by name; ours keeps its state and writes the
+                    # response (gateway.http1_cycle).  Its task has not run yet.
+                    cycle.__class__ = GatewayCycle
+                    cycle.interim = INTERIM_SCOPE_KEY in self.scope  # type: ignore[attr-defined]
+                    cycle.http10 = self.scope["http_version"] == "1.0"  # type: ignore[attr-defined]
+                    if is_last_request(self._requests, self.limits):
+                        cycle.keep_alive = False
             if any(name in (b"content-length", b"transfer-encoding") for name, _ in self.headers):
                 # The body's clock; on_message_complete stops it (at once for an empty body).
                 self._last_body = self.loop.time()

@@ -1,18 +1,14 @@
-"""The listener's client limits as pure rules (gateway.client_limits), the HTTP/1.0 framing
-wrapper on a fake response cycle, the glibc mmap threshold fix and the frozen start-up heap
-(gateway.memory)."""
+"""The listener's client limits as pure rules (gateway.client_limits), the glibc mmap threshold
+fix and the frozen start-up heap (gateway.memory).  HTTP/1.0 framing: test_http1_cycle.py."""
 
 from __future__ import annotations
 
-import asyncio
 import gc
-from typing import Any
 
 import pytest
 
 from gateway.client_limits import ClientLimits, body_deadline, is_last_request
 from gateway.config import GatewaySettings
-from gateway.listener import http10_sender
 from gateway.memory import fix_mmap_threshold, freeze_startup_heap
 
 
@@ -52,62 +48,6 @@ def test_body_deadline(last_read: float, now: float, paused: bool, expected: flo
 def test_the_last_request_of_a_connection() -> None:
     limits = ClientLimits(keepalive_requests=3)
     assert [is_last_request(n, limits) for n in (1, 2, 3, 4)] == [False, False, True, True]
-
-
-class FakeCycle:
-    """What http10_sender touches on uvicorn's RequestResponseCycle."""
-
-    def __init__(self, method: str = "GET") -> None:
-        self.scope: dict[str, Any] = {"method": method}
-        self.keep_alive = True
-        self.chunked_encoding: bool | None = None
-        self.expected_content_length = 0
-        self.sent: list[tuple[dict[str, Any], bool | None, int]] = []
-
-    async def send(self, message: dict[str, Any]) -> None:
-        self.sent.append((message, self.chunked_encoding, self.expected_content_length))
-
-
-def run_messages(cycle: FakeCycle, *messages: dict[str, Any]) -> None:
-    send = http10_sender(cycle)
-
-    async def go() -> None:
-        for message in messages:
-            await send(message)
-
-    asyncio.run(go())
-
-
-def test_http_1_0_response_without_length_is_unframed_never_chunked() -> None:
-    cycle = FakeCycle()
-    run_messages(
-        cycle,
-        {"type": "http.response.start", "status": 200, "headers": []},
-        {"type": "http.response.body", "body": b"abc", "more_body": True},
-        {"type": "http.response.body", "body": b"de"},
-    )
-    assert cycle.keep_alive is False  # the connection's end delimits the body
-    start, body1, last = cycle.sent
-    assert start[1] is False  # uvicorn will not add chunked framing
-    assert body1[2] > 1 << 40  # any length may follow ...
-    assert last[2] == 2  # ... and the last message ends it exactly
-
-
-@pytest.mark.parametrize(
-    ("method", "status", "headers"),
-    [
-        ("GET", 200, [(b"content-length", b"3")]),
-        ("HEAD", 200, []),
-        ("GET", 204, []),
-        ("GET", 304, []),
-    ],
-)
-def test_http_1_0_framed_or_bodiless_responses_are_left_alone(
-    method: str, status: int, headers: list[tuple[bytes, bytes]]
-) -> None:
-    cycle = FakeCycle(method)
-    run_messages(cycle, {"type": "http.response.start", "status": status, "headers": headers})
-    assert cycle.keep_alive is True and cycle.chunked_encoding is None
 
 
 def test_the_mmap_threshold_can_be_pinned_on_glibc() -> None:

@@ -1,0 +1,243 @@
+"""The HTTP/1.1 response writer: uvicorn's request/response cycle with the gateway's ``send``.
+
+uvicorn's ``RequestResponseCycle`` keeps the request's state (body, disconnect, keep-alive);
+its ``send`` writes the response.  The listener (``gateway.listener``) turns each cycle into a
+``GatewayCycle`` right after uvicorn builds it, which writes responses the same way with what
+a proxy needs on top, and for less CPU on every message (the hot path):
+
+- ``send`` is not a coroutine: it writes at once and returns a finished awaitable, unless the
+  transport asked to pause (then it returns one that drains first).  uvicorn's ``async def
+  send`` was a coroutine frame per message, and each wrapper around it (interim responses,
+  HTTP/1.0) one more.
+- Header fields are checked for forbidden bytes with two regular-expression searches per
+  response (one over all names, one over all values) instead of two per field: the same
+  check (RFC 9110 §5.1 token names, §5.5 no CTLs but HTAB in values), a fraction of the cost.
+- Interim responses (``asgi.INTERIM``, e.g. an upstream's 103 Early Hints) are written as a
+  1xx head at once, before the final response only, to HTTP/1.1 clients only (RFC 9110
+  §15.2); any other time they are dropped, never an error.
+- The head waits for the first body bytes (``CorkedTransport``): uvicorn wrote them apart, and
+  over TLS each write is its own record and ``send()``.
+- An HTTP/1.0 client never gets a chunked response: a response without Content-Length goes
+  out unframed and the connection's close delimits it (RFC 9112 §6.3).
+
+Measured on one gateway process serving small cache hits (``wrk -t1 -c32``, CPU per request
+from /proc, alternating runs): see bench/README.md, "Hot path: what was tried".
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Generator
+from http import HTTPStatus
+from typing import Any
+
+from gateway.asgi import INTERIM, Message
+
+try:
+    from uvicorn.protocols.http.httptools_impl import (
+        HEADER_RE,
+        HEADER_VALUE_RE,
+        STATUS_LINE,
+        RequestResponseCycle,
+    )
+except ImportError:  # pragma: no cover - httptools not installed
+    RequestResponseCycle = object  # type: ignore[assignment,misc]
+
+
+class CorkedTransport:
+    """The transport as a response cycle sees it: the head write is held briefly."""
+
+    __slots__ = ("transport", "loop", "held", "expect_head")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self.transport = transport
+        self.loop = loop
+        self.held: bytes | None = None
+        self.expect_head = False
+
+    def write(self, data: bytes) -> None:
+        if self.expect_head:
+            self.expect_head = False
+            self.held = data
+            self.loop.call_soon(self.flush)
+            return
+        held = self.held
+        if held is None:
+            self.transport.write(data)
+            return
+        self.held = None
+        if len(data) > 4096:
+            # No copy of a large body just to glue the head on: both go to the TLS layer,
+            # which encrypts them in turn and still sends once.
+            self.transport.writelines((held, data))
+        else:
+            self.transport.write(held + data)
+
+    def flush(self) -> None:
+        held = self.held
+        if held is not None:
+            self.held = None
+            if not self.transport.is_closing():
+                self.transport.write(held)
+
+    def close(self) -> None:
+        self.flush()
+        self.transport.close()
+
+    def is_closing(self) -> bool:
+        return self.transport.is_closing()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
+
+
+# Unframed HTTP/1.0 bodies: any length may follow (the close ends it).
+UNBOUNDED = 1 << 62
+
+
+class Done:
+    """An awaitable that is already finished: what ``send`` returns when it wrote at once."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[None, None, None]:
+        yield from ()
+
+
+DONE = Done()
+
+
+def interim_head(status: int, headers: list[tuple[bytes, bytes]]) -> bytes:
+    """An HTTP/1.1 interim response head (RFC 9112 §4, RFC 9110 §15.2)."""
+    try:
+        reason = HTTPStatus(status).phrase.encode("ascii")
+    except ValueError:
+        reason = b""
+    lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+    lines += [name + b": " + value + b"\r\n" for name, value in headers]
+    return b"".join(lines) + b"\r\n"
+
+
+def checked_fields(fields: list[tuple[bytes, bytes]]) -> None:
+    """Refuse a field name that is not a token or a value with a CTL other than HTAB, like
+    uvicorn, with one search over all names and one over all values.  ``b"a"`` is a token
+    character, so it joins names without creating or hiding a bad byte; ``b" "`` likewise
+    for values."""
+    if HEADER_RE.search(b"a".join([name for name, _ in fields])):
+        raise RuntimeError("Invalid HTTP header name.")
+    if HEADER_VALUE_RE.search(b" ".join([value for _, value in fields])):
+        raise RuntimeError("Invalid HTTP header value.")
+
+
+class GatewayCycle(RequestResponseCycle):
+    """uvicorn's cycle with the writer described in the module docstring.  The listener sets
+    ``interim`` (an HTTP/1.1 client) and ``http10`` on the instance."""
+
+    interim = False
+    http10 = False
+    unframed = False  # an HTTP/1.0 response delimited by the close
+
+    def send(self, message: Message) -> Awaitable[None]:  # type: ignore[override]
+        if self.flow.write_paused and not self.disconnected:
+            return self._drain_then_send(message)
+        self.write(message)
+        return DONE
+
+    async def _drain_then_send(self, message: Message) -> None:
+        await self.flow.drain()
+        self.write(message)
+
+    def write(self, message: Message) -> None:
+        if self.disconnected:
+            return
+        kind = message["type"]
+        if kind == INTERIM:
+            if self.interim and not self.response_started and not self.transport.is_closing():
+                self.write_interim(interim_head(message["status"], message["headers"]))
+            return
+        if not self.response_started:
+            if kind != "http.response.start":
+                raise RuntimeError(
+                    f"Expected ASGI message 'http.response.start', but got '{kind}'."
+                )
+            self._write_head(message)
+        elif not self.response_complete:
+            if kind != "http.response.body":
+                raise RuntimeError(f"Expected ASGI message 'http.response.body', but got '{kind}'.")
+            self._write_body(message.get("body", b""), message.get("more_body", False))
+        else:
+            raise RuntimeError(
+                f"Unexpected ASGI message '{kind}' sent, after response already completed."
+            )
+
+    def write_interim(self, head: bytes) -> None:
+        transport = self.transport
+        if isinstance(transport, CorkedTransport):
+            # A previous (pipelined) response's held head goes first; this one is not held.
+            transport.flush()
+            transport = transport.transport
+        transport.write(head)
+
+    def _write_head(self, message: Message) -> None:
+        self.response_started = True
+        self.waiting_for_100_continue = False
+        status: int = message["status"]
+        fields: list[tuple[bytes, bytes]] = self.default_headers + list(message.get("headers", ()))
+        checked_fields(fields)
+        content = [STATUS_LINE[status]]
+        has_connection_close = False
+        for name, value in fields:
+            name = name.lower()
+            if name == b"content-length" and self.chunked_encoding is None:
+                self.expected_content_length = int(value.decode())
+                self.chunked_encoding = False
+            elif name == b"transfer-encoding" and value.lower() == b"chunked":
+                self.expected_content_length = 0
+                self.chunked_encoding = True
+            elif name == b"connection":
+                if b"close" in [token.lower().strip() for token in value.split(b",")]:
+                    self.keep_alive = False
+                    has_connection_close = True
+            content += (name, b": ", value, b"\r\n")
+        chunked = False
+        if self.chunked_encoding is None and not (
+            self.scope["method"] == "HEAD" or status in (204, 304)
+        ):
+            if self.http10:
+                # No chunked framing for a 1.0 client: the close ends the body.
+                self.unframed = True
+                self.keep_alive = False
+                self.chunked_encoding = False
+                self.expected_content_length = UNBOUNDED
+            else:
+                self.chunked_encoding = chunked = True
+        if not self.keep_alive and not has_connection_close:
+            content.append(b"connection: close\r\n")
+        if chunked:
+            content.append(b"transfer-encoding: chunked\r\n")
+        content.append(b"\r\n")
+        self.transport.write(b"".join(content))
+
+    def _write_body(self, body: bytes, more_body: bool) -> None:
+        if self.scope["method"] == "HEAD":
+            self.expected_content_length = 0
+        elif self.chunked_encoding:
+            content = [b"%x\r\n" % len(body), body, b"\r\n"] if body else []
+            if not more_body:
+                content.append(b"0\r\n\r\n")
+            self.transport.write(b"".join(content))
+        else:
+            size = len(body)
+            if size > self.expected_content_length:
+                raise RuntimeError("Response content longer than Content-Length")
+            self.expected_content_length -= size
+            self.transport.write(body)
+        if more_body:
+            return
+        if self.expected_content_length != 0 and not self.unframed:
+            raise RuntimeError("Response content shorter than Content-Length")
+        self.response_complete = True
+        self.message_event.set()
+        if not self.keep_alive:
+            self.transport.close()
+        self.on_response()

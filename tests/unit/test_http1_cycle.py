@@ -1,0 +1,230 @@
+"""The HTTP/1.1 response writer (gateway.http1_cycle.GatewayCycle) on a recording transport:
+the wire bytes uvicorn's cycle wrote, interim heads, HTTP/1.0 framing, field checks, the head
+held for the first body bytes, and back-pressure."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from typing import Any
+
+import pytest
+from support.recording_transport import RecordingTransport
+from uvicorn.protocols.http.flow_control import FlowControl
+
+from gateway.asgi import INTERIM, Message
+from gateway.http1_cycle import DONE, CorkedTransport, GatewayCycle
+
+START: Message = {"type": "http.response.start", "status": 200, "headers": []}
+HINT: Message = {"type": INTERIM, "status": 103, "headers": [(b"link", b"</a>")]}
+
+
+def run(coroutine: Coroutine[Any, Any, None]) -> None:
+    asyncio.run(asyncio.wait_for(coroutine, 5))
+
+
+def cycle_on(
+    transport: asyncio.Transport,
+    method: str = "GET",
+    *,
+    http10: bool = False,
+    keep_alive: bool = True,
+    completed: list[bool] | None = None,
+) -> GatewayCycle:
+    cycle = GatewayCycle(
+        scope={"method": method},  # type: ignore[arg-type]
+        transport=transport,
+        flow=FlowControl(transport),
+        logger=logging.getLogger("test"),
+        access_logger=logging.getLogger("test.access"),
+        access_log=False,
+        default_headers=[(b"date", b"Mon, 07 Dec 2026 00:00:00 GMT")],
+        message_event=asyncio.Event(),
+        expect_100_continue=False,
+        keep_alive=keep_alive and not http10,
+        on_response=lambda: completed.append(True) if completed is not None else None,
+    )
+    cycle.interim = not http10
+    cycle.http10 = http10
+    return cycle
+
+
+def send_all(cycle: GatewayCycle, *messages: Message) -> None:
+    async def go() -> None:
+        for message in messages:
+            await cycle.send(message)
+
+    run(go())
+
+
+def body(data: bytes, more: bool = False) -> Message:
+    return {"type": "http.response.body", "body": data, "more_body": more}
+
+
+def test_a_response_with_a_length_is_written_as_uvicorn_wrote_it() -> None:
+    transport, completed = RecordingTransport(), []
+    cycle = cycle_on(transport, completed=completed)
+    headers = [(b"Content-Length", b"2"), (b"content-type", b"text/plain")]
+    send_all(cycle, {**START, "headers": headers}, body(b"ok"))
+    assert transport.written == [
+        b"HTTP/1.1 200 OK\r\ndate: Mon, 07 Dec 2026 00:00:00 GMT\r\n"
+        b"content-length: 2\r\ncontent-type: text/plain\r\n\r\n",
+        b"ok",
+    ]
+    assert cycle.response_complete and completed == [True] and not transport.closing
+
+
+def test_without_a_length_an_http_1_1_response_is_chunked() -> None:
+    transport = RecordingTransport()
+    send_all(cycle_on(transport), START, body(b"abc", more=True), body(b""))
+    assert transport.written[0].endswith(b"transfer-encoding: chunked\r\n\r\n")
+    assert transport.written[1:] == [b"3\r\nabc\r\n", b"0\r\n\r\n"]
+
+
+def test_http_1_0_response_without_length_is_unframed_never_chunked() -> None:
+    transport = RecordingTransport()
+    cycle = cycle_on(transport, http10=True)
+    send_all(cycle, START, body(b"abc", more=True), body(b"de"))
+    head, *rest = transport.written
+    assert b"chunked" not in head and head.endswith(b"connection: close\r\n\r\n")
+    assert rest == [b"abc", b"de"]
+    assert cycle.response_complete and transport.closing  # the close delimits the body
+
+
+@pytest.mark.parametrize(
+    ("method", "status", "headers"),
+    [
+        ("GET", 200, [(b"content-length", b"3")]),
+        ("HEAD", 200, []),
+        ("GET", 204, []),
+        ("GET", 304, []),
+    ],
+)
+def test_http_1_0_framed_or_bodiless_responses_are_left_alone(
+    method: str, status: int, headers: list[tuple[bytes, bytes]]
+) -> None:
+    transport = RecordingTransport()
+    cycle = cycle_on(transport, method, http10=True)
+    send_all(cycle, {"type": "http.response.start", "status": status, "headers": headers})
+    assert not cycle.unframed and cycle.chunked_encoding is not True
+    assert b"chunked" not in transport.written[0]
+
+
+def test_a_connection_close_field_ends_keep_alive() -> None:
+    transport = RecordingTransport()
+    cycle = cycle_on(transport)
+    send_all(cycle, {**START, "headers": [(b"connection", b"Close")]}, body(b""))
+    assert not cycle.keep_alive and transport.closing
+    assert transport.written[0].count(b"connection") == 1
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        (b"bad name", b"v"),
+        (b"x-ok", b"line\r\nset-cookie: a=b"),
+        (b"x-ok", b"nul\x00"),
+        (b"x(y)", b"v"),
+    ],
+)
+def test_a_field_uvicorn_would_refuse_is_refused(field: tuple[bytes, bytes]) -> None:
+    transport = RecordingTransport()
+    with pytest.raises(RuntimeError, match="Invalid HTTP header"):
+        send_all(cycle_on(transport), {**START, "headers": [(b"x-fine", b"a\tb"), field]})
+    assert transport.written == []
+
+
+def test_content_length_mismatches_are_errors() -> None:
+    with pytest.raises(RuntimeError, match="longer"):
+        send_all(
+            cycle_on(RecordingTransport()),
+            {**START, "headers": [(b"content-length", b"1")]},
+            body(b"ab"),
+        )
+    with pytest.raises(RuntimeError, match="shorter"):
+        send_all(
+            cycle_on(RecordingTransport()),
+            {**START, "headers": [(b"content-length", b"3")]},
+            body(b"ab"),
+        )
+
+
+def test_head_responses_carry_no_body() -> None:
+    transport = RecordingTransport()
+    cycle = cycle_on(transport, "HEAD")
+    send_all(cycle, {**START, "headers": [(b"content-length", b"5")]}, body(b""))
+    assert cycle.response_complete
+    assert b"chunked" not in transport.written[0]
+
+
+def test_interim_heads_go_before_the_response_only() -> None:
+    transport = RecordingTransport()
+    cycle = cycle_on(transport)
+    send_all(cycle, HINT, START, HINT)  # the second: too late, dropped without an error
+    assert transport.written[0] == b"HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n"
+    assert len(transport.written) == 2 and transport.written[1].startswith(b"HTTP/1.1 200")
+
+
+def test_an_http_1_0_client_gets_no_interim_head() -> None:
+    transport = RecordingTransport()
+    send_all(cycle_on(transport, http10=True), HINT)
+    assert transport.written == []
+
+
+def test_the_head_waits_for_the_first_body_bytes() -> None:
+    async def main() -> None:
+        transport = RecordingTransport()
+        corked = CorkedTransport(transport, asyncio.get_running_loop())
+        corked.expect_head = True
+        cycle = cycle_on(corked)
+        await cycle.send({**START, "headers": [(b"content-length", b"2")]})
+        assert transport.written == []  # held
+        await cycle.send(body(b"ok"))
+        assert len(transport.written) == 1 and transport.written[0].endswith(b"\r\n\r\nok")
+
+    run(main())
+
+
+def test_a_held_head_is_written_alone_when_no_body_follows_in_the_same_iteration() -> None:
+    async def main() -> None:
+        transport = RecordingTransport()
+        corked = CorkedTransport(transport, asyncio.get_running_loop())
+        corked.expect_head = True
+        cycle = cycle_on(corked)
+        await cycle.send(START)
+        await asyncio.sleep(0)  # one loop iteration: a streaming body is not waited for
+        assert len(transport.written) == 1 and transport.written[0].startswith(b"HTTP/1.1 200")
+
+    run(main())
+
+
+def test_a_held_pipelined_head_is_written_before_an_interim_one() -> None:
+    async def main() -> None:
+        transport = RecordingTransport()
+        corked = CorkedTransport(transport, asyncio.get_running_loop())
+        corked.expect_head = True
+        corked.write(b"HTTP/1.1 204 No Content\r\n\r\n")  # the previous response, held
+        await cycle_on(corked).send(HINT)
+        assert transport.written == [
+            b"HTTP/1.1 204 No Content\r\n\r\n",
+            b"HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n",
+        ]
+
+    run(main())
+
+
+def test_send_writes_at_once_and_waits_only_under_back_pressure() -> None:
+    async def main() -> None:
+        transport = RecordingTransport()
+        cycle = cycle_on(transport)
+        assert cycle.send(START) is DONE and len(transport.written) == 1
+        cycle.flow.pause_writing()
+        pending = asyncio.ensure_future(cycle.send(body(b"x", more=True)))
+        await asyncio.sleep(0)
+        assert not pending.done() and len(transport.written) == 1  # waits for the drain
+        cycle.flow.resume_writing()
+        await pending
+        assert transport.written[-1] == b"1\r\nx\r\n"
+
+    run(main())
