@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from gateway.config import GatewaySettings
 
 if TYPE_CHECKING:
+    from gateway.cache.storing import StoredResponse
     from gateway.tracing import Trace
 
 
@@ -44,6 +45,7 @@ class Exchange:
         "request_id",
         "upstream_seconds",
         "trace",
+        "fresh_hit",
     )
 
     def __init__(self, scope: MutableMapping[str, Any]) -> None:
@@ -60,6 +62,8 @@ class Exchange:
         # Time from writing the request upstream to its response head, all attempts.
         self.upstream_seconds = 0.0
         self.trace: Trace | None = None  # trace mode only (gateway.tracing)
+        # The stored response a fresh cache hit was answered from (for ``cache.hot``).
+        self.fresh_hit: StoredResponse | None = None
 
     @property
     def target(self) -> str:

@@ -35,6 +35,7 @@ from random import getrandbits as _random_bits
 from gateway.access_log import AccessLog, Exchange
 from gateway.admin.metrics import NO_ROUTE, Labels, Metrics
 from gateway.asgi import Message, Receive, Scope, Send
+from gateway.cache.hot import HotHits
 from gateway.cache.layer import CacheLayer
 from gateway.config import RouteSettings, Settings
 from gateway.errors import (
@@ -49,6 +50,7 @@ from gateway.handlers.redirect import RedirectHandler
 from gateway.handlers.static import StaticHandler
 from gateway.handlers.websocket import WebSocketHandler
 from gateway.headers import VIA, Headers, TrustedProxies
+from gateway.http1_cycle import STATUS_LINE
 from gateway.middleware import build_middlewares
 from gateway.request import Handler, Request
 from gateway.routing import Route, Router
@@ -138,6 +140,7 @@ class RouteHandlers:
     http: Handler
     websocket: Handler | None = None
     labels: Labels = NO_ROUTE  # (route, upstream) for the metrics
+    hot: bool = False  # the cache with nothing around it: its fresh hits may be published
 
 
 def route_labels(route: RouteSettings) -> Labels:
@@ -177,6 +180,14 @@ class GatewayApp:
             cache = CacheLayer(settings.cache)
         self.cache = cache
         self.middlewares = build_middlewares(settings)
+        # Fresh hits the HTTP/1.1 listener answers itself (gateway.cache.hot), where nothing
+        # per request could make them differ from this app's answers.
+        self.hot: HotHits | None = None
+        if cache is not None and not self.trace and not self.server_timing:
+            if cache.store.generation() is not None:
+                self.hot = HotHits(
+                    cache.store, extra, self.access_log, self.metrics, new_request_id, STATUS_LINE
+                )
         self.router: Router[RouteHandlers] = Router(
             (Route.from_settings(r), replace(self._handlers(r), labels=route_labels(r)))
             for r in settings.routes
@@ -202,7 +213,7 @@ class GatewayApp:
                 else:
                     forward = wrap_forward(forward)
             names = tuple(outer)
-            handlers = RouteHandlers(self.cache.wrap(forward), self.websocket)
+            handlers = RouteHandlers(self.cache.wrap(forward), self.websocket, hot=not names)
         else:
             handlers = RouteHandlers(self.proxy, self.websocket)
         if not names:
@@ -265,6 +276,8 @@ class GatewayApp:
                 await handlers.websocket(request)
             else:
                 await handlers.http(request)
+                if exchange.fresh_hit is not None and handlers.hot and self.hot is not None:
+                    self.hot.publish(scope, exchange.fresh_hit, exchange, labels)
         except ClientDisconnected:
             # The listener may have ended the request itself (408: the body stalled).
             exchange.status = scope.get("gateway.closed_status", ClientDisconnected.status)

@@ -37,7 +37,6 @@ try:
     from uvicorn.protocols.http.httptools_impl import (
         HEADER_RE,
         HEADER_VALUE_RE,
-        STATUS_LINE,
         RequestResponseCycle,
     )
 except ImportError:  # pragma: no cover - httptools not installed
@@ -107,13 +106,21 @@ class Done:
 DONE = Done()
 
 
-def interim_head(status: int, headers: list[tuple[bytes, bytes]]) -> bytes:
-    """An HTTP/1.1 interim response head (RFC 9112 §4, RFC 9110 §15.2)."""
+def status_line(status: int) -> bytes:
+    """``HTTP/1.1 200 OK`` and its CRLF (RFC 9112 §4); an unknown code gets an empty reason."""
     try:
         reason = HTTPStatus(status).phrase.encode("ascii")
     except ValueError:
         reason = b""
-    lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+    return b"HTTP/1.1 %d %s\r\n" % (status, reason)
+
+
+STATUS_LINE = {status: status_line(status) for status in range(100, 600)}
+
+
+def interim_head(status: int, headers: list[tuple[bytes, bytes]]) -> bytes:
+    """An HTTP/1.1 interim response head (RFC 9112 §4, RFC 9110 §15.2)."""
+    lines = [STATUS_LINE[status]]
     lines += [name + b": " + value + b"\r\n" for name, value in headers]
     return b"".join(lines) + b"\r\n"
 

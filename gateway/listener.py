@@ -51,6 +51,7 @@ import time
 from typing import Any
 
 from gateway.asgi import INTERIM_SCOPE_KEY
+from gateway.cache.hot import JOIN_LIMIT, HotHits
 from gateway.client_limits import ClientLimits, Phase, body_deadline, is_last_request
 from gateway.errors import (
     CONNECT_REFUSED,
@@ -104,6 +105,19 @@ def traced(protocol: type[asyncio.Protocol] | str, trace: bool) -> type[asyncio.
 
 class HeadTooLarge(Exception):
     pass
+
+
+class FinishedCycle:
+    """Stands in for uvicorn's cycle after a hot hit: a response that is complete."""
+
+    response_complete = True
+    more_body = False
+    disconnected = False
+    keep_alive = True
+    message_event = asyncio.Event()  # set by connection_lost; nobody waits on it
+
+
+FINISHED = FinishedCycle()
 
 
 def asks_for_websocket(headers: list[tuple[bytes, bytes]]) -> bool:
@@ -363,6 +377,8 @@ if HttpToolsProtocol is not None:
                 self._connect = True
                 raise HeadTooLarge
             self._requests += 1
+            if self._answer_hot():
+                return
             if self._sni is not None:
                 self.scope["gateway.sni"] = self._sni  # type: ignore[typeddict-unknown-key]
                 self.scope["gateway.cert_names"] = self._cert_names  # type: ignore[typeddict-unknown-key]
@@ -396,6 +412,50 @@ if HttpToolsProtocol is not None:
                 # The body's clock; on_message_complete stops it (at once for an empty body).
                 self._last_body = self.loop.time()
                 self._arm(Phase.BODY, self.limits.body_timeout)
+
+        def _answer_hot(self) -> bool:
+            """Answer a plain GET from the app's hot hits (``gateway.cache.hot``), with no
+            scope, cycle or task; False when the request takes the full path."""
+            hot: HotHits | None = getattr(getattr(self.app, "current", None), "hot", None)
+            if hot is None or not hot.entries:
+                return False
+            cycle = self.cycle
+            parser = self.parser
+            if (
+                (cycle is not None and not cycle.response_complete)
+                or self.pipeline
+                or parser.get_method() != b"GET"
+                or parser.get_http_version() != "1.1"
+                or not parser.should_keep_alive()
+                or parser.should_upgrade()
+                or self.url[:1] != b"/"
+                or is_last_request(self._requests, self.limits)
+            ):
+                return False
+            try:
+                answer = hot.serve(
+                    self._sni,
+                    self._cert_names,
+                    self.url,
+                    self.headers,
+                    self.client,
+                    time.perf_counter(),
+                )
+            except Exception:
+                hot.fail()  # never a failed request: the full path answers from now on
+                return False
+            if answer is None:
+                return False
+            head, body = answer
+            # uvicorn's later callbacks (message complete, connection lost, shutdown) see a
+            # finished response on this connection.
+            self.cycle = FINISHED  # type: ignore[assignment]
+            if len(body) > JOIN_LIMIT:
+                self.transport.writelines((head, body))
+            else:
+                self.transport.write(head + body)
+            self.on_response_complete()
+            return True
 
         def send_400_response(self, msg: str) -> None:
             self._disarm()

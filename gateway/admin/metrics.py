@@ -34,13 +34,14 @@ NO_ROUTE: Labels = ("", "")
 class Metrics:
     """One process's counters since it started; survives reloads (one per process)."""
 
-    __slots__ = ("requests", "buckets", "duration_sum", "cache", "recent", "started")
+    __slots__ = ("requests", "buckets", "duration_sum", "cache", "hot_hits", "recent", "started")
 
     def __init__(self, recent: int = RECENT_REQUESTS) -> None:
         self.requests: dict[tuple[str, str, int], int] = {}
         self.buckets = [0] * (len(DURATION_BUCKETS) + 1)  # the last one is +Inf
         self.duration_sum = 0.0
         self.cache: dict[str, int] = {}
+        self.hot_hits = 0  # of the cache's HITs, those the listener answered (cache.hot)
         # (exchange, when it ended by perf_counter, route label): a bounded live tail.
         self.recent: deque[tuple[Exchange, float, str]] = deque(maxlen=recent)
         self.started = time.time()
@@ -68,6 +69,7 @@ class Metrics:
             "buckets": list(self.buckets),
             "duration_sum": self.duration_sum,
             "cache": dict(self.cache),
+            "hot_hits": self.hot_hits,
             "recent": [
                 {
                     "time": wall - (clock - ended),
@@ -91,6 +93,7 @@ def merge_metrics(snapshots: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     buckets = [0] * (len(DURATION_BUCKETS) + 1)
     duration_sum = 0.0
     cache: dict[str, int] = {}
+    hot_hits = 0
     recent: list[dict[str, Any]] = []
     for snap in snapshots:
         for route, upstream, code, n in snap["requests"]:
@@ -101,6 +104,7 @@ def merge_metrics(snapshots: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         duration_sum += float(snap["duration_sum"])
         for result, n in snap["cache"].items():
             cache[result] = cache.get(result, 0) + int(n)
+        hot_hits += int(snap["hot_hits"])
         recent.extend(snap["recent"])
     recent.sort(key=lambda r: float(r["time"]))
     return {
@@ -108,6 +112,7 @@ def merge_metrics(snapshots: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         "buckets": buckets,
         "duration_sum": duration_sum,
         "cache": cache,
+        "hot_hits": hot_hits,
         "recent": recent[-RECENT_REQUESTS:],
     }
 
@@ -205,6 +210,14 @@ def render(view: Mapping[str, Any]) -> str:
     )
     for result, n in sorted(metrics["cache"].items()):
         sample("gateway_cache_requests_total", {"result": result.lower()}, n)
+
+    family(
+        "gateway_cache_hot_hits_total",
+        "counter",
+        "Of the cache's hits, those the HTTP/1.1 listener answered from their published bytes "
+        "without the full request path (gateway.cache.hot).",
+    )
+    sample("gateway_cache_hot_hits_total", {}, metrics["hot_hits"])
 
     family("gateway_connections_active", "gauge", "Client connections open now.")
     sample("gateway_connections_active", {}, view["connections"])

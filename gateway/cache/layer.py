@@ -159,6 +159,8 @@ class CacheLayer:
         """Send the answer the lookup made (the hot path: two ASGI messages, no task), and
         start the background refresh a stale-while-revalidate answer calls for."""
         assert decision.answer is not None
+        if decision.action is Action.HIT and decision.detail is None:
+            request.exchange.fresh_hit = decision.entry  # GatewayApp may publish it (cache.hot)
         await self._send_answer(request, decision.answer, _ANSWER_LABELS[decision.action])
         if decision.action is Action.STALE_WHILE_REVALIDATE:
             self._start_refresh(request, forward, key, decision)

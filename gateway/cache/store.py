@@ -42,6 +42,8 @@ class ResponseCache:
         self._entries: OrderedDict[tuple[str, VaryKey], StoredResponse] = OrderedDict()
         self._variants: dict[str, set[VaryKey]] = {}
         self._bytes = 0
+        # Changes with every write, eviction and invalidation (``cache.hot`` checks it).
+        self.generation = 0
 
     @classmethod
     def from_settings(cls, settings: CacheSettings) -> ResponseCache:
@@ -108,6 +110,7 @@ class ResponseCache:
         self._entries[slot] = entry
         self._variants.setdefault(primary_key, set()).add(entry.vary)
         self._bytes += entry.size
+        self.generation += 1
         return True
 
     def invalidate(self, primary_key: str) -> int:
@@ -128,10 +131,12 @@ class ResponseCache:
         self._entries.clear()
         self._variants.clear()
         self._bytes = 0
+        self.generation += 1
 
     def _remove(self, slot: tuple[str, VaryKey]) -> None:
         entry = self._entries.pop(slot)
         self._bytes -= entry.size
+        self.generation += 1
         primary_key, vary = slot
         variants = self._variants[primary_key]
         variants.discard(vary)

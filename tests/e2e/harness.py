@@ -319,6 +319,20 @@ class Gateway:
     def log_lines(self, text: str) -> list[str]:
         return [line for line in self.process.lines if text in line]
 
+    def wait_for_log_lines(self, count: int, *texts: str, timeout: float = 5.0) -> list[str]:
+        """The log lines containing every one of ``texts`` once there are ``count`` of them
+        (or what there is when time is up): a line is read by a thread, after the response."""
+        deadline = time.monotonic() + timeout
+
+        def found() -> list[str]:
+            return [line for line in self.process.lines if all(t in line for t in texts)]
+
+        while len(found()) < count:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self.process.wait_for_line(texts[0], remaining) is None:
+                break
+        return found()
+
     def wait_for_log(self, text: str, timeout: float = 5.0) -> str:
         """The first log line containing ``text`` (already written, or written within timeout)."""
         for line in self.process.lines:

@@ -542,7 +542,7 @@ def test_an_all_down_pool_is_still_tried_and_a_server_that_answers_is_up(site: S
     is still tried on them and succeeds, and that server is UP again at once."""
     status, _, _ = exchange(site.gateway, get("/pair/reset"))
     assert status == 502
-    assert len([line for line in site.gateway.log_lines("upstream pair") if "DOWN" in line]) == 2
+    assert len(site.gateway.wait_for_log_lines(2, "upstream pair", "DOWN")) == 2
     status, _, body = exchange(site.gateway, get("/pair/back"))
     assert (status, body) == (200, b"ok:")
     up = site.gateway.wait_for_log("UP")

@@ -56,6 +56,12 @@ class CacheStore(Protocol):
 
     def coalescer(self, timeout: float) -> Coalescer: ...
 
+    def generation(self) -> int | None:
+        """A number that changes whenever anything stored may have changed (any write,
+        eviction or invalidation, by any process sharing the store); None when that cannot
+        be known without I/O (Redis).  ``cache.hot`` answers only while it stays the same."""
+        ...
+
     async def aclose(self) -> None: ...
 
 

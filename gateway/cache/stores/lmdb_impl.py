@@ -179,6 +179,11 @@ class SharedStore:
     def coalescer(self, timeout: float) -> Coalescer:
         return SharedCoalescer(self, timeout)
 
+    def generation(self) -> int:
+        """The shared counter every committed write bumps (``_bump``)."""
+        value: int = _GENERATION.unpack_from(self._generation)[0]
+        return value
+
     async def aclose(self) -> None:
         """Nothing to release: the environment stays open for the process (a reload's new
         store uses it again; LMDB refuses to open one environment twice in a process)."""

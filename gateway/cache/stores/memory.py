@@ -47,5 +47,8 @@ class MemoryStore:
     def coalescer(self, timeout: float) -> Coalescer:
         return Coalescer(timeout)
 
+    def generation(self) -> int:
+        return self.cache.generation
+
     async def aclose(self) -> None:
         self.cache.clear()

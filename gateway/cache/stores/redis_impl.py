@@ -160,5 +160,9 @@ class RedisStore:
     def coalescer(self, timeout: float) -> Coalescer:
         return Coalescer(timeout)
 
+    def generation(self) -> None:
+        """Other machines' writes are not visible without I/O: no hot hits (``cache.hot``)."""
+        return None
+
     async def aclose(self) -> None:
         await self.client.aclose()
