@@ -424,6 +424,10 @@ if HttpToolsProtocol is not None:
             if (
                 (cycle is not None and not cycle.response_complete)
                 or self.pipeline
+                # A client that does not read: the full path waits for the drain and stops
+                # reading meanwhile, so pipelined requests cannot pile up answers in memory.
+                or self.flow.write_paused
+                or self.transport.is_closing()
                 or parser.get_method() != b"GET"
                 or parser.get_http_version() != "1.1"
                 or not parser.should_keep_alive()

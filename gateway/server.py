@@ -37,6 +37,7 @@ from gateway.http2.limits import DEFAULT_HEADER_TIMEOUT, Http2Limits
 from gateway.listener import http_protocol_class, traced
 from gateway.listeners import bind, bind_listeners
 from gateway.memory import fix_mmap_threshold, freeze_startup_heap
+from gateway.middleware import close_middlewares
 from gateway.runtime.reload import AppSwitch, Reloader, ReloadError, ReloadPlan, reload_logged
 from gateway.tls.service import TLSService
 from gateway.upstream.group import Upstream
@@ -239,6 +240,7 @@ class Gateway:
             self.app.access_log.close()
             if self.app.cache is not None:
                 await self.app.cache.store.aclose()  # a Redis store's connection pool
+            await close_middlewares(self.app.middlewares.values())  # rate_limit's Redis client
         log.info("gateway stopped")
 
     def _start_servers(

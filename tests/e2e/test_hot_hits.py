@@ -19,7 +19,15 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from e2e.harness import EchoUpstream, Stack, StackConfig, free_port, read_response, stack
+from e2e.harness import (
+    EchoUpstream,
+    RssSampler,
+    Stack,
+    StackConfig,
+    free_port,
+    read_response,
+    stack,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -223,6 +231,33 @@ def test_pipelined_requests_are_answered_in_order(one: Site) -> None:
     assert first[1]["x-cache"] == last[1]["x-cache"] == ["HIT"]
     assert b"/echo/between" in middle[2]
     assert first[2] == last[2]
+
+
+def test_a_client_that_does_not_read_cannot_pile_up_hot_answers(one: Site) -> None:
+    """990 pipelined GETs of a 64 KiB hot entry (under keepalive_requests), and the client
+    reads nothing: answers stop at the transport's high-water mark (the full path then waits
+    for the drain and stops reading), instead of 62 MiB of answers in the gateway's memory.
+    Then all arrive, in order."""
+    request = b"GET /blob64k HTTP/1.1\r\nHost: localhost\r\n\r\n"
+    count = 990
+    with one.stack.gateway.tls_socket(timeout=30) as sock:
+        for _ in range(2):  # stored, then published
+            sock.sendall(request)
+            read_response(sock)
+        with RssSampler(one.stack.gateway.process.pid) as rss:
+            baseline = rss.peak
+            sock.sendall(request * count)  # ~45 KB: fits in the socket buffers
+            settled, last = 0, -1.0
+            for _ in range(50):  # until the gateway stops answering (bounded: 50 polls)
+                now = one.hot()
+                settled = settled + 1 if now == last else 0
+                if settled == 3:
+                    break
+                last = now
+                time.sleep(0.1)
+        assert rss.peak - baseline < 24 * 1024 * 1024, f"grew {(rss.peak - baseline) >> 20} MiB"
+        bodies = {read_response(sock)[2] for _ in range(count)}
+    assert len(bodies) == 1 and len(bodies.pop()) == 65536
 
 
 def test_with_two_workers_another_workers_invalidation_ends_hot_hits(tmp_path: Path) -> None:
