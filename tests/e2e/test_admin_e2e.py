@@ -21,9 +21,8 @@ from typing import Any
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from e2e.harness import PYTHON, REPO, Stack, StackConfig, free_port, stack
+from e2e.harness import PYTHON, REPO, Admin, Stack, StackConfig, free_port, stack
 
 pytestmark = pytest.mark.e2e
 
@@ -53,49 +52,6 @@ def admin_stack(tmp_path: Path, workers: int, **gateway: Any) -> Iterator[tuple[
     with stack(tmp_path / "gw", ["a", "b"], build) as s:
         with Admin(s, port) as admin:
             yield s, admin
-
-
-class Admin:
-    def __init__(self, s: Stack, port: int) -> None:
-        self.stack = s
-        self.port = port
-        self.client = httpx.Client(
-            base_url=f"https://127.0.0.1:{port}",
-            verify=s.gateway.ssl_context(),
-            trust_env=False,
-            timeout=30,
-        )
-
-    def __enter__(self) -> Admin:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.client.close()
-
-    def get(self, path: str) -> Any:
-        response = self.client.get(path)
-        assert response.status_code == 200, response.text
-        return response.json()
-
-    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-        response = self.client.get("/metrics")
-        assert response.status_code == 200
-        return {
-            (s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(response.text)
-            for s in family.samples
-        }
-
-    def wait_for(self, check: Any, timeout: float = 15.0) -> Any:
-        """Poll the admin API until ``check()`` is truthy (state the gateway reaches by
-        itself: health checks, worker start-up)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            value = check()
-            if value:
-                return value
-            assert time.monotonic() < deadline, "the admin API never showed it"
-            time.sleep(0.1)
 
 
 def rewrite_config(s: Stack, old: str, new: str) -> None:

@@ -17,9 +17,9 @@ from typing import Any
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from e2e.harness import (
+    Admin,
     EchoUpstream,
     RssSampler,
     Stack,
@@ -35,24 +35,16 @@ HOT = "gateway_cache_hot_hits_total"
 
 
 class Site:
+    """The stack, its echo upstream ``h``, the access-log file and the admin API."""
+
     def __init__(self, s: Stack, admin_port: int, access_log: Path) -> None:
         self.stack = s
         self.upstream = s.upstreams["h"]
         self.access_log = access_log
-        self.admin = httpx.Client(
-            base_url=f"https://127.0.0.1:{admin_port}",
-            verify=s.gateway.ssl_context(),
-            trust_env=False,
-            timeout=30,
-        )
+        self.admin = Admin(s, admin_port)
 
     def metric(self, name: str, **labels: str) -> float:
-        text = self.admin.get("/metrics").text
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name == name and sample.labels == labels:
-                    return float(sample.value)
-        return 0.0
+        return self.admin.metrics().get((name, tuple(sorted(labels.items()))), 0.0)
 
     def hot(self) -> float:
         return self.metric(HOT)
@@ -83,10 +75,8 @@ def site(tmp_path: Path, workers: int = 1) -> Iterator[Site]:
 
     with stack(tmp_path / "gw", ["h"], build) as s:
         hot = Site(s, admin_port, access_log)
-        try:
+        with hot.admin:
             yield hot
-        finally:
-            hot.admin.close()
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +154,7 @@ def test_an_unsafe_request_ends_hot_hits(one: Site, client: httpx.Client) -> Non
 
 def test_a_purge_ends_hot_hits(one: Site, client: httpx.Client) -> None:
     warm(client, "/cache/purged")
-    purged = one.admin.delete("/api/cache", params={"prefix": "/cache/purged"})
+    purged = one.admin.client.delete("/api/cache", params={"prefix": "/cache/purged"})
     assert purged.status_code == 200 and purged.json()["purged"] == 1
     after = client.get("/cache/purged", params={"cc": "max-age=60"})
     assert after.headers["x-cache"] == "MISS" and after.headers["x-served"] == "2"

@@ -50,6 +50,15 @@ def cycle_on(
     return cycle
 
 
+def corked_transport() -> tuple[RecordingTransport, CorkedTransport]:
+    """A recording transport behind a CorkedTransport that expects a response head (inside a
+    running loop: the held head is flushed by a loop callback)."""
+    transport = RecordingTransport()
+    corked = CorkedTransport(transport, asyncio.get_running_loop())
+    corked.expect_head = True
+    return transport, corked
+
+
 def send_all(cycle: GatewayCycle, *messages: Message) -> None:
     async def go() -> None:
         for message in messages:
@@ -174,9 +183,7 @@ def test_an_http_1_0_client_gets_no_interim_head() -> None:
 
 def test_the_head_waits_for_the_first_body_bytes() -> None:
     async def main() -> None:
-        transport = RecordingTransport()
-        corked = CorkedTransport(transport, asyncio.get_running_loop())
-        corked.expect_head = True
+        transport, corked = corked_transport()
         cycle = cycle_on(corked)
         await cycle.send({**START, "headers": [(b"content-length", b"2")]})
         assert transport.written == []  # held
@@ -188,11 +195,8 @@ def test_the_head_waits_for_the_first_body_bytes() -> None:
 
 def test_a_held_head_is_written_alone_when_no_body_follows_in_the_same_iteration() -> None:
     async def main() -> None:
-        transport = RecordingTransport()
-        corked = CorkedTransport(transport, asyncio.get_running_loop())
-        corked.expect_head = True
-        cycle = cycle_on(corked)
-        await cycle.send(START)
+        transport, corked = corked_transport()
+        await cycle_on(corked).send(START)
         await asyncio.sleep(0)  # one loop iteration: a streaming body is not waited for
         assert len(transport.written) == 1 and transport.written[0].startswith(b"HTTP/1.1 200")
 
@@ -201,9 +205,7 @@ def test_a_held_head_is_written_alone_when_no_body_follows_in_the_same_iteration
 
 def test_a_held_pipelined_head_is_written_before_an_interim_one() -> None:
     async def main() -> None:
-        transport = RecordingTransport()
-        corked = CorkedTransport(transport, asyncio.get_running_loop())
-        corked.expect_head = True
+        transport, corked = corked_transport()
         corked.write(b"HTTP/1.1 204 No Content\r\n\r\n")  # the previous response, held
         await cycle_on(corked).send(HINT)
         assert transport.written == [
