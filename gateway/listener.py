@@ -414,8 +414,8 @@ if HttpToolsProtocol is not None:
                 self._arm(Phase.BODY, self.limits.body_timeout)
 
         def _answer_hot(self) -> bool:
-            """Answer a plain GET from the app's hot hits (``gateway.cache.hot``), with no
-            scope, cycle or task; False when the request takes the full path."""
+            """Answer a plain GET or HEAD from the app's hot hits (``gateway.cache.hot``), with
+            no scope, cycle or task; False when the request takes the full path."""
             hot: HotHits | None = getattr(getattr(self.app, "current", None), "hot", None)
             if hot is None or not hot.entries:
                 return False
@@ -428,14 +428,15 @@ if HttpToolsProtocol is not None:
                 # reading meanwhile, so pipelined requests cannot pile up answers in memory.
                 or self.flow.write_paused
                 or self.transport.is_closing()
-                or parser.get_method() != b"GET"
                 or parser.get_http_version() != "1.1"
-                or not parser.should_keep_alive()
                 or parser.should_upgrade()
                 or self.url[:1] != b"/"
-                or is_last_request(self._requests, self.limits)
             ):
                 return False
+            method = parser.get_method()
+            if method != b"GET" and method != b"HEAD":
+                return False
+            close = not parser.should_keep_alive() or is_last_request(self._requests, self.limits)
             try:
                 answer = hot.serve(
                     self._sni,
@@ -444,6 +445,8 @@ if HttpToolsProtocol is not None:
                     self.headers,
                     self.client,
                     time.perf_counter(),
+                    method=method.decode(),
+                    close=close,
                 )
             except Exception:
                 hot.fail()  # never a failed request: the full path answers from now on
@@ -458,6 +461,8 @@ if HttpToolsProtocol is not None:
                 self.transport.writelines((head, body))
             else:
                 self.transport.write(head + body)
+            if close:
+                self.transport.close()
             self.on_response_complete()
             return True
 

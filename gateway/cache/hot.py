@@ -3,7 +3,7 @@
 Why.  A small cache hit through the whole request path (uvicorn's scope, cycle and task, the
 app's validation, routing, cache lookup and send wrappers) measured ~105 µs of CPU against
 ~20 µs for the same bytes written straight from the listener's parser callback (one gateway
-process, ``wrk -t1 -c32``, bench/README.md "Hot hits").  Nginx's ``proxy_cache`` hit is one
+process, ``wrk -t1 -c32``, bench/README.md "Session 4").  Nginx's ``proxy_cache`` hit is one
 lookup and one write; this is ours.
 
 How it stays exactly the slow path's answer.  Nothing is decided here that the full path has
@@ -14,10 +14,12 @@ as received.  A later request with the same key, on an HTTP/1.1 connection with 
 flight, is answered from them (``serve``) only while all of this holds, else it takes the full
 path as before:
 
-- the request is plain: GET, HTTP/1.1, origin-form target, keep-alive, no upgrade, exactly one
-  Host, and only header fields that no part of a fresh hit reads (``INERT_FIELDS``: no
-  Cache-Control, Pragma, conditionals, Range, Authorization, Via, X-Request-ID, body
-  framing, ...): the full path would decide the same for it;
+- the request is plain: GET (published by a GET; a HEAD gets the same head and no body),
+  HTTP/1.1, origin-form target, no upgrade, exactly one Host, and only header fields that no
+  part of a fresh hit reads (``INERT_FIELDS``: no Cache-Control, Pragma, conditionals, Range,
+  Authorization, Via, X-Request-ID, body framing, ...): the full path would decide the same
+  for it.  ``Connection: close`` (or the connection's last request) is answered with
+  ``connection: close`` and the close, as the full path does;
 - the stored response has no Vary (its selection depends on nothing but the key), was a fresh
   hit, and is still fresh now (its age is recomputed: RFC 9111 §4.2.3);
 - the store has not changed since (``CacheStore.generation``: any write, eviction or
@@ -216,8 +218,13 @@ class HotHits:
         headers: list[tuple[bytes, bytes]],
         client: tuple[str, int] | None,
         started: float,
+        *,
+        method: str = "GET",
+        close: bool = False,
     ) -> tuple[bytes, bytes] | None:
-        """The response (head, body) for a plain GET on ``target``, or None: full path."""
+        """The response (head, body) for a plain GET or HEAD on ``target``, or None: full
+        path.  ``close``: the connection ends after it (the client asked, or its last
+        request), which the head says as the full path's does."""
         if not self.entries:
             return None
         host = plain_host(headers)
@@ -244,17 +251,19 @@ class HotHits:
             hit=True, ttl=ttl, detail="heuristic" if hot.heuristic else None
         )
         request_id = self.new_request_id()
-        head = b"%sage: %d\r\ncache-status: %s\r\n%sx-request-id: %s\r\n\r\n" % (
+        head = b"%sage: %d\r\ncache-status: %s\r\n%sx-request-id: %s\r\n%s\r\n" % (
             hot.head,
             min(math.floor(age), MAX_DELTA),
             status,
             hot.tail,
             request_id.encode(),
+            b"connection: close\r\n" if close else b"",
         )
+        body = b"" if method == "HEAD" else hot.body
         exchange = Exchange(
             {
                 "type": "http",
-                "method": "GET",
+                "method": method,
                 "http_version": "1.1",
                 "scheme": "https",
                 "raw_path": target,
@@ -266,10 +275,10 @@ class HotHits:
         exchange.started = started
         exchange.status = hot.status
         exchange.response_started = True
-        exchange.bytes_sent = len(hot.body)
+        exchange.bytes_sent = len(body)
         exchange.cache = "HIT"
         exchange.request_id = request_id
         self.access_log.write(exchange)
         self.metrics.observe(exchange, hot.labels)
         self.metrics.hot_hits += 1
-        return head, hot.body
+        return head, body

@@ -405,9 +405,12 @@ def two_gateways(
             yield s.gateway, other, upstream
 
 
-def read_response(sock: ssl.SSLSocket | socket.socket) -> tuple[int, dict[str, list[str]], bytes]:
+def read_response(
+    sock: ssl.SSLSocket | socket.socket, *, head_only: bool = False
+) -> tuple[int, dict[str, list[str]], bytes]:
     """Read one HTTP/1.1 response framed by Content-Length (what the gateway's own errors
-    and the echo upstream use): status, headers (lowercase names), body."""
+    and the echo upstream use): status, headers (lowercase names), body.  ``head_only``: the
+    answer to a HEAD, whose Content-Length describes a body that is not sent."""
     data = b""
     while b"\r\n\r\n" not in data:
         chunk = sock.recv(65536)
@@ -421,7 +424,7 @@ def read_response(sock: ssl.SSLSocket | socket.socket) -> tuple[int, dict[str, l
     for line in header_lines:
         name, _, value = line.partition(":")
         headers.setdefault(name.strip().lower(), []).append(value.strip())
-    length = int(headers.get("content-length", ["0"])[0])
+    length = 0 if head_only else int(headers.get("content-length", ["0"])[0])
     while len(body) < length:
         chunk = sock.recv(65536)
         if not chunk:

@@ -176,7 +176,7 @@ def test_a_stale_entry_is_never_answered_hot(one: Site, client: httpx.Client) ->
         ({"cache-control": "max-age=0"}, "GET", "MISS"),  # the request's own rules
         ({"range": "bytes=0-3"}, "GET", "HIT"),  # a 206 from the stored response
         ({"if-none-match": "*"}, "GET", "HIT"),  # a 304
-        ({}, "HEAD", "HIT"),
+        ({"x-full": "1"}, "HEAD", "HIT"),
     ],
 )
 def test_requests_that_are_not_plain_take_the_full_path(
@@ -194,6 +194,39 @@ def test_requests_that_are_not_plain_take_the_full_path(
         assert response.status_code == 304 and response.content == b""
     if method == "HEAD":
         assert response.status_code == 200 and response.content == b""
+
+
+def test_head_and_connection_close_are_answered_hot_as_the_full_path_would(one: Site) -> None:
+    """A HEAD gets the GET's head without the body; ``Connection: close`` gets
+    ``connection: close`` and the close, field for field as on the full path."""
+    target = b"/cache/closing?cc=max-age%3D60"
+    with one.stack.gateway.tls_socket() as sock:
+        for _ in range(2):  # stored, then published
+            sock.sendall(b"GET %s HTTP/1.1\r\nHost: localhost\r\n\r\n" % target)
+            get = read_response(sock)
+        before = one.hot()
+        sock.sendall(b"HEAD %s HTTP/1.1\r\nHost: localhost\r\n\r\n" % target)
+        head = read_response(sock, head_only=True)
+        assert one.hot() - before == 1
+    assert head[0] == 200 and head[2] == b""
+    assert head[1]["content-length"] == get[1]["content-length"]
+    assert {k for k in head[1] if k not in ("age", "x-request-id")} == {
+        k for k in get[1] if k not in ("age", "x-request-id")
+    }
+    results = {}
+    for kind, extra in (("hot", b""), ("full", b"X-Full: 1\r\n")):
+        before = one.hot()
+        with one.stack.gateway.tls_socket() as sock:
+            sock.sendall(
+                b"GET %s HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n%s\r\n"
+                % (target, extra)
+            )
+            status, headers, body = read_response(sock)
+            assert sock.recv(1) == b""  # closed after the response
+            results[kind] = (status, headers["connection"], headers["x-cache"], body)
+            counted = one.hot() - before
+            assert counted == (1 if kind == "hot" else 0)
+    assert results["hot"] == results["full"] == (200, ["close"], ["HIT"], get[2])
 
 
 def test_routes_with_middlewares_are_never_answered_hot(one: Site, client: httpx.Client) -> None:

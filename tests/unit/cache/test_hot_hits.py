@@ -3,11 +3,15 @@ answer to the full path (request, entry, store, certificate, time) is honoured."
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from support.recording_transport import RecordingTransport
+from uvicorn.protocols.http.flow_control import FlowControl
 
 from gateway.access_log import Exchange
 from gateway.admin.metrics import Metrics
@@ -17,7 +21,7 @@ from gateway.cache.hot import INERT_FIELDS, MAX_ENTRIES, REFRESH, HotHits, plain
 from gateway.cache.store import ResponseCache
 from gateway.cache.stores.memory import MemoryStore
 from gateway.cache.storing import StoredResponse, make_stored_response
-from gateway.http1_cycle import STATUS_LINE
+from gateway.http1_cycle import STATUS_LINE, GatewayCycle
 
 T0 = 1_700_000_000.0
 EXTRA = [(b"via", b"1.1 gateway"), (b"strict-transport-security", b"max-age=63072000")]
@@ -98,26 +102,50 @@ class Hot:
         return self.hits.serve(sni, cert_names, target, headers, ("127.0.0.1", 5000), 0.0)
 
 
-def full_path_head(entry: StoredResponse, now: float) -> bytes:
-    """What GatewayApp + GatewayCycle write for this fresh hit, field for field."""
-    decision = lookup_decision(entry, "GET", REQUEST, now)
+def full_path_bytes(entry: StoredResponse, now: float, method: str, close: bool) -> bytes:
+    """What the full path writes for this fresh hit: the cache's answer, then ClientSend's
+    fields, written by the listener's own GatewayCycle."""
+    decision = lookup_decision(entry, method, REQUEST, now)
     assert decision.action is Action.HIT and decision.answer is not None
     fields = [
         *decision.answer.headers,
         *EXTRA,
         (b"x-request-id", b"0123456789abcdef0123456789abcdef"),
     ]
-    lines = b"".join(name + b": " + value + b"\r\n" for name, value in fields)
-    return STATUS_LINE[decision.answer.status] + lines + b"\r\n"
+    transport = RecordingTransport()
+    cycle = GatewayCycle(
+        scope={"method": method},  # type: ignore[arg-type]
+        transport=transport,
+        flow=FlowControl(transport),
+        logger=logging.getLogger("test"),
+        access_logger=logging.getLogger("test.access"),
+        access_log=False,
+        default_headers=[],  # the TLS listener adds none (server and date headers off)
+        message_event=asyncio.Event(),
+        expect_100_continue=False,
+        keep_alive=not close,
+        on_response=lambda: None,
+    )
+
+    async def write() -> None:
+        await cycle.send(
+            {"type": "http.response.start", "status": decision.answer.status, "headers": fields}
+        )
+        await cycle.send({"type": "http.response.body", "body": decision.answer.body})
+
+    asyncio.run(write())
+    return b"".join(transport.written)
 
 
 @given(
     elapsed=st.floats(min_value=0.0, max_value=0.99),
     initial_age=st.integers(min_value=0, max_value=100),
     heuristic=st.booleans(),
+    method=st.sampled_from(["GET", "HEAD"]),
+    close=st.booleans(),
 )
 def test_the_answer_is_the_full_paths_byte_for_byte(
-    elapsed: float, initial_age: int, heuristic: bool
+    elapsed: float, initial_age: int, heuristic: bool, method: str, close: bool
 ) -> None:
     hot = Hot()
     if heuristic:  # a heuristic lifetime is marked in Cache-Status
@@ -128,9 +156,20 @@ def test_the_answer_is_the_full_paths_byte_for_byte(
         entry = stored((b"cache-control", b"max-age=600"), (b"age", b"%d" % initial_age))
     hot.publish(entry)
     hot.clock.now = T0 + elapsed
-    answer = hot.serve()
+    answer = hot.hits.serve(
+        "app.localhost",
+        ("localhost", "*.localhost"),
+        b"/page?q=1",
+        REQUEST,
+        ("127.0.0.1", 5000),
+        0.0,
+        method=method,
+        close=close,
+    )
     assert answer is not None
-    assert answer == (full_path_head(entry, T0 + elapsed), b"hello")
+    assert answer[0] + answer[1] == full_path_bytes(entry, T0 + elapsed, method, close)
+    assert answer[1] == (b"" if method == "HEAD" else b"hello")
+    assert hot.log.exchanges[-1].line == (method, "/page?q=1")
 
 
 def test_the_access_log_and_the_metrics_see_a_hit() -> None:
