@@ -34,8 +34,12 @@ cycle becomes:
   ``max_connections``, ``keepalive_requests``, an 8 KiB request target (414) and 100 header
   fields (431).  Trailer fields of a chunked request are dropped, whatever the timing (llhttp
   reports them through ``on_header`` like header fields).  An HTTP/1.0 client never gets a
-  chunked response (``GatewayCycle``).  The SNI name
-  of the TLS handshake is put in the scope (``gateway.sni``) for ``validation``.
+  chunked response (``GatewayCycle``).  The SNI name of the TLS handshake is put in the scope
+  (``gateway.sni``) for ``validation``.
+- Answer hot cache hits itself.  A plain GET or HEAD whose fresh hit the app has published
+  (``gateway.cache.hot``) is answered from ``on_headers_complete``, before uvicorn builds a
+  scope, a cycle or a task; anything else, or a client above the write high-water mark, takes
+  the full path.
 - Answer a good request before refusing what follows it.  When the bytes after a complete
   request are not HTTP, the request in progress is answered first, then the 400 (Nginx does
   the same), instead of dropping a valid request with the garbage after it.
