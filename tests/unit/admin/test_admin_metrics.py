@@ -57,6 +57,7 @@ def test_two_processes_are_summed_and_the_text_parses() -> None:
     second.observe(exchange(200, 0.004), ("/", "app"))
     second.observe(exchange(502, 20.0), ("/", "app"))
     second.observe(exchange(421, 0.0001), ("", ""))
+    first.hot_hits, second.hot_hits = 2, 3  # hits the listener answered (cache.hot)
     merged = merge_metrics([first.snapshot(), second.snapshot()])
     found = samples(render(view(merged)))
 
@@ -74,6 +75,7 @@ def test_two_processes_are_summed_and_the_text_parses() -> None:
     assert found[("gateway_request_duration_seconds_sum", ())] == pytest.approx(20.2071, abs=0.01)
     assert found[("gateway_cache_requests_total", (("result", "hit"),))] == 1
     assert found[("gateway_cache_requests_total", (("result", "miss"),))] == 1
+    assert found[("gateway_cache_hot_hits_total", ())] == 5
     up = ("gateway_upstream_up", (("server", "http://127.0.0.1:9001"), ("upstream", "app")))
     down = ("gateway_upstream_up", (("server", "http://127.0.0.1:9002"), ("upstream", "app")))
     assert (found[up], found[down]) == (1, 0)
