@@ -5,13 +5,12 @@ held for the first body bytes, and back-pressure."""
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Coroutine
 from typing import Any
 
 import pytest
 from support.recording_transport import RecordingTransport
-from uvicorn.protocols.http.flow_control import FlowControl
+from support.response_cycle import response_cycle
 
 from gateway.asgi import INTERIM, Message
 from gateway.http1_cycle import DONE, CorkedTransport, GatewayCycle
@@ -24,6 +23,9 @@ def run(coroutine: Coroutine[Any, Any, None]) -> None:
     asyncio.run(asyncio.wait_for(coroutine, 5))
 
 
+DATE = [(b"date", b"Mon, 07 Dec 2026 00:00:00 GMT")]
+
+
 def cycle_on(
     transport: asyncio.Transport,
     method: str = "GET",
@@ -32,22 +34,15 @@ def cycle_on(
     keep_alive: bool = True,
     completed: list[bool] | None = None,
 ) -> GatewayCycle:
-    cycle = GatewayCycle(
-        scope={"method": method},  # type: ignore[arg-type]
-        transport=transport,
-        flow=FlowControl(transport),
-        logger=logging.getLogger("test"),
-        access_logger=logging.getLogger("test.access"),
-        access_log=False,
-        default_headers=[(b"date", b"Mon, 07 Dec 2026 00:00:00 GMT")],
-        message_event=asyncio.Event(),
-        expect_100_continue=False,
-        keep_alive=keep_alive and not http10,
-        on_response=lambda: completed.append(True) if completed is not None else None,
+    """A cycle whose server-wide fields are a Date (as uvicorn's plain listener has)."""
+    return response_cycle(
+        transport,
+        method,
+        http10=http10,
+        keep_alive=keep_alive,
+        default_headers=DATE,
+        completed=completed,
     )
-    cycle.interim = not http10
-    cycle.http10 = http10
-    return cycle
 
 
 def corked_transport() -> tuple[RecordingTransport, CorkedTransport]:

@@ -4,14 +4,13 @@ answer to the full path (request, entry, store, certificate, time) is honoured."
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from support.recording_transport import RecordingTransport
-from uvicorn.protocols.http.flow_control import FlowControl
+from support.response_cycle import response_cycle
 
 from gateway.access_log import Exchange
 from gateway.admin.metrics import Metrics
@@ -21,7 +20,7 @@ from gateway.cache.hot import INERT_FIELDS, MAX_ENTRIES, REFRESH, HotHits, plain
 from gateway.cache.store import ResponseCache
 from gateway.cache.stores.memory import MemoryStore
 from gateway.cache.storing import StoredResponse, make_stored_response
-from gateway.http1_cycle import STATUS_LINE, GatewayCycle
+from gateway.http1_cycle import STATUS_LINE
 
 T0 = 1_700_000_000.0
 EXTRA = [(b"via", b"1.1 gateway"), (b"strict-transport-security", b"max-age=63072000")]
@@ -113,19 +112,7 @@ def full_path_bytes(entry: StoredResponse, now: float, method: str, close: bool)
         (b"x-request-id", b"0123456789abcdef0123456789abcdef"),
     ]
     transport = RecordingTransport()
-    cycle = GatewayCycle(
-        scope={"method": method},  # type: ignore[arg-type]
-        transport=transport,
-        flow=FlowControl(transport),
-        logger=logging.getLogger("test"),
-        access_logger=logging.getLogger("test.access"),
-        access_log=False,
-        default_headers=[],  # the TLS listener adds none (server and date headers off)
-        message_event=asyncio.Event(),
-        expect_100_continue=False,
-        keep_alive=not close,
-        on_response=lambda: None,
-    )
+    cycle = response_cycle(transport, method, keep_alive=not close)  # no server-wide fields
 
     async def write() -> None:
         await cycle.send(
