@@ -45,7 +45,8 @@ from gateway.errors import (
     NoRouteMatched,
     error_response,
 )
-from gateway.handlers.proxy import ProxyHandler
+from gateway.express import ExpressLane
+from gateway.handlers.proxy import HANDOFF_SCOPE_KEY, Handoff, ProxyHandler
 from gateway.handlers.redirect import RedirectHandler
 from gateway.handlers.static import StaticHandler
 from gateway.handlers.websocket import WebSocketHandler
@@ -141,6 +142,7 @@ class RouteHandlers:
     websocket: Handler | None = None
     labels: Labels = NO_ROUTE  # (route, upstream) for the metrics
     hot: bool = False  # the cache with nothing around it: its fresh hits may be published
+    express: bool = False  # a proxy route with no middlewares at all (gateway.express)
 
 
 def route_labels(route: RouteSettings) -> Labels:
@@ -192,6 +194,17 @@ class GatewayApp:
             (Route.from_settings(r), replace(self._handlers(r), labels=route_labels(r)))
             for r in settings.routes
         )
+        # Proxied GET/HEADs the HTTP/1.1 listener answers without a task (gateway.express).
+        self.express: ExpressLane | None = None
+        if not self.trace and not self.server_timing:
+            self.express = ExpressLane(self)
+
+    def request_id(self, scope: Scope) -> str:
+        """The request's X-Request-ID (see ``request_id``)."""
+        return request_id(scope, self.trusted) if self.ids_from_proxies else new_request_id()
+
+    def client_send(self, send: Send, exchange: Exchange) -> ClientSend:
+        return ClientSend(send, exchange, self.extra_headers, self.server_timing)
 
     def _handlers(self, settings: RouteSettings) -> RouteHandlers:
         names = settings.middlewares
@@ -213,9 +226,14 @@ class GatewayApp:
                 else:
                     forward = wrap_forward(forward)
             names = tuple(outer)
-            handlers = RouteHandlers(self.cache.wrap(forward), self.websocket, hot=not names)
+            handlers = RouteHandlers(
+                self.cache.wrap(forward),
+                self.websocket,
+                hot=not names,
+                express=not settings.middlewares,
+            )
         else:
-            handlers = RouteHandlers(self.proxy, self.websocket)
+            handlers = RouteHandlers(self.proxy, self.websocket, express=not names)
         if not names:
             return handlers
         http, websocket = handlers.http, handlers.websocket
@@ -232,13 +250,15 @@ class GatewayApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
-        exchange = Exchange(scope)
-        exchange.request_id = (
-            request_id(scope, self.trusted) if self.ids_from_proxies else new_request_id()
-        )
+        handoff: Handoff | None = scope.get(HANDOFF_SCOPE_KEY)
+        if handoff is not None:
+            exchange = handoff.exchange  # the express lane's: its X-Request-ID went upstream
+        else:
+            exchange = Exchange(scope)
+            exchange.request_id = self.request_id(scope)
         if self.trace:
             exchange.trace = scope.get(TRACE_SCOPE_KEY) or app_trace(scope)
-        client_send = ClientSend(send, exchange, self.extra_headers, self.server_timing)
+        client_send = self.client_send(send, exchange)
         labels = NO_ROUTE
         try:
             facts = check_request(scope, self.hosts)
@@ -292,6 +312,8 @@ class GatewayApp:
             else:
                 await self._send_error(client_send, exc, exchange)
         finally:
+            if handoff is not None:
+                handoff.drop()  # when nothing carried the exchange on
             self.access_log.write(exchange)
             self.metrics.observe(exchange, labels)
             if exchange.trace is not None:

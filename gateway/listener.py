@@ -67,6 +67,7 @@ from gateway.errors import (
     parse_error,
     raw_error_response,
 )
+from gateway.express import ExpressLane
 from gateway.http1_cycle import CorkedTransport, GatewayCycle
 from gateway.http2.limits import Http2Limits
 from gateway.tracing import TRACE_SCOPE_KEY, Trace, connection_text, head_text
@@ -196,6 +197,9 @@ if HttpToolsProtocol is not None:
         # The parser stopped at an upgrade request's head: later bytes are not HTTP.
         _upgrade: UpgradeHandle | None = None
         _switched = False
+        # uvicorn's start of the request's task, held until the cycle is ours (see above).
+        _holding = False
+        _held: tuple[Any, Any] | None = None
 
         def data_received(self, data: bytes) -> None:
             if self._switched:
@@ -399,23 +403,49 @@ if HttpToolsProtocol is not None:
             if self.parser.get_http_version() == "1.1":
                 self.scope[INTERIM_SCOPE_KEY] = True  # type: ignore[literal-required]
             previous = self.cycle
-            super().on_headers_complete()
+            self._holding = True  # uvicorn's task starts below, once the cycle is ours
+            try:
+                super().on_headers_complete()
+            finally:
+                self._holding = False
             cycle = self.cycle
             if cycle is not previous:
                 cycle.transport = self.corked  # type: ignore[assignment]
                 self.corked.expect_head = cycle is not None
                 if cycle is not None:
                     # uvicorn builds its cycle by name; ours keeps its state and writes the
-                    # response (gateway.http1_cycle).  Its task has not run yet.
+                    # response (gateway.http1_cycle).
                     cycle.__class__ = GatewayCycle
                     cycle.interim = INTERIM_SCOPE_KEY in self.scope  # type: ignore[attr-defined]
                     cycle.http10 = self.scope["http_version"] == "1.0"  # type: ignore[attr-defined]
                     if is_last_request(self._requests, self.limits):
                         cycle.keep_alive = False
+            held, self._held = self._held, None
+            if held is not None:
+                self._start_asgi_task(*held)
             if any(name in (b"content-length", b"transfer-encoding") for name, _ in self.headers):
                 # The body's clock; on_message_complete stops it (at once for an empty body).
                 self._last_body = self.loop.time()
                 self._arm(Phase.BODY, self.limits.body_timeout)
+
+        def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+            """Start a request (uvicorn calls this for the next one, also after a pipelined
+            response): on the express lane when it takes the request, else uvicorn's task."""
+            if self._holding:
+                self._held = (cycle, app)
+                return
+            express: ExpressLane | None = getattr(getattr(app, "current", None), "express", None)
+            if express is not None:
+                try:
+                    if express.start(cycle, self, app):
+                        return
+                except Exception:  # noqa: BLE001 - never a failed request: the full path answers
+                    express.fail()
+            super()._start_asgi_task(cycle, app)
+
+        def start_full_path(self, cycle: Any, app: Any) -> None:
+            """uvicorn's task for a request the express lane hands back."""
+            super()._start_asgi_task(cycle, app)
 
         def _answer_hot(self) -> bool:
             """Answer a plain GET or HEAD from the app's hot hits (``gateway.cache.hot``), with

@@ -34,7 +34,16 @@ NO_ROUTE: Labels = ("", "")
 class Metrics:
     """One process's counters since it started; survives reloads (one per process)."""
 
-    __slots__ = ("requests", "buckets", "duration_sum", "cache", "hot_hits", "recent", "started")
+    __slots__ = (
+        "requests",
+        "buckets",
+        "duration_sum",
+        "cache",
+        "hot_hits",
+        "express",
+        "recent",
+        "started",
+    )
 
     def __init__(self, recent: int = RECENT_REQUESTS) -> None:
         self.requests: dict[tuple[str, str, int], int] = {}
@@ -42,6 +51,7 @@ class Metrics:
         self.duration_sum = 0.0
         self.cache: dict[str, int] = {}
         self.hot_hits = 0  # of the cache's HITs, those the listener answered (cache.hot)
+        self.express = 0  # proxied requests answered on the express lane (gateway.express)
         # (exchange, when it ended by perf_counter, route label): a bounded live tail.
         self.recent: deque[tuple[Exchange, float, str]] = deque(maxlen=recent)
         self.started = time.time()
@@ -70,6 +80,7 @@ class Metrics:
             "duration_sum": self.duration_sum,
             "cache": dict(self.cache),
             "hot_hits": self.hot_hits,
+            "express": self.express,
             "recent": [
                 {
                     "time": wall - (clock - ended),
@@ -93,7 +104,7 @@ def merge_metrics(snapshots: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     buckets = [0] * (len(DURATION_BUCKETS) + 1)
     duration_sum = 0.0
     cache: dict[str, int] = {}
-    hot_hits = 0
+    hot_hits = express = 0
     recent: list[dict[str, Any]] = []
     for snap in snapshots:
         for route, upstream, code, n in snap["requests"]:
@@ -105,6 +116,7 @@ def merge_metrics(snapshots: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         for result, n in snap["cache"].items():
             cache[result] = cache.get(result, 0) + int(n)
         hot_hits += int(snap["hot_hits"])
+        express += int(snap["express"])
         recent.extend(snap["recent"])
     recent.sort(key=lambda r: float(r["time"]))
     return {
@@ -113,6 +125,7 @@ def merge_metrics(snapshots: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         "duration_sum": duration_sum,
         "cache": cache,
         "hot_hits": hot_hits,
+        "express": express,
         "recent": recent[-RECENT_REQUESTS:],
     }
 
@@ -218,6 +231,14 @@ def render(view: Mapping[str, Any]) -> str:
         "without the full request path (gateway.cache.hot).",
     )
     sample("gateway_cache_hot_hits_total", {}, metrics["hot_hits"])
+
+    family(
+        "gateway_express_requests_total",
+        "counter",
+        "Proxied GET/HEAD requests answered on the express lane, without an ASGI task "
+        "(gateway.express); the others took the full request path.",
+    )
+    sample("gateway_express_requests_total", {}, metrics["express"])
 
     family("gateway_connections_active", "gauge", "Client connections open now.")
     sample("gateway_connections_active", {}, view["connections"])

@@ -52,6 +52,7 @@ from gateway.cache.decisions import (
     can_serve_stale_on_error,
     forwarded_cache_headers,
 )
+from gateway.cache.hot import plain_host
 from gateway.cache.keys import invalidation_keys, primary_key
 from gateway.cache.recording import ResponseRecorder
 from gateway.cache.stores import CacheStore, open_store
@@ -78,6 +79,8 @@ _WITH_BODY = Decision(Action.BYPASS, fwd="bypass", detail="body")
 LOCK_TIMEOUT = 0.5
 # How long a key whose response was not storable skips request coalescing.
 HIT_FOR_PASS_SECONDS = 60.0
+# Past this many remembered pass decisions, all are forgotten (the full path adds them back).
+MAX_PASSED = 4096
 
 
 class CacheLayer:
@@ -97,6 +100,8 @@ class CacheLayer:
         self.coalescer = self.store.coalescer(lock_timeout)
         self.clock = clock
         self.passes = HitForPass(clock, HIT_FOR_PASS_SECONDS)
+        # Plain GETs' pass decisions and the store generation they were made at (express lane).
+        self._passed: dict[str, tuple[Decision, int]] = {}
         # Background refreshes (stale-while-revalidate); a reference keeps each task alive.
         self._refreshes = Background()
 
@@ -129,6 +134,8 @@ class CacheLayer:
         if decision.entry is None and (
             method == "HEAD" or decision.action is Action.BYPASS or key in self.passes
         ):
+            if method == "GET" and decision.action is not Action.BYPASS:
+                self._remember_pass(key, decision, request_headers)
             await self._pass(request, forward, decision)
             return
         if method == "HEAD" or decision.action is Action.BYPASS or key in self.passes:
@@ -185,16 +192,49 @@ class CacheLayer:
             request.exchange.trace.add("gateway.cache.layer", pass_text(request.method))
         send = request.send
 
-        targets = self.store.policy.targeted_fields
-
         async def send_with_cache_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = without_targeted(message["headers"], targets)  # RFC 9213
-                headers.extend(forwarded_cache_headers(decision, message["status"]))
-                message["headers"] = headers
+                message["headers"] = self.pass_headers(
+                    message["headers"], decision, message["status"]
+                )
             await send(message)
 
         await forward(request, send_with_cache_headers, None)
+
+    def pass_headers(self, headers: Headers, decision: Decision, status: int) -> Headers:
+        """A passed response's fields: without our targeted fields (RFC 9213), with
+        Cache-Status and X-Cache."""
+        headers = without_targeted(headers, self.store.policy.targeted_fields)
+        headers.extend(forwarded_cache_headers(decision, status))
+        return headers
+
+    # --- the express lane (gateway.express) -----------------------------------------------------
+
+    def _remember_pass(self, key: str, decision: Decision, request_headers: Headers) -> None:
+        """A plain GET was passed by with ``decision``: the same request will be, until the
+        store changes (any write, eviction or invalidation moves its generation)."""
+        generation = self.store.generation()
+        if generation is None or plain_host(request_headers) is None:
+            return
+        if len(self._passed) >= MAX_PASSED and key not in self._passed:
+            self._passed.clear()
+        self._passed[key] = (decision, generation)
+
+    def express_decision(self, request: Request) -> Decision | None:
+        """The decision ``handle`` would pass ``request`` (a GET) upstream with, or None when
+        it might do anything else: the key is hit-for-pass, the request plain (its fields
+        cannot change the lookup: ``cache.hot.INERT_FIELDS``) and the store unchanged since
+        ``handle`` passed the same key."""
+        key = _key(request)
+        passed = self._passed.get(key)
+        if (
+            passed is None
+            or passed[1] != self.store.generation()
+            or key not in self.passes
+            or plain_host(request.headers) is None
+        ):
+            return None
+        return passed[0]
 
     async def _fetch(
         self,

@@ -22,6 +22,7 @@ import asyncio
 import logging
 import time
 
+from gateway.access_log import Exchange
 from gateway.asgi import INTERIM, INTERIM_SCOPE_KEY, Receive, Send
 from gateway.config import Settings, UpstreamServer
 from gateway.errors import (
@@ -50,6 +51,62 @@ from gateway.upstream.events import Interim
 from gateway.upstream.group import Upstream
 
 log = logging.getLogger("gateway.proxy")
+
+# The scope key of an exchange the express lane started and hands over (``Handoff``).
+HANDOFF_SCOPE_KEY = "gateway.handoff"
+
+
+class Handoff:
+    """What the express lane (``gateway.express``) hands to this handler's first attempt.
+
+    An exchange it started on a pooled connection (``conn``): the response needs the full
+    path (a 1xx, 5xx, large or streamed body) or the attempt failed (closed, reset, timed
+    out).  The full path carries on with it exactly as if it had written the request itself,
+    so nothing is sent upstream twice and retries, health reports and error answers are the
+    usual ones.  Or only the server it chose (``conn`` None: no idle connection to it), which
+    the first attempt then uses, so the round robin is not advanced twice."""
+
+    __slots__ = ("upstream", "server", "conn", "started", "exchange", "taken")
+
+    def __init__(
+        self,
+        upstream: Upstream,
+        server: UpstreamServer,
+        conn: UpstreamConnection | None,
+        started: float,
+        exchange: Exchange,
+    ) -> None:
+        self.upstream = upstream
+        self.server = server
+        self.conn = conn
+        self.started = started  # time.perf_counter() when the request head was written
+        self.exchange = exchange  # the request's so far (its X-Request-ID went upstream)
+        self.taken = False
+
+    def take(self, upstream: Upstream) -> Handoff | None:
+        """This handoff, once, for the attempt on its own pool (a reload in between makes a
+        new pool: then nobody takes it and the app closes the connection)."""
+        if self.taken or upstream is not self.upstream:
+            return None
+        self.taken = True
+        return self
+
+    def drop(self) -> None:
+        """Nobody carried the exchange on (the cache answered after all, or an error came
+        first): its connection has a response in flight and cannot be reused."""
+        if not self.taken:
+            self.taken = True
+            if self.conn is not None:
+                self.conn.close()
+
+
+def request_head(method: str, target: bytes, headers: Headers) -> bytes:
+    """The upstream request's head (RFC 9112 §3): request line and fields."""
+    return b"".join(
+        [method.encode(), b" ", target, b" HTTP/1.1\r\n"]
+        + [b"%s: %s\r\n" % pair for pair in headers]
+        + [b"\r\n"]
+    )
 
 
 class Relay:
@@ -199,11 +256,7 @@ class ProxyHandler:
         if relay.upgrade:
             # Hop-by-hop, so removed above; a handshake is the one request that carries them.
             headers += [(b"connection", b"upgrade"), (b"upgrade", b"websocket")]
-        head = b"".join(
-            [method.encode(), b" ", target, b" HTTP/1.1\r\n"]
-            + [b"%s: %s\r\n" % pair for pair in headers]
-            + [b"\r\n"]
-        )
+        head = request_head(method, target, headers)
         if has_body and body is None:
             body = RequestBody(request.receive, self.max_body, facts.chunked)
         try:
@@ -227,8 +280,11 @@ class ProxyHandler:
         tried: list[UpstreamServer] = []
         all_down = True  # every server tried was DOWN when chosen (see Upstream.choose)
         attempts_left = upstream.retries
+        handoff: Handoff | None = request.scope.get(HANDOFF_SCOPE_KEY)
+        if handoff is not None:
+            handoff = handoff.take(upstream)
         while True:
-            server = upstream.choose(tried)
+            server = handoff.server if handoff is not None else upstream.choose(tried)
             tried.append(server)
             all_down = all_down and not upstream.is_up(server)
             exchange.upstream = server.address
@@ -237,7 +293,7 @@ class ProxyHandler:
             pool = upstream.pools[server]
             pool.in_flight += 1  # the admin API's in-flight count per server
             try:
-                await self._exchange(upstream, server, head, body, request, relay)
+                await self._exchange(upstream, server, head, body, request, relay, handoff)
                 if exchange.upstream_5xx:
                     upstream.report_failure(
                         server, FailureKind.STATUS_5XX, f"responded {relay.status}"
@@ -280,6 +336,7 @@ class ProxyHandler:
                 log.warning("%s %s: %s; retrying on another server", *exchange.line, exc.message)
             finally:
                 pool.in_flight -= 1
+                handoff = None
 
     async def _exchange(
         self,
@@ -289,14 +346,20 @@ class ProxyHandler:
         body: RequestBody | BufferedBody | None,
         request: Request,
         relay: Relay,
+        handoff: Handoff | None = None,
     ) -> None:
-        """One attempt on ``server``.  A pooled connection that turns out to be closed by the
-        server (its keep-alive timer raced our request) is replaced by a fresh connection
-        to the same server, once, when that is safe: it says nothing about the server's
-        health and must not become a 502."""
+        """One attempt on ``server`` (carried on from ``handoff`` when given).  A pooled
+        connection that turns out to be closed by the server (its keep-alive timer raced our
+        request) is replaced by a fresh connection to the same server, once, when that is
+        safe: it says nothing about the server's health and must not become a 502."""
         method, exchange = request.method, request.exchange
         pool = upstream.pools[server]
-        conn = await pool.acquire()
+        resumed: float | None = None
+        if handoff is not None and handoff.conn is not None:
+            conn, resumed = handoff.conn, handoff.started
+            conn.unwatch()
+        else:
+            conn = await pool.acquire()
         while True:
             reused = conn.requests > 0
             if exchange.trace is not None:
@@ -304,7 +367,7 @@ class ProxyHandler:
                     "gateway.upstream.pool", pool_text(server.address, reused, conn.requests)
                 )
             try:
-                await self._exchange_on(conn, head, body, request, relay)
+                await self._exchange_on(conn, head, body, request, relay, resumed)
                 if relay.switched is conn:
                     return  # a tunnel now: the WebSocket handler owns the connection
             except UpstreamClosed as exc:
@@ -323,7 +386,7 @@ class ProxyHandler:
                     *exchange.line,
                     server,
                 )
-                conn = await pool.acquire(fresh=True)
+                conn, resumed = await pool.acquire(fresh=True), None
                 continue
             except BaseException:
                 conn.close()
@@ -338,19 +401,25 @@ class ProxyHandler:
         body: RequestBody | BufferedBody | None,
         request: Request,
         relay: Relay,
+        resumed: float | None = None,
     ) -> None:
+        """The exchange on ``conn``; ``resumed``: the express lane already wrote this
+        (bodiless) request at that time (``Handoff``), carry on with its response."""
         method, exchange = request.method, request.exchange
         send = relay.send
         pump: asyncio.Task[None] | None = None
         watcher: asyncio.Task[None] | None = None
         try:
-            started = time.perf_counter()
-            conn.start(
-                head,
-                head_request=method == "HEAD",
-                has_body=body is not None,
-                upgrade=relay.upgrade,
-            )
+            if resumed is not None:
+                started = resumed
+            else:
+                started = time.perf_counter()
+                conn.start(
+                    head,
+                    head_request=method == "HEAD",
+                    has_body=body is not None,
+                    upgrade=relay.upgrade,
+                )
             if isinstance(body, BufferedBody):
                 if not body.write_to(conn):  # held in memory: written at once
                     pump = asyncio.create_task(body.pump(conn))
@@ -388,7 +457,7 @@ class ProxyHandler:
                 # here would have the listener wait for bytes that never come.
                 headers = [pair for pair in headers if pair[0] != b"content-length"]
             data, more = b"", False
-            if conn.response_complete or _small_body(response.headers):
+            if conn.response_complete or small_body(response.headers):
                 # A small body is read whole before the head goes out: if the upstream dies
                 # mid-body, nothing has reached the client yet and an idempotent request can
                 # still be retried on another server instead of ending truncated.
@@ -431,7 +500,7 @@ async def _watch_disconnect(conn: UpstreamConnection, receive: Receive) -> None:
 SMALL_BODY = 64 * 1024
 
 
-def _small_body(headers: Headers) -> bool:
+def small_body(headers: Headers) -> bool:
     for name, value in headers:
         if name == b"content-length":
             return value.isdigit() and int(value) <= SMALL_BODY

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import enum
 from collections import deque
+from collections.abc import Callable
 
 from gateway.config import UpstreamServer
 from gateway.errors import (
@@ -61,6 +62,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._complete = False
         self._error: GatewayError | None = None
         self._waiter: asyncio.Future[None] | None = None
+        # Called instead of a waiter when the exchange moves on (``watch``: the express lane).
+        self._watcher: Callable[[], None] | None = None
         self._reading_paused = False
         self._received = False  # any response byte in the current exchange
         self._last_read = 0.0
@@ -150,6 +153,16 @@ class UpstreamConnection(asyncio.Protocol):
     @property
     def request_sent(self) -> bool:
         return self._bytes_written > 0
+
+    @property
+    def failed(self) -> bool:
+        """The exchange failed (closed, reset, timed out, unparsable)."""
+        return self._error is not None
+
+    @property
+    def interim_pending(self) -> bool:
+        """A 1xx arrived that nobody has taken yet."""
+        return bool(self._interim)
 
     @property
     def response_received(self) -> bool:
@@ -282,6 +295,10 @@ class UpstreamConnection(asyncio.Protocol):
             if self._error is not None:
                 raise self._error
             await self._wait()
+        return self.take_body()
+
+    def take_body(self) -> bytes:
+        """Everything queued of the body now (all of it once ``response_complete``)."""
         data = b"".join(self._body)
         self._body.clear()
         self._buffered = 0
@@ -317,6 +334,21 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.pause_reading()
         self._wake()
 
+    def watch(self, callback: Callable[[], None]) -> None:
+        """Have ``callback`` called, instead of waking a coroutine, whenever the exchange moves
+        on (head, body, end, error or read timeout): the express lane answers without a task
+        (``gateway.express``).  ``unwatch`` hands the exchange back to the coroutines."""
+        self._watcher = callback
+        if self._timer is None:
+            self._timer = self.loop.call_at(self._last_read + self.read_timeout, self._on_timer)
+
+    def unwatch(self) -> None:
+        self._watcher = None
+
+    @property
+    def watching(self) -> bool:
+        return self._watcher is not None
+
     async def _wait(self) -> None:
         waiter = self._waiter = self.loop.create_future()
         if self._timer is None:
@@ -327,6 +359,9 @@ class UpstreamConnection(asyncio.Protocol):
             self._waiter = None
 
     def _wake(self) -> None:
+        if self._watcher is not None:
+            self._watcher()
+            return
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -334,7 +369,7 @@ class UpstreamConnection(asyncio.Protocol):
     def _on_timer(self) -> None:
         # Nginx's proxy_read_timeout: the longest gap between two reads, not a total.
         self._timer = None
-        if self._waiter is None or self._complete:
+        if (self._waiter is None and self._watcher is None) or self._complete:
             return
         deadline = self._last_read + self.read_timeout
         if not self._request_complete and not self._write_paused:

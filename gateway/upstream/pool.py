@@ -65,14 +65,21 @@ class ConnectionPool:
         """An open idle connection (unless ``fresh``), or a new one (UpstreamConnectError or
         UpstreamConnectTimeout when the server cannot be reached)."""
         loop = asyncio.get_running_loop()
+        if not fresh:
+            conn = self.take_idle(loop.time())
+            if conn is not None:
+                return conn
+        return await self._connect(loop)
+
+    def take_idle(self, now: float) -> UpstreamConnection | None:
+        """The most recently used idle connection that is open and not expired, or None."""
         idle = self._idle
-        now = loop.time()
-        while idle and not fresh:
+        while idle:
             conn = idle.pop()
             if conn.is_usable and now - conn.idle_since < self.idle_timeout:
                 return conn
             conn.close()
-        return await self._connect(loop)
+        return None
 
     def release(self, conn: UpstreamConnection) -> None:
         """Return a connection after an exchange; it is kept only if it can be reused."""

@@ -488,11 +488,6 @@ def test_early_hints_before_a_later_final_response_are_relayed(site: Site) -> No
     assert len(site.origin.seen("/hints-apart")) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="express lane bug: a 1xx read together with the final response is dropped "
-    "(Express._advance checks interim_pending only while the head is None)",
-)
 def test_early_hints_arriving_with_the_final_response_are_relayed(site: Site) -> None:
     """An upstream that writes its 103 and its 200 at once (one read for the gateway): the
     client must still get the 103 first (RFC 9110 §15.2), as on the full path."""

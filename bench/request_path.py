@@ -1,0 +1,163 @@
+#!/usr/bin/env python3
+"""The gateway's own CPU per request, without sockets or TLS: what the Python costs.
+
+    .venv/bin/python bench/request_path.py [--requests 20000] [--rounds 5] [--before DIR]
+
+``wrk`` against a real gateway measures everything at once (TLS, system calls, the kernel's
+wake-ups, the neighbours on a 2-core machine) and moves by ±5% from run to run, more than most
+changes to the request path are worth.  This drives the real listener protocol
+(``gateway.listener``), the real ``GatewayApp``, proxy handler, cache, connection pool,
+access log and metrics on uvloop, one request after another, over the in-memory transports of
+``tests/support/memory_listener.py``: the client's request bytes go to the protocol's
+``data_received``, the upstream connection answers each request head with the canned response
+of a small JSON API on the next loop turn, and the driver waits for the response's last byte.
+CPU time of the process (``time.process_time``) per request, medians of ``--rounds`` runs,
+each in its own subprocess, alternating with ``--before`` (another source tree, e.g. a
+``git worktree`` of an earlier commit) when given.
+
+Scenarios: ``proxied`` (a GET the cache passes by, as ``bench/run.py --scenario json``),
+``proxied, no cache`` (a route with ``cache = false``), ``cache hit`` (the full path: a
+request field the hot path does not know) and ``hot hit`` (``gateway.cache.hot``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+JSON_BODY = b'{"status":"ok","service":"backend","version":"1.0.0"}'
+PASSED_FIELDS = b"content-type: application/json\r\ndate: Mon, 07 Dec 2026 02:00:00 GMT\r\n"
+STORED_FIELDS = b"content-type: application/json\r\ncache-control: public, max-age=3600\r\n"
+UPSTREAM_RESPONSE = {
+    kind: b"HTTP/1.1 200 OK\r\n%scontent-length: %d\r\n\r\n%s" % (fields, len(JSON_BODY), JSON_BODY)
+    for kind, fields in (("pass", PASSED_FIELDS), ("hit", STORED_FIELDS))
+}
+# (path, extra request fields, upstream response) per scenario.
+SCENARIOS: dict[str, tuple[bytes, bytes, str]] = {
+    "proxied": (b"/status", b"", "pass"),
+    "proxied, no cache": (b"/nocache/status", b"", "pass"),
+    "cache hit": (b"/blob", b"x-full-path: 1\r\n", "hit"),
+    "hot hit": (b"/blob", b"", "hit"),
+}
+
+
+async def _run(scenario: str, requests: int) -> float:
+    from collections import deque
+
+    from support.memory_listener import MemoryGateway
+
+    path, extra, response = SCENARIOS[scenario]
+    gw = MemoryGateway(
+        {
+            "gateway": {
+                "hostnames": ["localhost"],
+                "access_log": "access.log",
+                "keepalive_requests": 1_000_000,
+            },
+            "upstreams": {"app": {"servers": ["http://127.0.0.1:9"]}},
+            "routes": [
+                {"path_prefix": "/", "upstream": "app"},
+                {"path_prefix": "/nocache", "upstream": "app", "cache": False},
+            ],
+            "cache": {"enabled": True},
+        },
+        UPSTREAM_RESPONSE[response],
+    )
+    await gw.start()
+    gw.server().requests = deque(maxlen=4)  # type: ignore[assignment]
+    request = b"GET %s HTTP/1.1\r\nhost: localhost\r\nuser-agent: wrk\r\n%s\r\n" % (path, extra)
+    for _ in range(3):  # a miss, a first pass or hit, then the steady state
+        gw.send(request)
+        last = await gw.response()
+    if not last.endswith(JSON_BODY):
+        raise SystemExit(f"{scenario}: unexpected response {last[-200:]!r}")
+    size = len(last)
+    loop = asyncio.get_running_loop()
+    client = gw.client
+    waiter: asyncio.Future[None] | None = None
+
+    def on_write() -> None:
+        if len(client.data) >= size and waiter is not None and not waiter.done():
+            client.data.clear()
+            waiter.set_result(None)
+
+    client.on_write = on_write
+
+    async def one() -> None:
+        nonlocal waiter
+        waiter = loop.create_future()
+        gw.send(request)
+        await waiter
+
+    for _ in range(500):
+        await one()
+    metrics = gw.app.metrics
+    hot, express = metrics.hot_hits, getattr(metrics, "express", 0)
+    started = time.process_time()
+    for _ in range(requests):
+        await one()
+    elapsed = time.process_time() - started
+    answered_by = {
+        "hot hit": metrics.hot_hits - hot,
+        "express": getattr(metrics, "express", 0) - express,
+    }
+    print(json.dumps(answered_by), file=sys.stderr)
+    return elapsed / requests * 1e6
+
+
+def _child(args: argparse.Namespace) -> None:
+    import logging
+
+    import uvloop
+
+    sys.path.insert(0, args.source)
+    sys.path.insert(1, str(ROOT / "tests"))  # support.memory_listener
+    logging.disable(logging.WARNING)
+    micros = uvloop.run(_run(args.only, args.requests))
+    print(json.dumps({"us": micros}))
+
+
+def _measure(source: Path, scenario: str, requests: int) -> float:
+    argv = [sys.executable, __file__, "--child", "--source", str(source)]
+    argv += ["--only", scenario, "--requests", str(requests)]
+    out = subprocess.run(argv, capture_output=True, text=True, cwd="/")
+    if out.returncode != 0:
+        raise SystemExit(f"{source} {scenario}: {out.stdout}{out.stderr}")
+    return float(json.loads(out.stdout.splitlines()[-1])["us"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=20000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--before", type=Path, help="another source tree to compare with")
+    parser.add_argument("--scenario", action="append", choices=list(SCENARIOS))
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--only", help=argparse.SUPPRESS)
+    parser.add_argument("--source", default=str(ROOT), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        _child(args)
+        return
+    trees = [("after", ROOT)] if args.before is None else [("before", args.before), ("after", ROOT)]
+    for scenario in args.scenario or list(SCENARIOS):
+        results: dict[str, list[float]] = {name: [] for name, _ in trees}
+        for _ in range(args.rounds):
+            for name, source in trees:
+                results[name].append(_measure(source, scenario, args.requests))
+        line = ", ".join(
+            f"{name} {statistics.median(values):6.1f} (min {min(values):.1f})"
+            for name, values in results.items()
+        )
+        print(f"{scenario:<18} µs/request: {line}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
