@@ -45,7 +45,7 @@ from gateway.errors import (
     NoRouteMatched,
     error_response,
 )
-from gateway.express import ExpressLane
+from gateway.express import ROUTED_SCOPE_KEY, ExpressLane
 from gateway.handlers.proxy import HANDOFF_SCOPE_KEY, Handoff, ProxyHandler
 from gateway.handlers.redirect import RedirectHandler
 from gateway.handlers.static import StaticHandler
@@ -261,16 +261,20 @@ class GatewayApp:
         client_send = self.client_send(send, exchange)
         labels = NO_ROUTE
         try:
-            facts = check_request(scope, self.hosts)
-            if exchange.trace is not None:
-                exchange.trace.add(
-                    "gateway.validation",
-                    validation_text(facts.hostname, facts.content_length, facts.chunked),
-                )
-            if answers_options_itself(scope):
-                await self._answer_options(client_send)
-                return
-            found = self.router.match(facts.hostname, scope["path"])
+            routed = scope.get(ROUTED_SCOPE_KEY)
+            if routed is not None and routed[0] is self:
+                facts, found = routed[1], routed[2]  # by the express lane (a GET or HEAD)
+            else:
+                facts = check_request(scope, self.hosts)
+                if exchange.trace is not None:
+                    exchange.trace.add(
+                        "gateway.validation",
+                        validation_text(facts.hostname, facts.content_length, facts.chunked),
+                    )
+                if answers_options_itself(scope):
+                    await self._answer_options(client_send)
+                    return
+                found = self.router.match(facts.hostname, scope["path"])
             if found is None:
                 raise NoRouteMatched(f"no route matches {facts.hostname}{scope['path']}")
             route, handlers = found

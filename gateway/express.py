@@ -18,7 +18,9 @@ gives anything it does not handle back before it matters:
    store has not changed since the full path passed it (``CacheLayer.express_decision``).
    The route's pool must be ready, its chosen server UP with an idle pooled connection.
    Then the request head, built by the proxy's own functions, is written on that connection.
-   Otherwise the request takes the full path, untouched (nothing was sent).
+   Otherwise the request takes the full path (nothing was sent), which starts from what the
+   lane already did: the validation and routing (``ROUTED_SCOPE_KEY``) and the server choice,
+   so the round robin moves once per request (a ``Handoff`` without a connection).
 2. ``advance`` (from the upstream connection, ``UpstreamConnection.watch``): a final
    response below 500 whose body is complete and at most 64 KiB is answered through the
    app's own ``ClientSend`` and the listener's own ``GatewayCycle``, so the bytes are the
@@ -44,16 +46,21 @@ from gateway.errors import GatewayError
 from gateway.handlers.proxy import HANDOFF_SCOPE_KEY, Handoff, request_head, small_body
 from gateway.headers import client_response_headers
 from gateway.request import Request
+from gateway.routing import Route
 from gateway.upstream.connection import UpstreamConnection
-from gateway.validation import check_request
+from gateway.validation import RequestFacts, check_request
 
 if TYPE_CHECKING:
-    from gateway.app import GatewayApp
+    from gateway.app import GatewayApp, RouteHandlers
     from gateway.config import UpstreamServer
     from gateway.upstream.group import Upstream
     from gateway.upstream.pool import ConnectionPool
 
 log = logging.getLogger("gateway.express")
+
+# A request the lane validated and routed but left to the full path: (app, facts, (route,
+# handlers)), which ``GatewayApp`` uses instead of doing both again.
+ROUTED_SCOPE_KEY = "gateway.routed"
 
 
 async def _no_body() -> Any:  # pragma: no cover - never called: express requests have none
@@ -92,20 +99,33 @@ class ExpressLane:
             facts = check_request(scope, app.hosts)
         except GatewayError:
             return False  # the full path answers the error
-        if facts.content_length is not None or facts.chunked:
-            return False
         found = app.router.match(facts.hostname, scope["path"])
-        if found is None or not found[1].express:
+        if found is None:
             return False
-        route, handlers = found
-        exchange = Exchange(scope)
-        exchange.request_id = app.request_id(scope)
-        request = Request(scope, _no_body, cycle.write, facts, route, exchange)
+        if self._take(cycle, protocol, asgi_app, facts, *found):
+            return True
+        # The full path starts from here rather than validating and routing again.
+        scope[ROUTED_SCOPE_KEY] = (app, facts, found)
+        return False
+
+    def _take(
+        self,
+        cycle: Any,
+        protocol: Any,
+        asgi_app: Any,
+        facts: RequestFacts,
+        route: Route,
+        handlers: RouteHandlers,
+    ) -> bool:
+        if not handlers.express or facts.content_length is not None or facts.chunked:
+            return False
+        app, scope = self.app, cycle.scope
+        method = scope["method"]
         decision: Decision | None = None
         if route.cache and app.cache is not None:
             if method != "GET":
                 return False
-            decision = app.cache.express_decision(request)
+            decision = app.cache.express_decision(scope, facts.host)
             if decision is None:
                 return False
         upstream = app.proxy.upstreams[route.upstream]  # type: ignore[index]
@@ -115,6 +135,9 @@ class ExpressLane:
             server = upstream.choose()
         except GatewayError:
             return False
+        exchange = Exchange(scope)
+        exchange.request_id = app.request_id(scope)
+        request = Request(scope, _no_body, cycle.write, facts, route, exchange)
         pool = upstream.pools[server]
         conn = pool.take_idle(protocol.loop.time()) if upstream.is_up(server) else None
         if conn is None:
@@ -132,6 +155,7 @@ class ExpressLane:
             conn.start(head, head_request=method == "HEAD", has_body=False)
         except GatewayError:
             conn.close()  # closed under us since it was pooled: the full path reconnects
+            scope[HANDOFF_SCOPE_KEY] = Handoff(upstream, server, None, 0.0, exchange)
             return False
         pool.in_flight += 1
         conn.watch(express.advance)

@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable
 
 from gateway.access_log import Exchange
-from gateway.asgi import Message, Receive
+from gateway.asgi import Message, Receive, Scope
 from gateway.background import Background
 from gateway.cache.coalescing import Flight, HitForPass
 from gateway.cache.conditional import freshen, revalidation_request_headers
@@ -220,19 +220,16 @@ class CacheLayer:
             self._passed.clear()
         self._passed[key] = (decision, generation)
 
-    def express_decision(self, request: Request) -> Decision | None:
-        """The decision ``handle`` would pass ``request`` (a GET) upstream with, or None when
-        it might do anything else: the key is hit-for-pass, the request plain (its fields
-        cannot change the lookup: ``cache.hot.INERT_FIELDS``) and the store unchanged since
-        ``handle`` passed the same key."""
-        key = _key(request)
+    def express_decision(self, scope: Scope, host: str) -> Decision | None:
+        """The decision ``handle`` would pass a GET for ``scope`` (validated: its ``host``)
+        upstream with, or None when it might do anything else: the request is plain (its
+        fields cannot change the lookup: ``cache.hot.INERT_FIELDS``), the key hit-for-pass
+        and the store unchanged since ``handle`` passed the same key."""
+        if not self._passed or plain_host(scope["headers"]) is None:
+            return None
+        key = primary_key("https", host, scope["raw_path"], scope["query_string"])
         passed = self._passed.get(key)
-        if (
-            passed is None
-            or passed[1] != self.store.generation()
-            or key not in self.passes
-            or plain_host(request.headers) is None
-        ):
+        if passed is None or passed[1] != self.store.generation() or key not in self.passes:
             return None
         return passed[0]
 

@@ -376,3 +376,59 @@ def test_a_handoff_nobody_carried_on_closes_its_connection() -> None:
         assert HANDOFF_SCOPE_KEY == "gateway.handoff"
 
     run(test)
+
+
+def test_a_declined_request_is_validated_and_routed_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The full path starts from the lane's validation and routing (``ROUTED_SCOPE_KEY``),
+    but only its own app's: after a reload it validates and routes again."""
+    import gateway.app
+    import gateway.express
+
+    calls: list[str] = []
+    real = gateway.validation.check_request
+
+    def counted(scope: Any, hosts: Any) -> Any:
+        calls.append(scope["path"])
+        return real(scope, hosts)
+
+    monkeypatch.setattr(gateway.app, "check_request", counted)
+    monkeypatch.setattr(gateway.express, "check_request", counted)
+
+    async def test(gw: MemoryGateway) -> None:
+        gw.send(get(b"/status", b"cache-control: no-cache"))  # routed, then declined
+        assert (await gw.response()).endswith(BODY)
+        assert calls == ["/status"]
+        scope: dict[str, Any] = {}
+        gw.app.express.start(_Cycle(scope), gw.protocol, gw.switch)  # type: ignore[union-attr]
+        assert scope[gateway.express.ROUTED_SCOPE_KEY][0] is gw.app
+        other = MemoryGateway(config(), UNSTORABLE)  # as after a reload
+        await other.start()
+        calls.clear()
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        await other.app(scope, receive, send)  # type: ignore[arg-type]
+        assert sent[0]["status"] == 200
+        assert calls == ["/status"]  # the new app does not trust the old one's routing
+
+    run(test)
+
+
+class _Cycle:
+    def __init__(self, scope: dict[str, Any]) -> None:
+        scope.update(
+            type="http",
+            method="GET",
+            http_version="1.1",
+            path="/status",
+            raw_path=b"/status",
+            query_string=b"",
+            headers=[(b"host", b"localhost"), (b"cache-control", b"no-cache")],
+            client=("127.0.0.1", 1),
+        )
+        self.scope = scope
