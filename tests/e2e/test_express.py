@@ -27,7 +27,7 @@ from typing import Any
 
 import httpx
 import pytest
-from support.scripted_upstream import interim, response
+from support.scripted_upstream import interim, request_heads, response
 from support.threaded_origin import ThreadedOrigin
 
 from e2e.harness import (
@@ -98,17 +98,7 @@ class PacedOrigin(ThreadedOrigin):
 
     def _serve(self, conn: socket.socket, number: int) -> None:
         with conn:
-            buffer = b""
-            while True:
-                while b"\r\n\r\n" not in buffer:
-                    try:
-                        chunk = conn.recv(65536)
-                    except OSError:
-                        return
-                    if not chunk:
-                        return
-                    buffer += chunk
-                head, _, buffer = buffer.partition(b"\r\n\r\n")
+            for head in request_heads(conn):
                 line, *fields = head.decode("latin-1").split("\r\n")
                 method, target = (line.split(" ") + ["", ""])[:2]
                 headers = {}

@@ -71,8 +71,8 @@ class ScriptedUpstream(ThreadedOrigin):
                 conn.sendall(step)
 
 
-def _request_paths(conn: socket.socket) -> Iterator[str]:
-    """The path of each request head read from ``conn`` (requests without bodies)."""
+def request_heads(conn: socket.socket) -> Iterator[bytes]:
+    """Each request head read from ``conn`` (requests without bodies), until it closes."""
     buffer = b""
     while True:
         while b"\r\n\r\n" not in buffer:
@@ -84,6 +84,12 @@ def _request_paths(conn: socket.socket) -> Iterator[str]:
                 return
             buffer += chunk
         head, _, buffer = buffer.partition(b"\r\n\r\n")
+        yield head
+
+
+def _request_paths(conn: socket.socket) -> Iterator[str]:
+    """The path of each request head read from ``conn``."""
+    for head in request_heads(conn):
         request_line = head.split(b"\r\n", 1)[0].decode("latin-1")
         parts = request_line.split(" ")
         yield parts[1].split("?", 1)[0] if len(parts) > 1 else "/"
