@@ -1,9 +1,10 @@
 """The express lane: a proxied GET or HEAD answered without an ASGI task.
 
-Why.  Through the full request path a small proxied request costs ~145 µs of gateway CPU
-(one process, ``wrk -t1 -c32``, bench/README.md "Session 5"), most of it the machinery around
-the work rather than the work: uvicorn's task per request, the app's chain of coroutines
-(app, cache, proxy, attempts, exchange) resumed at each upstream event, and the send wrappers.
+Why.  Through the full request path a small proxied request costs ~115-135 µs of Python
+(``bench/request_path.py``: no sockets, no TLS), a fifth of it the machinery around the work
+rather than the work: uvicorn's task per request, the app's chain of coroutines (app, cache,
+proxy, attempts, exchange) resumed at each upstream event, the cache's lookup of a key it
+will pass by anyway, and the send wrappers (bench/README.md, "Session 5").
 Nginx answers the same request with two reads and two writes.  The express lane does what the
 full path does for the common case, synchronously, from the callbacks that already run: the
 listener's end of the request head and the upstream connection's data events.

@@ -40,6 +40,12 @@ cycle becomes:
   (``gateway.cache.hot``) is answered from ``on_headers_complete``, before uvicorn builds a
   scope, a cycle or a task; anything else, or a client above the write high-water mark, takes
   the full path.
+- Take proxied requests on the express lane.  Where uvicorn would start a request's task
+  (``_start_asgi_task``, also for a pipelined one), a bodiless GET or HEAD to a proxy route
+  is offered to the app's ``gateway.express`` lane first, which forwards it and answers from
+  the upstream connection's callback; uvicorn's task starts only for what the lane leaves or
+  hands back.  The start is held until the cycle is ours (``GatewayCycle``), see
+  ``on_headers_complete``.
 - Answer a good request before refusing what follows it.  When the bytes after a complete
   request are not HTTP, the request in progress is answered first, then the 400 (Nginx does
   the same), instead of dropping a valid request with the garbage after it.
