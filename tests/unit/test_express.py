@@ -10,6 +10,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from support.memory_listener import CLOSE, MemoryGateway, json_response
 
 from gateway.handlers.proxy import HANDOFF_SCOPE_KEY, Handoff
@@ -432,3 +434,66 @@ class _Cycle:
             client=("127.0.0.1", 1),
         )
         self.scope = scope
+
+
+# --- the same bytes as the full path, for any response the lane answers ----------------------
+
+FIELD_NAMES = ["content-type", "etag", "last-modified", "set-cookie", "x-app", "vary", "link"]
+
+
+@st.composite
+def upstream_responses(draw: st.DrawFn) -> tuple[bytes, bytes]:
+    """(request method, an upstream's response to it) of a kind the lane may answer."""
+    method = draw(st.sampled_from([b"GET", b"HEAD"]))
+    status = draw(st.sampled_from([200, 201, 203, 204, 301, 302, 304, 400, 403, 404, 418, 499]))
+    fields = draw(
+        st.lists(
+            st.tuples(
+                st.sampled_from(FIELD_NAMES),
+                st.text(alphabet="abcXYZ019 ;=/-", min_size=0, max_size=12).map(str.strip),
+            ),
+            max_size=5,
+        )
+    )
+    body = draw(st.binary(max_size=300)) if status not in (204, 304) else b""
+    framing = draw(st.sampled_from(["length", "chunked"]))
+    head = b"HTTP/1.1 %d Whatever\r\n" % status
+    head += b"".join(b"%s: %s\r\n" % (n.encode(), v.encode()) for n, v in fields)
+    if status in (204, 304):
+        # A 304 may say the length its 200 would have; neither carries a body.
+        declared = draw(st.sampled_from([b"", b"content-length: 42\r\n"]))
+        wire = head + declared + b"\r\n"
+    elif framing == "length" or method == b"HEAD":
+        wire = head + b"content-length: %d\r\n\r\n" % len(body)
+        wire += b"" if method == b"HEAD" else body
+    else:
+        chunks = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in (body[:100], body[100:]) if c)
+        wire = head + b"transfer-encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n"
+    return method, wire
+
+
+@settings(max_examples=60, deadline=None)
+@given(upstream_responses(), st.booleans())
+def test_any_answer_on_the_lane_is_the_full_paths_byte_for_byte(
+    case: tuple[bytes, bytes], close: bool
+) -> None:
+    method, wire = case
+    request = get(b"/nocache/x", *([b"connection: close"] if close else []), method=method)
+
+    def answer(express: bool) -> tuple[bytes, int]:
+        got: dict[str, Any] = {}
+
+        async def test(gw: MemoryGateway) -> None:
+            gw.server().script.append([wire])
+            gw.send(request)
+            got["client"] = await gw.response()
+            got["lane"] = gw.app.metrics.express
+            assert len(gw.server().heads()) == 1
+
+        run(test, express=express)
+        return without_ids(got["client"]), got["lane"]
+
+    lane, used = answer(True)
+    full, _ = answer(False)
+    assert used == 1
+    assert lane == full
