@@ -44,8 +44,13 @@ from gateway.access_log import Exchange
 from gateway.admin.metrics import Labels
 from gateway.cache.decisions import Decision
 from gateway.errors import GatewayError
-from gateway.handlers.proxy import HANDOFF_SCOPE_KEY, Handoff, request_head, small_body
-from gateway.headers import client_response_headers
+from gateway.handlers.proxy import (
+    HANDOFF_SCOPE_KEY,
+    Handoff,
+    final_response_headers,
+    request_head,
+    small_body,
+)
 from gateway.request import Request
 from gateway.routing import Route
 from gateway.upstream.connection import UpstreamConnection
@@ -255,9 +260,7 @@ class Express:
         status = head.status
         exchange = request.exchange
         exchange.upstream_seconds = time.perf_counter() - self.started
-        headers = client_response_headers(head.headers)
-        if status in (204, 304):
-            headers = [pair for pair in headers if pair[0] != b"content-length"]
+        headers = final_response_headers(head)
         body = conn.take_body()
         conn.unwatch()
         # The connection is free for the next request first: writing the response may start

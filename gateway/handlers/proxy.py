@@ -47,7 +47,7 @@ from gateway.request import Request
 from gateway.retry import IDEMPOTENT_RETRYABLE, may_retry
 from gateway.tracing import choice_text, pool_text, retry_text
 from gateway.upstream.connection import UpstreamConnection
-from gateway.upstream.events import Interim
+from gateway.upstream.events import Interim, ResponseHead
 from gateway.upstream.group import Upstream
 
 log = logging.getLogger("gateway.proxy")
@@ -451,11 +451,7 @@ class ProxyHandler:
                 return
             if response.status >= 500:
                 exchange.upstream_5xx = True
-            headers = client_response_headers(response.headers)
-            if response.status in (204, 304):
-                # No body, whatever the upstream framed (RFC 9110 §8.6, §15.4.5): a length
-                # here would have the listener wait for bytes that never come.
-                headers = [pair for pair in headers if pair[0] != b"content-length"]
+            headers = final_response_headers(response)
             data, more = b"", False
             if conn.response_complete or small_body(response.headers):
                 # A small body is read whole before the head goes out: if the upstream dies
@@ -495,6 +491,16 @@ async def _watch_disconnect(conn: UpstreamConnection, receive: Receive) -> None:
         pass  # a bodiless request still has its one empty http.request message pending
     if not conn.response_complete:
         conn.abort(ClientDisconnected("client disconnected during the response"))
+
+
+def final_response_headers(response: ResponseHead) -> Headers:
+    """The upstream's final response fields as the client gets them (hop-by-hop removed)."""
+    headers = client_response_headers(response.headers)
+    if response.status in (204, 304):
+        # No body, whatever the upstream framed (RFC 9110 §8.6, §15.4.5): a length here
+        # would have the listener wait for bytes that never come.
+        headers = [pair for pair in headers if pair[0] != b"content-length"]
+    return headers
 
 
 SMALL_BODY = 64 * 1024
