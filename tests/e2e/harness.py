@@ -433,6 +433,15 @@ def read_response(
     return status, headers, body
 
 
+def refuses_connections(port: int) -> bool:
+    """Nothing listens on 127.0.0.1:``port`` (any more): a gateway's shutdown has begun."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return True
+    return False
+
+
 def is_closed(sock: ssl.SSLSocket | socket.socket) -> bool:
     """True when the peer has closed the connection (EOF or reset) within the socket timeout."""
     try:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import signal
 import socket
 import ssl
 import threading
@@ -40,6 +41,7 @@ from e2e.harness import (
     TomlValue,
     free_port,
     read_response,
+    refuses_connections,
     stack,
 )
 
@@ -738,3 +740,53 @@ def test_with_two_workers_lane_requests_are_counted_over_both(tmp_path: Path) ->
             assert len(connections) == 2, "one worker answered everything"
             assert len(origin.seen("/ok")) == total
             admin.wait_for(lambda: admin.metrics()[(EXPRESS, ())] == total - 2, timeout=10)
+
+
+def test_sigterm_lets_requests_in_flight_on_the_lane_finish(tmp_path: Path) -> None:
+    """Requests the lane has written upstream when SIGTERM arrives (no task holds them) all
+    complete with 200 once the upstream answers, then the gateway exits 0."""
+    admin_port = free_port()
+    count = 8
+
+    def build(upstreams: dict[str, EchoUpstream]) -> StackConfig:
+        return StackConfig(
+            pools={"main": [upstreams["hold"].url]},
+            routes=[{"path_prefix": "/", "upstream": "main", "cache": False}],
+            admin={"port": admin_port},
+        )
+
+    def slow(_: int) -> int:
+        with s.gateway.client() as c:
+            return c.get("/slow", params={"s": "0.3"}).status_code
+
+    with stack(tmp_path, ["hold"], build) as s, Admin(s, admin_port) as admin:
+        # ``count`` requests at once leave that many idle pooled connections for the lane.
+        with ThreadPoolExecutor(count) as pool:
+            assert list(pool.map(slow, range(count))) == [200] * count
+        with s.gateway.client() as c:
+            before = admin.metrics()[(EXPRESS, ())]
+            assert c.get("/echo").status_code == 200
+            admin.wait_for(lambda: admin.metrics()[(EXPRESS, ())] == before + 1, timeout=5)
+        upstream = s.upstreams["hold"]
+        clients = [s.gateway.client(timeout=20) for _ in range(count)]
+        with ThreadPoolExecutor(count) as pool, contextlib.ExitStack() as exits:
+            for c in clients:
+                exits.enter_context(c)
+            futures = [pool.submit(c.get, "/hold") for c in clients]
+            deadline = time.monotonic() + 15
+            while upstream.stats()["inflight"] < count:
+                assert time.monotonic() < deadline, "the requests never all reached the upstream"
+                time.sleep(0.02)
+            s.gateway.process.signal(signal.SIGTERM)
+            s.gateway.wait_for_log("shutting down")
+            # uvicorn's shutdown has begun once the listener refuses connections: the ones in
+            # flight were told to close after their response (keep-alive off).
+            while not refuses_connections(s.gateway.https_port):
+                assert time.monotonic() < deadline, "the listener never closed"
+                time.sleep(0.02)
+            with httpx.Client(trust_env=False, timeout=5) as direct:
+                direct.post(f"{upstream.url}/hold/release").raise_for_status()
+            answers = [future.result(timeout=15) for future in futures]
+        assert [a.status_code for a in answers] == [200] * count
+        assert all(a.headers["connection"] == "close" for a in answers)
+        assert s.gateway.process.wait(timeout=15) == 0

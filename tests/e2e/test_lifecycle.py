@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from e2e.harness import PYTHON, REPO, StackConfig, one_pool, stack
+from e2e.harness import PYTHON, REPO, StackConfig, one_pool, refuses_connections, stack
 
 pytestmark = pytest.mark.e2e
 
@@ -113,6 +113,11 @@ def test_sigterm_lets_in_flight_requests_finish(tmp_path: Path) -> None:
                 time.sleep(0.02)
             s.gateway.process.signal(signal.SIGTERM)
             s.gateway.wait_for_log("shutting down")
+            # uvicorn's shutdown has begun once the listener refuses connections: only then
+            # are the requests really in flight during it.
+            while not refuses_connections(s.gateway.https_port):
+                assert time.monotonic() < deadline, "the listener never closed"
+                time.sleep(0.02)
             with httpx.Client(trust_env=False, timeout=5) as direct:
                 direct.post(f"{upstream.url}/hold/release").raise_for_status()
             statuses = [future.result(timeout=15).status_code for future in futures]
