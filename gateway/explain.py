@@ -7,8 +7,10 @@ listener builds it: ``validation.check_request`` (refused or not, and why), the 
 upstream or a redirect sees), the cache's ``decisions.lookup_decision`` and
 ``storing.why_not_storable`` (served from or stored in the cache, and the headers that decide
 it), the ``RoundRobin`` balancer (the rotation over the pool's servers) and
-``handlers.redirect.https_location`` (plain HTTP).  Nothing is decided here: this module only
-builds the inputs and puts the answers into words (``gateway.tracing``'s ``describe_*``).
+``handlers.redirect.https_location`` (plain HTTP), and whether the express lane
+(``gateway.express``) would take the request by its rules.  Nothing is decided here: this
+module only builds the inputs and puts the answers into words (``gateway.tracing``'s
+``describe_*``).
 
 What explain cannot know offline: which servers are UP right now (the admin API's
 ``/api/upstreams`` says), what the cache holds (it explains an empty cache), and what the
@@ -26,6 +28,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from gateway.cache.decisions import Action, lookup_decision
+from gateway.cache.hot import plain_host
 from gateway.cache.storing import why_not_storable
 from gateway.cli import Command, add_config_argument, load_or_report
 from gateway.config import RouteSettings, Settings
@@ -36,7 +39,7 @@ from gateway.listener import asks_for_websocket
 from gateway.middleware import middleware_class
 from gateway.routing import Route, Router
 from gateway.tracing import STORE_RULES, describe_decision, handler_text, host_rule
-from gateway.validation import HostPolicy, answers_options_itself, check_request
+from gateway.validation import HostPolicy, RequestFacts, answers_options_itself, check_request
 
 # Request fields the cache's rules read (RFC 9111 §4, §5.2.1; RFC 9110 §13, §14).
 CACHE_REQUEST_FIELDS = (
@@ -235,7 +238,42 @@ def _explain_https(settings: Settings, scope: dict[str, Any], now: float | None)
     if websocket:
         return lines
     lines += _explain_cache(settings, route_settings, method, headers, now)
+    lines.append(Line("express", express_text(settings, route_settings, cached, scope, facts)))
     return lines
+
+
+def express_text(
+    settings: Settings,
+    route: RouteSettings,
+    cached: bool,
+    scope: dict[str, Any],
+    facts: RequestFacts,
+) -> str:
+    """Whether the express lane (``gateway.express``) would forward this request without an
+    ASGI task, by the rules ``ExpressLane.start`` applies (what it cannot know offline: an
+    idle pooled connection, the key's hit-for-pass state)."""
+    g = settings.gateway
+    if g.trace or g.server_timing:
+        return "off (trace mode and server_timing describe the full path)"
+    method = scope["method"]
+    if (method != "GET" and method != "HEAD") or facts.content_length is not None or facts.chunked:
+        return "no: only a GET or HEAD without a body takes the express lane"
+    if route.middlewares:
+        return "no: the route has middlewares (they run on the full path)"
+    if cached and method == "HEAD":
+        return "no: a HEAD on a caching route (the cache answers it from a stored GET)"
+    if cached and plain_host(scope["headers"]) is None:
+        return "no: a request field the cache reads (only gateway.cache.hot.INERT_FIELDS pass)"
+    when = (
+        "once its response was found not storable (hit-for-pass) and while the store is unchanged, "
+        if cached
+        else ""
+    )
+    return (
+        f"over HTTP/1.1, {when}with an idle pooled connection: forwarded and answered without"
+        " an ASGI task (gateway.express); a 1xx, 5xx, large or streamed body, error or timeout"
+        " is handed to the full path"
+    )
 
 
 def _explain_cache(

@@ -245,6 +245,7 @@ def test_refused_requests_stop_before_routing_and_accepted_ones_list_steps_in_or
         "middlewares",
         "upstream",
         "cache",
+        "express",
     ]
 
 

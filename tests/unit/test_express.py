@@ -497,3 +497,48 @@ def test_any_answer_on_the_lane_is_the_full_paths_byte_for_byte(
     full, _ = answer(False)
     assert used == 1
     assert lane == full
+
+
+# --- `pygateway explain` says what the lane will do ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "fields"),
+    [
+        ("GET", "/nocache/status", []),
+        ("HEAD", "/nocache/status", []),
+        ("GET", "/status", []),
+        ("HEAD", "/status", []),
+        ("GET", "/status", [(b"cache-control", b"no-cache")]),
+        ("GET", "/wrapped/status", []),
+        ("POST", "/nocache/status", [(b"content-length", b"0")]),
+        ("GET", "/nocache/status", [(b"content-length", b"2")]),
+    ],
+)
+def test_explain_says_whether_the_lane_takes_a_request(
+    method: str, path: str, fields: list[tuple[bytes, bytes]]
+) -> None:
+    """``pygateway explain``'s express line agrees with the lane itself (after two requests
+    made a caching route's key hit-for-pass, with an idle pooled connection)."""
+    from gateway.explain import explain
+
+    wire = b"%s %s HTTP/1.1\r\nhost: localhost\r\n" % (method.encode(), path.encode())
+    wire += b"".join(b"%s: %s\r\n" % pair for pair in fields) + b"\r\n"
+    wire += b"{}" if (b"content-length", b"2") in fields else b""
+    taken: dict[str, int] = {}
+
+    async def test(gw: MemoryGateway) -> None:
+        if path == "/status":
+            for _ in range(2):  # a GET's miss, then its pass: the key is hit-for-pass
+                gw.send(get(b"/status"))
+                await gw.response()
+        before = gw.app.metrics.express
+        gw.send(wire)
+        await gw.response()
+        taken["count"] = gw.app.metrics.express - before
+
+    gw = run(test)
+    lines = explain(gw.settings, method, f"https://localhost{path}", fields)
+    express = [line.text for line in lines if line.step == "express"]
+    assert len(express) == 1
+    assert express[0].startswith("over HTTP/1.1") == (taken["count"] == 1), express[0]
