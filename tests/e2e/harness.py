@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -431,6 +432,26 @@ def read_response(
             break
         body += chunk
     return status, headers, body
+
+
+def sigterm_while_held(s: Stack, upstream: EchoUpstream, futures: list[Future[Any]]) -> list[Any]:
+    """Graceful shutdown with requests in flight: once every one of ``futures`` (GETs of the
+    echo upstream's ``/hold``) reached ``upstream``, SIGTERM the gateway; once uvicorn's
+    shutdown has begun (the listener refuses connections: only then are the requests really
+    in flight during it), let the upstream answer.  The responses, in order."""
+    deadline = time.monotonic() + 15
+    while upstream.stats()["inflight"] < len(futures):
+        assert time.monotonic() < deadline, "the requests never all reached the upstream"
+        assert not any(f.done() for f in futures), [f.result() for f in futures if f.done()]
+        time.sleep(0.02)
+    s.gateway.process.signal(signal.SIGTERM)
+    s.gateway.wait_for_log("shutting down")
+    while not refuses_connections(s.gateway.https_port):
+        assert time.monotonic() < deadline, "the listener never closed"
+        time.sleep(0.02)
+    with httpx.Client(trust_env=False, timeout=5) as direct:
+        direct.post(f"{upstream.url}/hold/release").raise_for_status()
+    return [future.result(timeout=15) for future in futures]
 
 
 def refuses_connections(port: int) -> bool:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import signal
 import socket
 import ssl
 import threading
@@ -41,7 +40,7 @@ from e2e.harness import (
     TomlValue,
     free_port,
     read_response,
-    refuses_connections,
+    sigterm_while_held,
     stack,
 )
 
@@ -773,20 +772,7 @@ def test_sigterm_lets_requests_in_flight_on_the_lane_finish(tmp_path: Path) -> N
             for c in clients:
                 exits.enter_context(c)
             futures = [pool.submit(c.get, "/hold") for c in clients]
-            deadline = time.monotonic() + 15
-            while upstream.stats()["inflight"] < count:
-                assert time.monotonic() < deadline, "the requests never all reached the upstream"
-                time.sleep(0.02)
-            s.gateway.process.signal(signal.SIGTERM)
-            s.gateway.wait_for_log("shutting down")
-            # uvicorn's shutdown has begun once the listener refuses connections: the ones in
-            # flight were told to close after their response (keep-alive off).
-            while not refuses_connections(s.gateway.https_port):
-                assert time.monotonic() < deadline, "the listener never closed"
-                time.sleep(0.02)
-            with httpx.Client(trust_env=False, timeout=5) as direct:
-                direct.post(f"{upstream.url}/hold/release").raise_for_status()
-            answers = [future.result(timeout=15) for future in futures]
+            answers = sigterm_while_held(s, upstream, futures)
         assert [a.status_code for a in answers] == [200] * count
         assert all(a.headers["connection"] == "close" for a in answers)
         assert s.gateway.process.wait(timeout=15) == 0

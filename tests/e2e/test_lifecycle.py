@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import signal
 import subprocess
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
 import pytest
 
-from e2e.harness import PYTHON, REPO, StackConfig, one_pool, refuses_connections, stack
+from e2e.harness import PYTHON, REPO, StackConfig, one_pool, sigterm_while_held, stack
 
 pytestmark = pytest.mark.e2e
 
@@ -106,20 +103,6 @@ def test_sigterm_lets_in_flight_requests_finish(tmp_path: Path) -> None:
         upstream = s.upstreams["hold"]
         with ThreadPoolExecutor(IN_FLIGHT) as pool:
             futures = [pool.submit(client.get, "/hold") for _ in range(IN_FLIGHT)]
-            deadline = time.monotonic() + 15
-            while upstream.stats()["inflight"] < IN_FLIGHT:
-                assert time.monotonic() < deadline, "the requests never all reached the upstream"
-                assert not any(f.done() for f in futures), [f.result() for f in futures if f.done()]
-                time.sleep(0.02)
-            s.gateway.process.signal(signal.SIGTERM)
-            s.gateway.wait_for_log("shutting down")
-            # uvicorn's shutdown has begun once the listener refuses connections: only then
-            # are the requests really in flight during it.
-            while not refuses_connections(s.gateway.https_port):
-                assert time.monotonic() < deadline, "the listener never closed"
-                time.sleep(0.02)
-            with httpx.Client(trust_env=False, timeout=5) as direct:
-                direct.post(f"{upstream.url}/hold/release").raise_for_status()
-            statuses = [future.result(timeout=15).status_code for future in futures]
+            statuses = [r.status_code for r in sigterm_while_held(s, upstream, futures)]
         assert statuses == [200] * IN_FLIGHT
         assert s.gateway.process.wait(timeout=15) == 0
