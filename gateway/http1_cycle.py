@@ -15,8 +15,11 @@ a proxy needs on top, and for less CPU on every message (the hot path):
 - Interim responses (``asgi.INTERIM``, e.g. an upstream's 103 Early Hints) are written as a
   1xx head at once, before the final response only, to HTTP/1.1 clients only (RFC 9110
   §15.2); any other time they are dropped, never an error.
-- The head waits for the first body bytes (``CorkedTransport``): uvicorn wrote them apart, and
-  over TLS each write is its own record and ``send()``.
+- What a response writes in one event-loop iteration leaves at its end, in one write
+  (``CorkedTransport``, ``WriteBatch``): uvicorn wrote the head and each body chunk apart, and
+  over TLS each write is its own record and ``send()``; and the replies to a burst of requests
+  leave back to back, which wakes the clients' side far less often than one ``send()`` per
+  callback.
 - An HTTP/1.0 client never gets a chunked response: a response without Content-Length goes
   out unframed and the connection's close delimits it (RFC 9112 §6.3).
 
@@ -26,10 +29,8 @@ from /proc, alternating runs): see bench/README.md, "Hot path: what was tried".
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Generator
 from http import HTTPStatus
-from typing import Any
 
 from gateway.asgi import INTERIM, Message
 
@@ -41,53 +42,6 @@ try:
     )
 except ImportError:  # pragma: no cover - httptools not installed
     RequestResponseCycle = object  # type: ignore[assignment,misc]
-
-
-class CorkedTransport:
-    """The transport as a response cycle sees it: the head write is held briefly."""
-
-    __slots__ = ("transport", "loop", "held", "expect_head")
-
-    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
-        self.transport = transport
-        self.loop = loop
-        self.held: bytes | None = None
-        self.expect_head = False
-
-    def write(self, data: bytes) -> None:
-        if self.expect_head:
-            self.expect_head = False
-            self.held = data
-            self.loop.call_soon(self.flush)
-            return
-        held = self.held
-        if held is None:
-            self.transport.write(data)
-            return
-        self.held = None
-        if len(data) > 4096:
-            # No copy of a large body just to glue the head on: both go to the TLS layer,
-            # which encrypts them in turn and still sends once.
-            self.transport.writelines((held, data))
-        else:
-            self.transport.write(held + data)
-
-    def flush(self) -> None:
-        held = self.held
-        if held is not None:
-            self.held = None
-            if not self.transport.is_closing():
-                self.transport.write(held)
-
-    def close(self) -> None:
-        self.flush()
-        self.transport.close()
-
-    def is_closing(self) -> bool:
-        return self.transport.is_closing()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.transport, name)
 
 
 # Unframed HTTP/1.0 bodies: any length may follow (the close ends it).
@@ -160,7 +114,7 @@ class GatewayCycle(RequestResponseCycle):
         kind = message["type"]
         if kind == INTERIM:
             if self.interim and not self.response_started and not self.transport.is_closing():
-                self.write_interim(interim_head(message["status"], message["headers"]))
+                self.transport.write(interim_head(message["status"], message["headers"]))
             return
         if not self.response_started:
             if kind != "http.response.start":
@@ -176,14 +130,6 @@ class GatewayCycle(RequestResponseCycle):
             raise RuntimeError(
                 f"Unexpected ASGI message '{kind}' sent, after response already completed."
             )
-
-    def write_interim(self, head: bytes) -> None:
-        transport = self.transport
-        if isinstance(transport, CorkedTransport):
-            # A previous (pipelined) response's held head goes first; this one is not held.
-            transport.flush()
-            transport = transport.transport
-        transport.write(head)
 
     def _write_head(self, message: Message) -> None:
         self.response_started = True

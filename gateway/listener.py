@@ -11,11 +11,11 @@ cycle becomes:
 - Bound the request head.  llhttp has no limit of its own; a head over ``max_header_bytes``
   is answered 431 (RFC 6585 §5) and the connection closed, before anything is buffered
   further.  Parse errors are answered with the gateway's JSON error body, not uvicorn's text.
-- Send the response head together with the first body bytes.  uvicorn writes the head and
-  each body chunk separately; over TLS each write is its own record and ``send()``.  A
-  ``CorkedTransport`` holds the head until the end of the current event-loop iteration:
-  a body sent right after it joins it, otherwise it leaves alone a moment later, so a
-  streaming response never waits on it.
+- Write once per connection per event-loop iteration.  uvicorn writes the head and each body
+  chunk separately; over TLS each write is its own record and ``send()``.  Everything the
+  listener and its cycles write goes through a ``CorkedTransport``, which holds it until the
+  loop has handled all the I/O events of its poll (``gateway.http1_cycle.WriteBatch``): one
+  write per connection, and the replies to a burst of requests back to back.
 
 - Relay interim responses.  A ``gateway.response.interim`` message (``asgi.INTERIM``, e.g. the
   upstream's 103 Early Hints) sent before the response starts is written as a 1xx head at
@@ -61,8 +61,9 @@ import time
 from typing import Any
 
 from gateway.asgi import INTERIM_SCOPE_KEY
-from gateway.cache.hot import JOIN_LIMIT, HotHits
+from gateway.cache.hot import HotHits
 from gateway.client_limits import ClientLimits, Phase, body_deadline, is_last_request
+from gateway.corking import CorkedTransport
 from gateway.errors import (
     CONNECT_REFUSED,
     MalformedRequest,
@@ -74,7 +75,7 @@ from gateway.errors import (
     raw_error_response,
 )
 from gateway.express import ExpressLane
-from gateway.http1_cycle import CorkedTransport, GatewayCycle
+from gateway.http1_cycle import GatewayCycle
 from gateway.http2.limits import Http2Limits
 from gateway.tracing import TRACE_SCOPE_KEY, Trace, connection_text, head_text
 
@@ -163,6 +164,7 @@ class UpgradeHandle:
         without a response, nor closes it as an idle keep-alive connection; the tunnel's
         request task still counts for graceful shutdown."""
         protocol = self.protocol
+        protocol.corked.flush()  # the 101 goes before anything the tunnel writes
         self.taken = True
         cycle = protocol.cycle
         if cycle is not None:
@@ -290,7 +292,7 @@ if HttpToolsProtocol is not None:
                 message = f"request head not complete within {self.limits.header_timeout:g} s"
             else:
                 # Not one byte of a request: nothing to answer, like an idle keep-alive close.
-                self.transport.close()
+                self.corked.close()
                 return
             if cycle is not None and not cycle.response_complete:
                 cycle.scope["gateway.closed_status"] = RequestTimeout.status  # type: ignore[typeddict-unknown-key]
@@ -298,10 +300,10 @@ if HttpToolsProtocol is not None:
                 cycle.disconnected = True  # the app sees http.disconnect and stops
                 cycle.message_event.set()
                 if started:
-                    self.transport.close()
+                    self.corked.close()
                     return
-            self.transport.write(raw_error_response(RequestTimeout(message)))
-            self.transport.close()
+            self.corked.write(raw_error_response(RequestTimeout(message)))
+            self.corked.close()
 
         # -- parser callbacks ----------------------------------------------------------------
         def on_message_begin(self) -> None:
@@ -350,10 +352,9 @@ if HttpToolsProtocol is not None:
             if self._refuse_after_response and not self.pipeline:
                 self.server_state.total_requests += 1
                 if not self.transport.is_closing():
-                    self.corked.flush()
                     error = MalformedRequest("malformed HTTP request after a complete request")
-                    self.transport.write(raw_error_response(error))
-                    self.transport.close()
+                    self.corked.write(raw_error_response(error))
+                    self.corked.close()
                 return
             super().on_response_complete()
             if self._in_head and self._timer is None and not self.transport.is_closing():
@@ -417,7 +418,6 @@ if HttpToolsProtocol is not None:
             cycle = self.cycle
             if cycle is not previous:
                 cycle.transport = self.corked  # type: ignore[assignment]
-                self.corked.expect_head = cycle is not None
                 if cycle is not None:
                     # uvicorn builds its cycle by name; ours keeps its state and writes the
                     # response (gateway.http1_cycle).
@@ -497,12 +497,11 @@ if HttpToolsProtocol is not None:
             # uvicorn's later callbacks (message complete, connection lost, shutdown) see a
             # finished response on this connection.
             self.cycle = FINISHED  # type: ignore[assignment]
-            if len(body) > JOIN_LIMIT:
-                self.transport.writelines((head, body))
-            else:
-                self.transport.write(head + body)
+            corked = self.corked
+            corked.write(head)
+            corked.write(body)
             if close:
-                self.transport.close()
+                corked.close()
             self.on_response_complete()
             return True
 
@@ -516,5 +515,11 @@ if HttpToolsProtocol is not None:
             )
             if self._connect:
                 error = NotImplementedMethod(CONNECT_REFUSED)
-            self.transport.write(raw_error_response(error))
-            self.transport.close()
+            # After what is held: a pipelined request before this one may have been answered.
+            self.corked.write(raw_error_response(error))
+            self.corked.close()
+
+        def shutdown(self) -> None:
+            # uvicorn closes an idle connection at once: a response held this iteration first.
+            self.corked.flush()
+            super().shutdown()

@@ -86,9 +86,6 @@ REFRESH = 1.0
 # Bounds: past either, everything is dropped (the full path publishes again what is hot).
 MAX_ENTRIES = 1024
 MAX_BYTES = 32 * 1024 * 1024
-# Bodies above this are written after the head without joining them (no copy).
-JOIN_LIMIT = 4096
-
 HotKey = tuple[str | None, bytes, bytes]  # (TLS server name, Host, request target)
 
 

@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import Callable
 
 from gateway.config import UpstreamServer
+from gateway.corking import CorkedTransport
 from gateway.errors import (
     GatewayError,
     UpstreamClosed,
@@ -50,6 +51,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.read_timeout = read_timeout
         self.loop = loop
         self.transport: asyncio.Transport | None = None
+        # What this connection writes leaves once per loop iteration (``gateway.corking``).
+        self.corked: CorkedTransport | None = None
         self.state = ConnectionState.IDLE
         self.idle_since = loop.time()
         self.requests = 0  # exchanges started on this connection; > 0 before one means reused
@@ -81,6 +84,7 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport, but implement it.
         self.transport = transport  # type: ignore[assignment]
+        self.corked = CorkedTransport(self.transport, self.loop)  # type: ignore[arg-type]
 
     def data_received(self, data: bytes) -> None:
         if self._tunnel_data is not None:
@@ -171,8 +175,8 @@ class UpstreamConnection(asyncio.Protocol):
 
     def close(self) -> None:
         self.state = ConnectionState.CLOSED
-        if self.transport is not None:
-            self.transport.close()
+        if self.corked is not None:
+            self.corked.close()
 
     @property
     def head(self) -> ResponseHead | None:
@@ -188,6 +192,8 @@ class UpstreamConnection(asyncio.Protocol):
         """Hand the switched connection over as a plain transport (reading paused) plus the
         tunnel bytes already received; this object is done with it."""
         assert self._tunnel_data is not None and self.transport is not None
+        if self.corked is not None:
+            self.corked.flush()
         transport, self.transport = self.transport, None
         data = b"".join(self._tunnel_data)
         self._tunnel_data = None
@@ -227,8 +233,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.write(head)
 
     def write(self, data: bytes) -> None:
-        transport = self.transport
-        if transport is None or transport.is_closing():
+        transport = self.corked
+        if transport is None or self.transport is None or transport.is_closing():
             raise self._error or UpstreamClosed(
                 f"upstream {self.server.address} closed the connection",
                 server=self.server.address,

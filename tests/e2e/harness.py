@@ -22,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -406,13 +407,22 @@ def two_gateways(
             yield s.gateway, other, upstream
 
 
+# Bytes read past the end of a response, kept for the next ``read_response`` on the socket: the
+# gateway writes what it has for a connection at once (``gateway.corking``), so a pipelined
+# response or a 400 after a good one can arrive in the same TLS record as the one before.
+_surplus: weakref.WeakKeyDictionary[ssl.SSLSocket | socket.socket, bytes] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 def read_response(
     sock: ssl.SSLSocket | socket.socket, *, head_only: bool = False
 ) -> tuple[int, dict[str, list[str]], bytes]:
     """Read one HTTP/1.1 response framed by Content-Length (what the gateway's own errors
     and the echo upstream use): status, headers (lowercase names), body.  ``head_only``: the
-    answer to a HEAD, whose Content-Length describes a body that is not sent."""
-    data = b""
+    answer to a HEAD, whose Content-Length describes a body that is not sent.  Bytes after the
+    response are kept for the next call on the same socket."""
+    data = _surplus.pop(sock, b"")
     while b"\r\n\r\n" not in data:
         chunk = sock.recv(65536)
         if not chunk:
@@ -431,6 +441,8 @@ def read_response(
         if not chunk:
             break
         body += chunk
+    if len(body) > length:
+        body, _surplus[sock] = body[:length], body[length:]
     return status, headers, body
 
 
@@ -464,7 +476,10 @@ def refuses_connections(port: int) -> bool:
 
 
 def is_closed(sock: ssl.SSLSocket | socket.socket) -> bool:
-    """True when the peer has closed the connection (EOF or reset) within the socket timeout."""
+    """True when the peer has closed the connection (EOF or reset) within the socket timeout;
+    False if bytes beyond the responses read so far came first."""
+    if _surplus.get(sock):
+        return False
     try:
         return sock.recv(1) == b""
     except (ConnectionResetError, ssl.SSLEOFError, BrokenPipeError):

@@ -1,6 +1,6 @@
 """The HTTP/1.1 response writer (gateway.http1_cycle.GatewayCycle) on a recording transport:
 the wire bytes uvicorn's cycle wrote, interim heads, HTTP/1.0 framing, field checks, the head
-held for the first body bytes, and back-pressure."""
+held until the end of the loop iteration, and back-pressure."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from support.recording_transport import RecordingTransport
 from support.response_cycle import response_cycle
 
 from gateway.asgi import INTERIM, Message
-from gateway.http1_cycle import DONE, CorkedTransport, GatewayCycle
+from gateway.corking import CorkedTransport, write_batch
+from gateway.http1_cycle import DONE, GatewayCycle
 
 START: Message = {"type": "http.response.start", "status": 200, "headers": []}
 HINT: Message = {"type": INTERIM, "status": 103, "headers": [(b"link", b"</a>")]}
@@ -46,12 +47,10 @@ def cycle_on(
 
 
 def corked_transport() -> tuple[RecordingTransport, CorkedTransport]:
-    """A recording transport behind a CorkedTransport that expects a response head (inside a
-    running loop: the held head is flushed by a loop callback)."""
+    """A recording transport behind a CorkedTransport (inside a running loop: what it holds is
+    flushed by a loop callback)."""
     transport = RecordingTransport()
-    corked = CorkedTransport(transport, asyncio.get_running_loop())
-    corked.expect_head = True
-    return transport, corked
+    return transport, CorkedTransport(transport, asyncio.get_running_loop())
 
 
 def send_all(cycle: GatewayCycle, *messages: Message) -> None:
@@ -176,37 +175,84 @@ def test_an_http_1_0_client_gets_no_interim_head() -> None:
     assert transport.written == []
 
 
-def test_the_head_waits_for_the_first_body_bytes() -> None:
+def test_a_response_leaves_in_one_write_at_the_end_of_the_loop_iteration() -> None:
     async def main() -> None:
         transport, corked = corked_transport()
         cycle = cycle_on(corked)
         await cycle.send({**START, "headers": [(b"content-length", b"2")]})
-        assert transport.written == []  # held
         await cycle.send(body(b"ok"))
+        assert transport.written == []  # held until the loop has handled its I/O events
+        await asyncio.sleep(0)
         assert len(transport.written) == 1 and transport.written[0].endswith(b"\r\n\r\nok")
 
     run(main())
 
 
-def test_a_held_head_is_written_alone_when_no_body_follows_in_the_same_iteration() -> None:
+def test_a_head_alone_leaves_after_one_iteration() -> None:
     async def main() -> None:
         transport, corked = corked_transport()
         await cycle_on(corked).send(START)
-        await asyncio.sleep(0)  # one loop iteration: a streaming body is not waited for
+        await asyncio.sleep(0)  # a streaming body is not waited for
         assert len(transport.written) == 1 and transport.written[0].startswith(b"HTTP/1.1 200")
 
     run(main())
 
 
-def test_a_held_pipelined_head_is_written_before_an_interim_one() -> None:
+def test_the_connections_of_a_loop_are_flushed_by_one_callback() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        pairs = [corked_transport() for _ in range(3)]
+        for n, (_, corked) in enumerate(pairs):
+            corked.write(b"reply %d" % n)
+        batch = write_batch(loop)
+        assert [p[1] for p in pairs] == batch.pending and batch.scheduled
+        await asyncio.sleep(0)
+        assert [t.written for t, _ in pairs] == [[b"reply 0"], [b"reply 1"], [b"reply 2"]]
+        assert batch.pending == [] and not batch.scheduled
+
+    run(main())
+
+
+def test_a_held_pipelined_response_goes_before_an_interim_head() -> None:
     async def main() -> None:
         transport, corked = corked_transport()
         corked.write(b"HTTP/1.1 204 No Content\r\n\r\n")  # the previous response, held
         await cycle_on(corked).send(HINT)
+        await asyncio.sleep(0)
         assert transport.written == [
-            b"HTTP/1.1 204 No Content\r\n\r\n",
-            b"HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n",
+            b"HTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n"
         ]
+
+    run(main())
+
+
+def test_close_sends_what_is_held_first() -> None:
+    async def main() -> None:
+        transport, corked = corked_transport()
+        corked.write(b"last response")
+        corked.close()
+        assert transport.written == [b"last response"] and transport.closing
+        corked.write(b"too late")
+        await asyncio.sleep(0)
+        assert transport.written == [b"last response"]  # nothing after the close
+
+    run(main())
+
+
+def test_large_pieces_are_not_joined_and_too_much_held_leaves_at_once() -> None:
+    async def main() -> None:
+        transport, corked = corked_transport()
+        big = b"x" * CorkedTransport.JOIN_BYTES
+        corked.write(b"head")
+        corked.write(big)
+        await asyncio.sleep(0)
+        assert transport.written == [b"head", big]  # writelines: no copy to glue them
+        chunk = b"y" * (CorkedTransport.FLUSH_BYTES // 4)
+        for _ in range(3):
+            corked.write(chunk)
+        assert len(transport.written) == 2  # still held
+        corked.write(chunk)
+        assert transport.written[2:] == [chunk] * 4  # the bound: written without waiting
 
     run(main())
 
