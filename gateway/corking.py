@@ -5,16 +5,16 @@ that wakes the peer (the client, a load generator, an upstream worker) out of it
 Written from each request's callback, every reply wakes the peer again, with the interpreter's
 work for the next request in between.  Held until the loop has handled every event of its poll
 and written back to back, the replies to a burst of requests wake it about once: measured on a
-uvloop TLS server doing 12 µs of work per request (``wrk -t2 -c32``), 36,000 -> 46,600 req/s
-and 27.5 -> 21.4 µs of CPU per request; with 100 µs of work 7,750 -> 8,960 req/s (bench/README.md,
-"Session 6").  A reply waits at most for the rest of its poll's events, and a lone request
-for nothing.
+uvloop TLS server doing 12 µs of work per request (``bench/write_batch.py``, ``wrk -t2
+-c32``), 37,067 -> 45,509 req/s and 26.9 -> 21.8 µs of CPU per request; with 100 µs of work
+7,799 -> 8,998 req/s (bench/README.md, "Session 6").  A reply waits at most for the rest of
+its poll's events, and a lone request for nothing.
 
 ``CorkedTransport`` wraps a connection's transport; ``WriteBatch`` (one per event loop) flushes
 every connection that holds bytes from one ``call_soon`` callback.  The HTTP/1.1 listener
-(``gateway.listener``) and the upstream connections (``gateway.upstream.connection``) write
-through them; HTTP/2 (``gateway.http2``) already sends each connection's frames once per
-iteration.
+(``gateway.listener``), the upstream connections (``gateway.upstream.connection``) and both
+ends of a WebSocket tunnel (``gateway.handlers.websocket``) write through them; HTTP/2
+(``gateway.http2``) already sends each connection's frames once per iteration.
 """
 
 from __future__ import annotations
@@ -34,15 +34,20 @@ class WriteBatch:
     __slots__ = ("loop", "pending", "scheduled")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
+        # Weak: the batch is the value of its loop's entry in ``_batches``, which a strong
+        # reference back to the key would keep alive forever.
+        self.loop = weakref.ref(loop)
         self.pending: list[CorkedTransport] = []
         self.scheduled = False
 
     def add(self, corked: CorkedTransport) -> None:
         self.pending.append(corked)
         if not self.scheduled:
+            loop = self.loop()
+            if loop is None:  # pragma: no cover - a transport outliving its loop
+                return
             self.scheduled = True
-            self.loop.call_soon(self.flush)
+            loop.call_soon(self.flush)
 
     def flush(self) -> None:
         self.scheduled = False

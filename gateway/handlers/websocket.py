@@ -25,6 +25,7 @@ import asyncio
 import logging
 
 from gateway.config import Settings
+from gateway.corking import CorkedTransport
 from gateway.errors import TooManyTunnels
 from gateway.handlers.proxy import ProxyHandler
 from gateway.listener import UpgradeHandle
@@ -34,13 +35,15 @@ log = logging.getLogger("gateway.websocket")
 
 
 class TunnelEnd(asyncio.Protocol):
-    """One side of a tunnel: what its transport reads goes to the other side's transport."""
+    """One side of a tunnel: what its transport reads goes to the other side's transport,
+    written once per loop iteration like every reply (``gateway.corking``)."""
 
-    __slots__ = ("tunnel", "transport", "peer", "received")
+    __slots__ = ("tunnel", "transport", "out", "peer", "received")
 
     def __init__(self, tunnel: Tunnel, transport: asyncio.Transport) -> None:
         self.tunnel = tunnel
         self.transport = transport
+        self.out = CorkedTransport(transport, tunnel.loop)
         self.peer: TunnelEnd | None = None
         self.received = 0
 
@@ -48,7 +51,7 @@ class TunnelEnd(asyncio.Protocol):
         self.received += len(data)
         self.tunnel.last_activity = self.tunnel.loop.time()
         assert self.peer is not None
-        self.peer.transport.write(data)
+        self.peer.out.write(data)
 
     def eof_received(self) -> bool | None:
         return None  # close this side; connection_lost closes the other
@@ -91,9 +94,9 @@ class Tunnel:
         for end in (self.client, self.upstream):
             end.transport.set_protocol(end)
         if to_client:
-            self.client.transport.write(to_client)
+            self.client.out.write(to_client)
         if to_upstream:
-            self.upstream.transport.write(to_upstream)
+            self.upstream.out.write(to_upstream)
         for end in (self.client, self.upstream):
             if not end.transport.is_closing():
                 end.transport.resume_reading()
@@ -117,7 +120,7 @@ class Tunnel:
         self._timer.cancel()
         for end in (self.client, self.upstream):
             if not end.transport.is_closing():
-                end.transport.close()
+                end.out.close()
         if not self.done.done():
             self.done.set_result(None)
 

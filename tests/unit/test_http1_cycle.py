@@ -13,7 +13,7 @@ from support.recording_transport import RecordingTransport
 from support.response_cycle import response_cycle
 
 from gateway.asgi import INTERIM, Message
-from gateway.corking import CorkedTransport, write_batch
+from gateway.corking import CorkedTransport
 from gateway.http1_cycle import DONE, GatewayCycle
 
 START: Message = {"type": "http.response.start", "status": 200, "headers": []}
@@ -198,21 +198,6 @@ def test_a_head_alone_leaves_after_one_iteration() -> None:
     run(main())
 
 
-def test_the_connections_of_a_loop_are_flushed_by_one_callback() -> None:
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        pairs = [corked_transport() for _ in range(3)]
-        for n, (_, corked) in enumerate(pairs):
-            corked.write(b"reply %d" % n)
-        batch = write_batch(loop)
-        assert [p[1] for p in pairs] == batch.pending and batch.scheduled
-        await asyncio.sleep(0)
-        assert [t.written for t, _ in pairs] == [[b"reply 0"], [b"reply 1"], [b"reply 2"]]
-        assert batch.pending == [] and not batch.scheduled
-
-    run(main())
-
-
 def test_a_held_pipelined_response_goes_before_an_interim_head() -> None:
     async def main() -> None:
         transport, corked = corked_transport()
@@ -222,37 +207,6 @@ def test_a_held_pipelined_response_goes_before_an_interim_head() -> None:
         assert transport.written == [
             b"HTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n"
         ]
-
-    run(main())
-
-
-def test_close_sends_what_is_held_first() -> None:
-    async def main() -> None:
-        transport, corked = corked_transport()
-        corked.write(b"last response")
-        corked.close()
-        assert transport.written == [b"last response"] and transport.closing
-        corked.write(b"too late")
-        await asyncio.sleep(0)
-        assert transport.written == [b"last response"]  # nothing after the close
-
-    run(main())
-
-
-def test_large_pieces_are_not_joined_and_too_much_held_leaves_at_once() -> None:
-    async def main() -> None:
-        transport, corked = corked_transport()
-        big = b"x" * CorkedTransport.JOIN_BYTES
-        corked.write(b"head")
-        corked.write(big)
-        await asyncio.sleep(0)
-        assert transport.written == [b"head", big]  # writelines: no copy to glue them
-        chunk = b"y" * (CorkedTransport.FLUSH_BYTES // 4)
-        for _ in range(3):
-            corked.write(chunk)
-        assert len(transport.written) == 2  # still held
-        corked.write(chunk)
-        assert transport.written[2:] == [chunk] * 4  # the bound: written without waiting
 
     run(main())
 

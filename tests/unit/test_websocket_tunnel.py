@@ -70,6 +70,8 @@ def test_start_takes_both_transports_and_sends_what_each_side_already_sent() -> 
         tunnel, client, upstream = make_tunnel(loop)
         tunnel.start(b"HTTP/1.1 101 ...\r\n\r\n<frame from upstream>", b"<frame from client>")
         assert client.protocol is tunnel.client and upstream.protocol is tunnel.upstream
+        assert client.written == upstream.written == b""  # held until the iteration ends
+        await asyncio.sleep(0)
         assert bytes(client.written) == b"HTTP/1.1 101 ...\r\n\r\n<frame from upstream>"
         assert bytes(upstream.written) == b"<frame from client>"
         assert client.reading and upstream.reading
@@ -85,6 +87,7 @@ def test_bytes_are_relayed_both_ways_and_counted() -> None:
         tunnel.client.data_received(b"ping")
         tunnel.upstream.data_received(b"pong")
         tunnel.upstream.data_received(b"!!")
+        await asyncio.sleep(0)
         assert bytes(upstream.written) == b"ping"
         assert bytes(client.written) == b"pong!!"
         assert tunnel.bytes_to_client == 6
@@ -246,6 +249,7 @@ def test_handler_runs_a_tunnel_until_a_side_closes() -> None:
         request = fake_request(client)
         task = asyncio.create_task(handler(request))
         await asyncio.sleep(0)
+        await asyncio.sleep(0)  # the tunnel's first writes leave at the end of an iteration
         assert len(handler.tunnels) == 1
         assert client.written.startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
         assert client.written.endswith(b"\r\n\r\n<early upstream frame>")
