@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import urllib.parse
 from typing import Any
 
 from gateway.asgi import INTERIM_SCOPE_KEY
@@ -81,6 +82,7 @@ from gateway.tracing import TRACE_SCOPE_KEY, Trace, connection_text, head_text
 
 try:
     import httptools
+    from uvicorn.protocols.http.flow_control import service_unavailable
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 except ImportError:  # pragma: no cover - httptools not installed
     HttpToolsProtocol = None  # type: ignore[assignment,misc]
@@ -205,9 +207,7 @@ if HttpToolsProtocol is not None:
         # The parser stopped at an upgrade request's head: later bytes are not HTTP.
         _upgrade: UpgradeHandle | None = None
         _switched = False
-        # uvicorn's start of the request's task, held until the cycle is ours (see above).
-        _holding = False
-        _held: tuple[Any, Any] | None = None
+        _framed = False  # the request head has Content-Length or Transfer-Encoding
 
         def data_received(self, data: bytes) -> None:
             if self._switched:
@@ -306,38 +306,68 @@ if HttpToolsProtocol is not None:
             self.corked.close()
 
         # -- parser callbacks ----------------------------------------------------------------
+        # uvicorn's per-request callbacks are inlined here rather than called through
+        # ``super()``: they run for every request, and the hot path counts every call.
         def on_message_begin(self) -> None:
-            super().on_message_begin()
+            self.url = b""
+            self.expect_100_continue = False
+            self.headers = []
+            self._framed = False
             if self.trace:
                 self._trace_begin = time.perf_counter()
             self._head_bytes = 0
             self._fields = 0
             self._in_head = True
 
-        def _count(self, size: int) -> None:
-            self._head_bytes += size
-            if self._head_bytes > self.max_header_bytes:
-                # Raising inside a parser callback stops llhttp at once; uvicorn then calls
-                # send_400_response, which answers 431 for this case.
-                self._head_too_large = True
-                raise HeadTooLarge
+        def _new_scope(self) -> None:
+            """uvicorn's scope for the request; built only once a hot hit has not answered."""
+            self.scope = {  # type: ignore[typeddict-item]
+                "type": "http",
+                "asgi": {"version": self.asgi_version, "spec_version": "2.3"},
+                "http_version": "1.1",
+                "server": self.server,
+                "client": self.client,
+                "scheme": self.scheme,  # type: ignore[typeddict-item]
+                "root_path": self.root_path,
+                "headers": self.headers,
+                "state": self.app_state.copy(),
+            }
+
+        def _too_large(self) -> None:
+            # Raising inside a parser callback stops llhttp at once; uvicorn then calls
+            # send_400_response, which answers 431 for this case.
+            self._head_too_large = True
+            raise HeadTooLarge
 
         def on_url(self, url: bytes) -> None:
-            self._count(len(url))
-            if len(self.url) + len(url) > self.limits.max_request_line:
+            size = len(url)
+            self._head_bytes += size
+            if self._head_bytes > self.max_header_bytes:
+                self._too_large()
+            if len(self.url) + size > self.limits.max_request_line:
                 self._uri_too_long = self.limits.max_request_line
                 raise HeadTooLarge
-            super().on_url(url)
+            self.url += url
 
         def on_header(self, name: bytes, value: bytes) -> None:
-            self._count(len(name) + len(value) + 4)
+            self._head_bytes += len(name) + len(value) + 4
+            if self._head_bytes > self.max_header_bytes:
+                self._too_large()
             if not self._in_head:
                 return  # a trailer field of a chunked body: never a request header
             self._fields += 1
             if self._fields > self.limits.max_header_fields:
                 self._too_many_fields = self.limits.max_header_fields
                 raise HeadTooLarge
-            super().on_header(name, value)
+            name = name.lower()
+            # llhttp keeps trailing OWS, which RFC 9110 §5.5 excludes from the value.
+            value = value.rstrip(b" \t")
+            if name == b"expect":
+                if value.lower() == b"100-continue":
+                    self.expect_100_continue = True
+            elif name == b"content-length" or name == b"transfer-encoding":
+                self._framed = True  # the body's clock starts with the head's end
+            self.headers.append((name, value))
 
         def on_body(self, body: bytes) -> None:
             self._last_body = self.loop.time()
@@ -346,7 +376,15 @@ if HttpToolsProtocol is not None:
         def on_message_complete(self) -> None:
             if self._phase is Phase.BODY:
                 self._disarm()
-            super().on_message_complete()
+            cycle = self.cycle
+            if cycle.response_complete or (
+                self.ws_protocol_class is not None
+                and self.parser.should_upgrade()
+                and self._should_upgrade()
+            ):
+                return
+            cycle.more_body = False
+            cycle.message_event.set()
 
         def on_response_complete(self) -> None:
             if self._refuse_after_response and not self.pipeline:
@@ -384,52 +422,84 @@ if HttpToolsProtocol is not None:
 
         def on_headers_complete(self) -> None:
             if self.trace:
+                self._new_scope()
                 self.scope[TRACE_SCOPE_KEY] = self._start_trace()  # type: ignore[literal-required]
             self._in_head = False
             self._disarm()
-            if self.parser.get_method() == b"CONNECT":
+            parser = self.parser
+            method = parser.get_method()
+            if method == b"CONNECT":
                 # Its authority-form target is no URL uvicorn can parse: refuse it here.
                 self._connect = True
                 raise HeadTooLarge
             self._requests += 1
             if self._answer_hot():
                 return
+            if not self.trace:
+                self._new_scope()
+            scope = self.scope
+            url = self.url
+            http_version = parser.get_http_version()
+            scope["method"] = method.decode("ascii")
+            if http_version != "1.1":
+                scope["http_version"] = http_version
             if self._sni is not None:
-                self.scope["gateway.sni"] = self._sni  # type: ignore[typeddict-unknown-key]
-                self.scope["gateway.cert_names"] = self._cert_names  # type: ignore[typeddict-unknown-key]
-            if self.url[:1] != b"/":
-                self.scope["gateway.target"] = bytes(self.url)  # type: ignore[typeddict-unknown-key]
-            if (
-                self.parser.should_upgrade()
-                and self.parser.get_method() == b"GET"
-                and self.parser.get_http_version() == "1.1"
-                and asks_for_websocket(self.headers)
+                scope["gateway.sni"] = self._sni  # type: ignore[typeddict-unknown-key]
+                scope["gateway.cert_names"] = self._cert_names  # type: ignore[typeddict-unknown-key]
+            if url[:1] != b"/":
+                scope["gateway.target"] = bytes(url)  # type: ignore[typeddict-unknown-key]
+            upgrading = parser.should_upgrade()
+            if upgrading:
+                if method == b"GET" and http_version == "1.1" and asks_for_websocket(self.headers):
+                    self._upgrade = UpgradeHandle(self)
+                    scope["gateway.upgrade"] = self._upgrade  # type: ignore[typeddict-unknown-key]
+                if self._should_upgrade():
+                    return  # uvicorn's own WebSocket protocol (``ws`` configured) takes it
+            if http_version == "1.1":
+                scope[INTERIM_SCOPE_KEY] = True  # type: ignore[literal-required]
+            # uvicorn's on_headers_complete from here, with our cycle built directly.
+            parsed_url = httptools.parse_url(url)
+            raw_path = parsed_url.path
+            path = raw_path.decode("ascii")
+            if "%" in path:
+                path = urllib.parse.unquote(path)
+            root_path = self.root_path
+            scope["path"] = root_path + path
+            scope["raw_path"] = root_path.encode("ascii") + raw_path if root_path else raw_path
+            scope["query_string"] = parsed_url.query or b""
+            app = self.app
+            if self.limit_concurrency is not None and (
+                len(self.connections) >= self.limit_concurrency
+                or len(self.tasks) >= self.limit_concurrency
             ):
-                self._upgrade = UpgradeHandle(self)
-                self.scope["gateway.upgrade"] = self._upgrade  # type: ignore[typeddict-unknown-key]
-            if self.parser.get_http_version() == "1.1":
-                self.scope[INTERIM_SCOPE_KEY] = True  # type: ignore[literal-required]
+                app = service_unavailable
+                self.logger.warning("Exceeded concurrency limit.")
+            cycle = GatewayCycle(
+                scope=scope,
+                transport=self.corked,  # type: ignore[arg-type]
+                flow=self.flow,
+                logger=self.logger,
+                access_logger=self.access_logger,
+                access_log=self.access_log,
+                default_headers=self.server_state.default_headers,
+                message_event=asyncio.Event(),
+                expect_100_continue=self.expect_100_continue,
+                keep_alive=http_version != "1.0" and parser.should_keep_alive(),
+                on_response=self.on_response_complete,
+            )
+            cycle.interim = http_version == "1.1"
+            cycle.http10 = http_version == "1.0"
+            if is_last_request(self._requests, self.limits):
+                cycle.keep_alive = False
             previous = self.cycle
-            self._holding = True  # uvicorn's task starts below, once the cycle is ours
-            try:
-                super().on_headers_complete()
-            finally:
-                self._holding = False
-            cycle = self.cycle
-            if cycle is not previous:
-                cycle.transport = self.corked  # type: ignore[assignment]
-                if cycle is not None:
-                    # uvicorn builds its cycle by name; ours keeps its state and writes the
-                    # response (gateway.http1_cycle).
-                    cycle.__class__ = GatewayCycle
-                    cycle.interim = INTERIM_SCOPE_KEY in self.scope  # type: ignore[attr-defined]
-                    cycle.http10 = self.scope["http_version"] == "1.0"  # type: ignore[attr-defined]
-                    if is_last_request(self._requests, self.limits):
-                        cycle.keep_alive = False
-            held, self._held = self._held, None
-            if held is not None:
-                self._start_asgi_task(*held)
-            if any(name in (b"content-length", b"transfer-encoding") for name, _ in self.headers):
+            self.cycle = cycle
+            if previous is None or previous.response_complete:
+                self._start_asgi_task(cycle, app)
+            else:
+                # A pipelined request waits for the response before it.
+                self.flow.pause_reading()
+                self.pipeline.appendleft((cycle, app))
+            if self._framed:
                 # The body's clock; on_message_complete stops it (at once for an empty body).
                 self._last_body = self.loop.time()
                 self._arm(Phase.BODY, self.limits.body_timeout)
@@ -437,9 +507,6 @@ if HttpToolsProtocol is not None:
         def _start_asgi_task(self, cycle: Any, app: Any) -> None:
             """Start a request (uvicorn calls this for the next one, also after a pipelined
             response): on the express lane when it takes the request, else uvicorn's task."""
-            if self._holding:
-                self._held = (cycle, app)
-                return
             express: ExpressLane | None = getattr(getattr(app, "current", None), "express", None)
             if express is not None:
                 try:
