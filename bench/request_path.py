@@ -2,6 +2,7 @@
 """The gateway's own CPU per request, without sockets or TLS: what the Python costs.
 
     .venv/bin/python bench/request_path.py [--requests 20000] [--rounds 5] [--before DIR]
+    .venv/bin/python bench/request_path.py --instructions [--before DIR]
 
 ``wrk`` against a real gateway measures everything at once (TLS, system calls, the kernel's
 wake-ups, the neighbours on a 2-core machine) and moves by ±5% from run to run, more than most
@@ -15,6 +16,13 @@ CPU time of the process (``time.process_time``) per request, medians of ``--roun
 each in its own subprocess, alternating with ``--before`` (another source tree, e.g. a
 ``git worktree`` of an earlier commit) when given.
 
+``--instructions`` counts instead of timing: each scenario runs under valgrind's callgrind
+twice, with 1,000 and 3,000 measured requests, and the difference of the two instruction totals
+over 2,000 is the instructions per request, start-up and warm-up excluded.  The same tree gives
+the same count to ~0.1% whatever else the machine is doing (PYTHONHASHSEED is fixed), so an A/B
+of a change worth 1% can be read on a busy machine; it does not see the kernel, and a change
+that trades instructions for cache misses or system calls needs the timed runs.
+
 Scenarios: ``proxied`` (a GET the cache passes by, as ``bench/run.py --scenario json``),
 ``proxied, no cache`` (a route with ``cache = false``), ``cache hit`` (the full path: a
 request field the hot path does not know) and ``hot hit`` (``gateway.cache.hot``).
@@ -25,6 +33,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -133,12 +144,32 @@ def _measure(source: Path, scenario: str, requests: int) -> float:
     return float(json.loads(out.stdout.splitlines()[-1])["us"])
 
 
+def _instructions(source: Path, scenario: str, requests: int) -> int:
+    """Instructions of one child run under callgrind (start-up and warm-up included)."""
+    argv = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable]
+    argv += [__file__, "--child", "--source", str(source), "--only", scenario]
+    argv += ["--requests", str(requests)]
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    out = subprocess.run(argv, capture_output=True, text=True, cwd="/", env=env)
+    found = re.search(r"Collected : (\d+)", out.stderr)
+    if out.returncode != 0 or found is None:
+        raise SystemExit(f"{source} {scenario}: {out.stdout}{out.stderr[-2000:]}")
+    return int(found.group(1))
+
+
+def instructions_per_request(source: Path, scenario: str) -> float:
+    return (_instructions(source, scenario, 3000) - _instructions(source, scenario, 1000)) / 2000
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--before", type=Path, help="another source tree to compare with")
     parser.add_argument("--scenario", action="append", choices=list(SCENARIOS))
+    parser.add_argument(
+        "--instructions", action="store_true", help="count instructions under callgrind"
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--only", help=argparse.SUPPRESS)
     parser.add_argument("--source", default=str(ROOT), help=argparse.SUPPRESS)
@@ -147,6 +178,16 @@ def main() -> None:
         _child(args)
         return
     trees = [("after", ROOT)] if args.before is None else [("before", args.before), ("after", ROOT)]
+    if args.instructions:
+        if shutil.which("valgrind") is None:
+            raise SystemExit("valgrind is not installed (apt-get install valgrind)")
+        for scenario in args.scenario or list(SCENARIOS):
+            counts = {name: instructions_per_request(source, scenario) for name, source in trees}
+            line = ", ".join(f"{name} {count / 1000:7.1f}k" for name, count in counts.items())
+            if "before" in counts:
+                line += f" ({counts['after'] / counts['before'] - 1:+.1%})"
+            print(f"{scenario:<18} instructions/request: {line}", flush=True)
+        return
     for scenario in args.scenario or list(SCENARIOS):
         results: dict[str, list[float]] = {name: [] for name, _ in trees}
         for _ in range(args.rounds):

@@ -46,6 +46,7 @@ class ClientLimits:
 class Phase(Enum):
     """What the connection's one timer is waiting for."""
 
+    IDLE = "idle"  # a kept-alive connection's next request (keepalive_timeout)
     HEAD = "head"  # the rest of a request head (or its first byte, on a new connection)
     BODY = "body"  # the next bytes of a request body
 

@@ -166,13 +166,13 @@ class UpgradeHandle:
         without a response, nor closes it as an idle keep-alive connection; the tunnel's
         request task still counts for graceful shutdown."""
         protocol = self.protocol
-        protocol.corked.flush()  # the 101 goes before anything the tunnel writes
+        protocol.corked.flush()  # what the connection still holds goes before the tunnel
         self.taken = True
         cycle = protocol.cycle
         if cycle is not None:
             cycle.disconnected = True
         protocol.connections.discard(protocol)
-        protocol._unset_keepalive_if_required()
+        protocol._disarm()  # the tunnel's idle timeout applies from now on
         data = b"".join(self.pending)
         self.pending = []
         return protocol.transport, data
@@ -197,9 +197,13 @@ if HttpToolsProtocol is not None:
         _requests = 0
         _sni: str | None = None
         _cert_names: tuple[str, ...] | None = None  # on the certificate this connection got
-        # The one timer of the connection: the head's or the body's deadline (see _expire).
+        # The one timer of the connection (see _arm): what it waits for, until when, and when
+        # the armed handle fires (at or before the deadline).  No phase: a request is being
+        # answered, nothing to time.
         _timer: asyncio.TimerHandle | None = None
-        _phase = Phase.HEAD
+        _timer_at = 0.0
+        _phase: Phase | None = None
+        _deadline = 0.0
         _last_body = 0.0
         # The bytes after a complete request were not HTTP: answered 400 after its response.
         _refuse_after_response = False
@@ -217,9 +221,11 @@ if HttpToolsProtocol is not None:
                 return
             if self._refuse_after_response:
                 return  # the parser has failed; the 400 follows the response in progress
-            self._unset_keepalive_if_required()
             cycle = self.cycle
-            if self._timer is None and (cycle is None or cycle.response_complete):
+            phase = self._phase
+            if (phase is None or phase is Phase.IDLE) and (
+                cycle is None or cycle.response_complete
+            ):
                 # Bytes on an idle connection start a request head: its clock starts now
                 # (even bare CRLFs, which llhttp skips: they must not keep a socket alive).
                 self._arm(Phase.HEAD, self.limits.header_timeout)
@@ -260,33 +266,53 @@ if HttpToolsProtocol is not None:
             self._arm(Phase.HEAD, self.limits.header_timeout)
 
         def connection_lost(self, exc: Exception | None) -> None:
-            self._disarm()
+            self._phase = None
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
             super().connection_lost(exc)
 
         # -- the connection's timer ----------------------------------------------------------
         def _arm(self, phase: Phase, timeout: float) -> None:
-            self._disarm()
+            """Wait ``timeout`` for ``phase``: the keep-alive wait (uvicorn had a timer of its
+            own for it), a request head, a request body.  Lazily: the armed handle moves only
+            to an earlier deadline, and one that fires early sleeps again until the real one,
+            so a busy keep-alive connection arms about one timer per timeout, not two per
+            request."""
             self._phase = phase
-            self._timer = self.loop.call_later(timeout, self._expire)
+            deadline = self.loop.time() + timeout
+            self._deadline = deadline
+            timer = self._timer
+            if timer is None or self._timer_at > deadline:
+                if timer is not None:
+                    timer.cancel()
+                self._timer = self.loop.call_at(deadline, self._expire)
+                self._timer_at = deadline
 
         def _disarm(self) -> None:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
+            self._phase = None  # an armed handle finds nothing to do when it fires
 
         def _expire(self) -> None:
             self._timer = None
-            if self.transport.is_closing():
+            phase = self._phase
+            if phase is None or self.transport.is_closing():
                 return
-            cycle = self.cycle
-            if self._phase is Phase.BODY:
-                now = self.loop.time()
+            now = self.loop.time()
+            if phase is Phase.BODY:
                 deadline = body_deadline(
                     self._last_body, self.limits.body_timeout, now, self.flow.read_paused
                 )
-                if now < deadline:  # bytes came meanwhile: sleep until the real deadline
-                    self._timer = self.loop.call_at(deadline, self._expire)
-                    return
+            else:
+                deadline = self._deadline
+            if now < deadline:  # moved on since the handle was armed: sleep until then
+                self._timer = self.loop.call_at(deadline, self._expire)
+                self._timer_at = deadline
+                return
+            cycle = self.cycle
+            if phase is Phase.IDLE:
+                self.corked.close()  # keepalive_timeout without a new request
+                return
+            if phase is Phase.BODY:
                 message = f"no request body bytes for {self.limits.body_timeout:g} s"
             elif self._in_head:
                 message = f"request head not complete within {self.limits.header_timeout:g} s"
@@ -394,10 +420,19 @@ if HttpToolsProtocol is not None:
                     self.corked.write(raw_error_response(error))
                     self.corked.close()
                 return
-            super().on_response_complete()
-            if self._in_head and self._timer is None and not self.transport.is_closing():
+            # uvicorn's, inlined, with its keep-alive timer folded into the connection's one.
+            self.server_state.total_requests += 1
+            if self.transport.is_closing():
+                return
+            self.flow.resume_reading()
+            if self.pipeline:
+                cycle, app = self.pipeline.pop()
+                self._start_asgi_task(cycle, app)
+            elif self._in_head:
                 # A pipelined head was cut short while the previous response went out.
                 self._arm(Phase.HEAD, self.limits.header_timeout)
+            else:
+                self._arm(Phase.IDLE, self.timeout_keep_alive)
 
         def _start_trace(self) -> Trace:
             """The request's trace: offset 0 is the connection's accept (after the TLS
