@@ -188,14 +188,23 @@ class UpstreamServer:
     host: str
     port: int
     scheme: str = "http"
+    # Computed once: every proxied request looks its server up in dicts (pools, health) and
+    # logs its address, and a frozen dataclass otherwise hashes all its fields each time.
+    address: str = field(init=False, compare=False, repr=False)
+    _hash: int = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        host = self.host
+        address = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+        object.__setattr__(self, "address", address)
+        object.__setattr__(self, "_hash", hash((host, self.port, self.scheme)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     @property
     def url(self) -> str:
         return f"{self.scheme}://{self.address}"
-
-    @property
-    def address(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
     def __str__(self) -> str:
         return self.address
