@@ -2,7 +2,9 @@
 
 The changes, all on the httptools implementation (uvicorn's default when installed); the
 response itself is written by ``gateway.http1_cycle.GatewayCycle``, which each request's
-cycle becomes:
+cycle is.  uvicorn's per-request parser callbacks are inlined here rather than extended
+through ``super()`` (they run for every request: bench/README.md, "Session 6"), so a new
+uvicorn release is checked against them first (pyproject.toml pins its minor version).
 
 - Keep the raw request target.  uvicorn reduces an absolute-form target
   (``GET http://host/path``) to its path, but RFC 9112 §3.2.2 says that target's authority,
@@ -30,15 +32,16 @@ cycle becomes:
   closed afterwards: what follows its head is not HTTP we could parse (h2c is never tunnelled).
 
 - Hold a client to its limits (``gateway.client_limits``, Nginx's names): ``header_timeout``
-  and ``body_timeout`` (one timer per connection, re-armed lazily: no per-byte timer work),
+  and ``body_timeout``, with uvicorn's keep-alive wait, on one timer per connection, re-armed
+  lazily (no per-byte or per-request timer work),
   ``max_connections``, ``keepalive_requests``, an 8 KiB request target (414) and 100 header
   fields (431).  Trailer fields of a chunked request are dropped, whatever the timing (llhttp
   reports them through ``on_header`` like header fields).  An HTTP/1.0 client never gets a
   chunked response (``GatewayCycle``).  The SNI name of the TLS handshake is put in the scope
   (``gateway.sni``) for ``validation``.
 - Answer hot cache hits itself.  A plain GET or HEAD whose fresh hit the app has published
-  (``gateway.cache.hot``) is answered from ``on_headers_complete``, before uvicorn builds a
-  scope, a cycle or a task; anything else, or a client above the write high-water mark, takes
+  (``gateway.cache.hot``) is answered from ``on_headers_complete``, before a scope, a cycle
+  or a task is built; anything else, or a client above the write high-water mark, takes
   the full path.
 - Take proxied requests on the express lane.  Where uvicorn would start a request's task
   (``_start_asgi_task``, also for a pipelined one), a bodiless GET or HEAD to a proxy route
