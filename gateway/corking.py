@@ -20,8 +20,11 @@ ends of a WebSocket tunnel (``gateway.handlers.websocket``) write through them; 
 from __future__ import annotations
 
 import asyncio
+import logging
 import weakref
 from typing import Any
+
+log = logging.getLogger("gateway.corking")
 
 
 class WriteBatch:
@@ -53,7 +56,11 @@ class WriteBatch:
         self.scheduled = False
         pending, self.pending = self.pending, []
         for corked in pending:
-            corked.flush()
+            try:
+                corked.flush()
+            except Exception:  # noqa: BLE001 - one connection's failure must not strand the rest
+                log.exception("writing to a client or upstream connection failed; closing it")
+                corked.transport.abort()
 
 
 _batches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, WriteBatch] = (

@@ -89,3 +89,26 @@ def test_a_loop_that_is_gone_leaves_no_batch_behind() -> None:
         run(main())
     gc.collect()
     assert len(_batches) <= before
+
+
+class FailingTransport(RecordingTransport):
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        raise RuntimeError("the TLS layer is broken")
+
+    def abort(self) -> None:
+        self.closing = True
+
+
+def test_one_failing_connection_does_not_strand_the_others_bytes() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        broken = FailingTransport()
+        first, after = corked_transport(), corked_transport()
+        first[1].write(b"before")
+        CorkedTransport(broken, loop).write(b"lost")
+        after[1].write(b"after")
+        await asyncio.sleep(0)
+        assert (first[0].written, after[0].written) == ([b"before"], [b"after"])
+        assert broken.closing  # aborted: its response cannot be whole
+
+    run(main())
