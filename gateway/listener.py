@@ -16,7 +16,7 @@ uvicorn release is checked against them first (pyproject.toml pins its minor ver
 - Write once per connection per event-loop iteration.  uvicorn writes the head and each body
   chunk separately; over TLS each write is its own record and ``send()``.  Everything the
   listener and its cycles write goes through a ``CorkedTransport``, which holds it until the
-  loop has handled all the I/O events of its poll (``gateway.http1_cycle.WriteBatch``): one
+  loop has handled all the I/O events of its poll (``gateway.corking.WriteBatch``): one
   write per connection, and the replies to a burst of requests back to back.
 
 - Relay interim responses.  A ``gateway.response.interim`` message (``asgi.INTERIM``, e.g. the
