@@ -223,7 +223,7 @@ class Express:
             if self.conn.watching:
                 self.hand_over()  # nothing reached the client: the full path answers
             elif not self.cycle.response_complete:
-                self.protocol.transport.close()  # a truncated response must not look whole
+                self.protocol.corked.close()  # a truncated response must not look whole
 
     def _advance(self) -> None:
         conn = self.conn
@@ -280,7 +280,7 @@ class Express:
         except Exception:  # noqa: BLE001 - uvicorn's answer to an app failing mid-response
             log.exception("%s %s: writing the response failed", *exchange.line)
             exchange.aborted = True
-            self.protocol.transport.close()
+            self.protocol.corked.close()  # as uvicorn's cycle closes after an app's failure
         app.access_log.write(exchange)
         app.metrics.observe(exchange, self.labels)
         app.metrics.express += 1

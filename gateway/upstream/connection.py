@@ -194,6 +194,7 @@ class UpstreamConnection(asyncio.Protocol):
         assert self._tunnel_data is not None and self.transport is not None
         if self.corked is not None:
             self.corked.flush()
+            self.corked = None
         transport, self.transport = self.transport, None
         data = b"".join(self._tunnel_data)
         self._tunnel_data = None
@@ -233,14 +234,14 @@ class UpstreamConnection(asyncio.Protocol):
         self.write(head)
 
     def write(self, data: bytes) -> None:
-        transport = self.corked
-        if transport is None or self.transport is None or transport.is_closing():
+        corked = self.corked
+        if corked is None or corked.is_closing():
             raise self._error or UpstreamClosed(
                 f"upstream {self.server.address} closed the connection",
                 server=self.server.address,
                 request_sent=self._bytes_written > 0,
             )
-        transport.write(data)
+        corked.write(data)
         self._bytes_written += len(data)
 
     async def drain(self) -> None:

@@ -143,7 +143,12 @@ class ScriptedServer:
         return [self.default]
 
     def heads(self) -> list[bytes]:
-        return [data for data in self.requests if data.endswith(b"\r\n\r\n")]
+        """The request heads written, without any body bytes written with them."""
+        return [
+            data.partition(b"\r\n\r\n")[0] + b"\r\n\r\n"
+            for data in self.requests
+            if b"\r\n\r\n" in data
+        ]
 
 
 class MemoryGateway:
