@@ -62,7 +62,10 @@ from __future__ import annotations
 import asyncio
 import time
 import urllib.parse
+from dataclasses import replace
 from typing import Any
+
+from uvicorn.server import ServerState
 
 from gateway.asgi import INTERIM_SCOPE_KEY
 from gateway.cache.hot import HotHits
@@ -89,6 +92,16 @@ try:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 except ImportError:  # pragma: no cover - httptools not installed
     HttpToolsProtocol = None  # type: ignore[assignment,misc]
+
+
+class ListenerState(ServerState):
+    """uvicorn's state shared by a listener's connections, plus whether the listener is
+    draining (graceful shutdown or a reload that moved its port).  uvicorn asks the
+    connections it knows to finish when it stops accepting, but a TLS connection joins them
+    only once its handshake is done: one accepted just before then would otherwise be kept
+    alive for as long as its client keeps it busy, on the old listener and the old app."""
+
+    draining = False
 
 
 def http_protocol_class(
@@ -266,6 +279,11 @@ if HttpToolsProtocol is not None:
             if ssl_object is not None:
                 self._sni = getattr(ssl_object, "gateway_sni", None)
                 self._cert_names = getattr(ssl_object, "gateway_cert_names", None)
+            state = self.server_state
+            if isinstance(state, ListenerState) and state.draining:
+                # Handshake done after the listener began to drain: uvicorn did not ask this
+                # connection to finish.  Its first request (likely in flight) is its last.
+                self.limits = replace(self.limits, keepalive_requests=1)
             self._arm(Phase.HEAD, self.limits.header_timeout)
 
         def connection_lost(self, exc: Exception | None) -> None:

@@ -34,7 +34,7 @@ from gateway.client_limits import ClientLimits
 from gateway.config import Settings
 from gateway.handlers.redirect import HTTPSRedirectApp
 from gateway.http2.limits import DEFAULT_HEADER_TIMEOUT, Http2Limits
-from gateway.listener import http_protocol_class, traced
+from gateway.listener import ListenerState, http_protocol_class, traced
 from gateway.listeners import bind, bind_listeners
 from gateway.memory import fix_mmap_threshold, freeze_startup_heap
 from gateway.middleware import close_middlewares
@@ -57,6 +57,13 @@ class _Server(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, handshake_timeout: float) -> None:
         super().__init__(config)
         self.handshake_timeout = handshake_timeout
+        self.server_state: ListenerState = ListenerState()
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # Before uvicorn asks the connections it knows to finish: one whose TLS handshake
+        # ends after that sees the flag (gateway.listener.ListenerState).
+        self.server_state.draining = True
+        await super().shutdown(sockets)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:

@@ -385,6 +385,10 @@ class H2Protocol(asyncio.Protocol):
             # Opened and reset within this read: the app never runs (rapid reset, defence 1).
             if not stream.disconnected:
                 self._start(stream)
+        if new and self.goaway_last is None and getattr(self.server_state, "draining", False):
+            # Accepted as the listener began to drain (gateway.listener.ListenerState): uvicorn
+            # did not ask it to finish.  The streams it came with are answered, then GOAWAY.
+            self.shutdown()
         self._check_header_block()
         self._flush()
         if (self.client_left or self.goaway_last is not None) and not self.streams:

@@ -159,14 +159,15 @@ class MemoryGateway:
         self.default_response = default_response
         self.tmp = Path(tempfile.mkdtemp(prefix="pygateway-memory-"))
 
-    async def start(self, *, idle: int = 1) -> None:
+    async def start(self, *, idle: int = 1, draining: bool = False) -> None:
+        """``draining``: the listener is draining when the connection is made (its TLS
+        handshake ended after a graceful shutdown or a reload began)."""
         import uvicorn
-        from uvicorn.server import ServerState
 
         from gateway.app import GatewayApp
         from gateway.client_limits import ClientLimits
         from gateway.config import parse_settings
-        from gateway.listener import http_protocol_class
+        from gateway.listener import ListenerState, http_protocol_class
         from gateway.runtime.reload import AppSwitch
         from gateway.upstream.group import Upstream
 
@@ -195,7 +196,9 @@ class MemoryGateway:
         protocol_class: Any = http_protocol_class(
             limits=ClientLimits.from_settings(settings.gateway)
         )
-        self.protocol = protocol_class(config=config, server_state=ServerState(), app_state={})
+        state = ListenerState()
+        state.draining = draining
+        self.protocol = protocol_class(config=config, server_state=state, app_state={})
         self.client = ClientTransport()
         self.protocol.connection_made(self.client)
 

@@ -506,6 +506,25 @@ def test_graceful_shutdown_finishes_streams_taken_and_refuses_later_ones() -> No
     run(scenario)
 
 
+def test_a_connection_made_while_the_listener_drains_answers_its_streams_then_goaway() -> None:
+    async def scenario() -> None:
+        peer = Peer(hello)
+        peer.state.draining = True  # set by gateway.server._Server.shutdown
+        peer.client.send_headers(1, GET, end_stream=True)
+        peer.send()
+        await asyncio.wait_for(peer.transport.closed.wait(), 5)
+        # After a GOAWAY h2's client state machine accepts no frame: read the wire itself.
+        wire = frames(bytes(peer.transport.written))
+        (goaway,) = [f for f in wire if isinstance(f, GoAwayFrame)]
+        assert goaway.last_stream_id == 1 and goaway.error_code == 0
+        data = [f for f in wire if isinstance(f, DataFrame) and f.stream_id == 1]
+        assert b"".join(f.data for f in data) == b"hello /" and "END_STREAM" in data[-1].flags
+        await asyncio.sleep(0)
+        assert not peer.state.connections  # uvicorn's graceful wait is over
+
+    run(scenario)
+
+
 def test_app_giving_up_mid_response_resets_the_stream() -> None:
     async def app(scope: Any, receive: Any, send: Any) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})
