@@ -129,7 +129,7 @@ def _child(args: argparse.Namespace) -> None:
     import uvloop
 
     sys.path.insert(0, args.source)
-    sys.path.insert(1, str(ROOT / "tests"))  # support.memory_listener
+    sys.path.insert(1, str(Path(args.source) / "tests"))  # that tree's support.memory_listener
     logging.disable(logging.WARNING)
     micros = uvloop.run(_run(args.only, args.requests))
     print(json.dumps({"us": micros}))
