@@ -32,7 +32,7 @@ from hyperframe.frame import (
 
 from gateway.http2.dispatch import ALPNDispatchProtocol
 from gateway.http2.limits import Http2Limits
-from gateway.http2.protocol import H2Protocol
+from gateway.http2.protocol import FLUSH_BYTES, RECORD_PAYLOAD, H2Protocol
 from gateway.listener import http_protocol_class
 
 App = Callable[[Any, Any, Any], Awaitable[None]]
@@ -55,6 +55,10 @@ class FakeTransport:
     def write(self, data: bytes) -> None:
         if not self.closed.is_set():
             self.written += data
+
+    def writelines(self, chunks: list[bytes]) -> None:
+        for chunk in chunks:
+            self.write(chunk)
 
     def close(self) -> None:
         if not self.closed.is_set():
@@ -263,6 +267,63 @@ def test_a_client_that_does_not_read_holds_the_app_at_its_window(chunk: int) -> 
             if peer.of(h2.events.StreamEnded, 1):
                 break
         assert progress == list(range(chunks))
+
+    run(scenario)
+
+
+def test_a_large_body_leaves_as_full_record_frames_in_bounded_writes() -> None:
+    """DATA frames are framed by the protocol, not h2 (``H2Protocol.send_data``): a full one
+    is exactly one TLS record, h2's windows move by the bytes sent, and a body far larger than
+    ``FLUSH_BYTES`` is written in pieces of about that size, not one buffer."""
+    body = bytes(range(256)) * 1200  # 300 KiB, not a multiple of the frame size
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": body})
+
+    async def scenario() -> None:
+        peer = Peer(app)
+        peer.client.update_settings({SettingCodes.INITIAL_WINDOW_SIZE: 1 << 24})
+        peer.client.increment_flow_control_window(1 << 24)
+        peer.send()
+        await peer.settle()
+        window = peer.server.conn.outbound_flow_control_window
+        writes: list[bytes] = []
+        writelines = peer.transport.writelines
+
+        def record(chunks: list[bytes]) -> None:
+            writes.append(b"".join(chunks))
+            writelines(chunks)
+
+        peer.transport.writelines = record  # type: ignore[method-assign]
+        await peer.get()
+        assert peer.body(1) == body and peer.of(h2.events.StreamEnded, 1)
+        assert peer.server.conn.outbound_flow_control_window == window - len(body)
+        assert peer.server.conn.open_inbound_streams == 0  # h2 saw the END_STREAM go out
+        data = [f for f in frames(b"".join(writes)) if isinstance(f, DataFrame)]
+        assert [len(f.data) for f in data[:-1]] == [RECORD_PAYLOAD] * (len(data) - 1)
+        assert 9 + RECORD_PAYLOAD == 16384  # one frame, one full TLS record
+        assert ["END_STREAM" in f.flags for f in data] == [False] * (len(data) - 1) + [True]
+        assert len(writes) >= len(body) // FLUSH_BYTES
+        assert max(len(w) for w in writes) < FLUSH_BYTES + 16384 + 1024  # the HEADERS too
+
+    run(scenario)
+
+
+def test_the_stream_window_bounds_a_body_when_the_connection_window_is_wide() -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"w" * 200_000})
+
+    async def scenario() -> None:
+        peer = Peer(app)
+        peer.client.increment_flow_control_window(1 << 24)  # the stream's stays 65,535
+        await peer.get()
+        assert len(peer.body(1)) == 65535 and not peer.of(h2.events.StreamEnded, 1)
+        peer.client.acknowledge_received_data(65535, 1)
+        peer.send()
+        await peer.settle()
+        assert len(peer.body(1)) == 2 * 65535
 
     run(scenario)
 
