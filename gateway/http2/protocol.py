@@ -9,7 +9,7 @@ and it runs through the same ASGI app, ``GatewayApp``, with the stream's ``recei
 ``send``.  h2 frames everything but response bodies: their DATA frames are built here
 (``H2Protocol.send_data``, with h2's state and windows moved as its own would), one copy of
 the payload instead of five, each full frame one full TLS record, and a big body written in
-pieces of ``FLUSH_BYTES`` rather than one buffer.
+pieces of ``FLUSH_BYTES`` rather than one buffer; small answers are joined into one write.
 
 Flow control is back-pressure, both ways:
 
@@ -78,6 +78,9 @@ HARD_STREAM_FACTOR = 2
 # glibc's mmap threshold (gateway.memory), so a fresh mapping and a page fault per 4 KiB for
 # each of the copies on the way (h2's buffer, its bytes, the TLS records).
 FLUSH_BYTES = 64 * 1024
+# Up to this much, what a flush writes is joined first: one TLS record for the HEADERS and
+# DATA of many small answers, not two each.
+JOIN_BYTES = 16 * 1024
 # A DATA frame's header: 24-bit length (high byte, low 16 bits), type 0, flags, stream id.
 _DATA_HEADER = struct.Struct(">BHBBL")
 _END_STREAM = 0x1
@@ -684,7 +687,11 @@ class H2Protocol(asyncio.Protocol):
             self.out = []
             if data:
                 out.append(data)
-            if not self.closed and self.transport is not None:
+            if self.closed or self.transport is None:
+                return
+            if sum(map(len, out)) <= JOIN_BYTES:
+                self.transport.write(b"".join(out))  # small answers share TLS records
+            else:
                 self.transport.writelines(out)  # one TLS record per full DATA frame
         elif data and not self.closed and self.transport is not None:
             self.transport.write(data)

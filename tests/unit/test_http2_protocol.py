@@ -310,6 +310,37 @@ def test_a_large_body_leaves_as_full_record_frames_in_bounded_writes() -> None:
     run(scenario)
 
 
+def test_small_answers_finishing_together_leave_in_one_write() -> None:
+    """The HEADERS (h2's) and DATA (ours) of five small answers: one transport write, so one
+    TLS record, not ten."""
+
+    async def scenario() -> None:
+        peer = Peer(hello)
+        await peer.settle()
+        calls: list[str] = []
+        write, writelines = peer.transport.write, peer.transport.writelines
+
+        def record_write(data: bytes) -> None:
+            calls.append("write")
+            write(data)
+
+        def record_writelines(chunks: list[bytes]) -> None:
+            calls.append("writelines")
+            writelines(chunks)
+
+        peer.transport.write = record_write  # type: ignore[method-assign]
+        peer.transport.writelines = record_writelines  # type: ignore[method-assign]
+        for stream_id in (1, 3, 5, 7, 9):
+            peer.client.send_headers(stream_id, GET, end_stream=True)
+        peer.send()
+        calls.clear()  # what the read itself answered (SETTINGS ack)
+        await peer.settle()
+        assert calls == ["write"]
+        assert [peer.body(i) for i in (1, 3, 5, 7, 9)] == [b"hello /"] * 5
+
+    run(scenario)
+
+
 def test_the_stream_window_bounds_a_body_when_the_connection_window_is_wide() -> None:
     async def app(scope: Any, receive: Any, send: Any) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})
