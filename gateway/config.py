@@ -363,8 +363,13 @@ def _number(lo: float, hi: float | None = None, *, lo_exclusive: bool = True) ->
     return check
 
 
+NUL_IN_PATH = "a path cannot contain a NUL character"
+
+
 def _bool_or_path(value: Any) -> tuple[Any, str | None]:
     """true/false, or a non-empty path string (resolved by ``parse_settings``)."""
+    if isinstance(value, str) and "\0" in value:
+        return None, NUL_IN_PATH
     if isinstance(value, bool) or (isinstance(value, str) and value):
         return value, None
     return None, "must be true, false or a file path string"
@@ -817,10 +822,12 @@ class _Reader:
                     values[key] = url
                 continue
             if check in (_PATH, _DATABASE):
-                if isinstance(raw, str) and raw:
-                    values[key] = (self.base / raw).resolve()
-                else:
+                if not isinstance(raw, str) or not raw:
                     self.error(f"{where} {key} = {raw!r}", "must be a non-empty path string")
+                elif "\0" in raw:  # no file system takes it (resolve() would raise ValueError)
+                    self.error(f"{where} {key} = {raw!r}", NUL_IN_PATH)
+                else:
+                    values[key] = (self.base / raw).resolve()
                 continue
             assert callable(check)
             converted, problem = check(raw)

@@ -419,6 +419,14 @@ toml_values = st.recursive(
 )
 
 
+@pytest.mark.parametrize("key", ["tls__dir", "gateway__access_log"])
+def test_a_path_with_a_nul_character_is_a_config_error(key: str) -> None:
+    """Found by the property below: ``Path.resolve`` raises ValueError on it."""
+    table, name = key.split("__")
+    (line,) = errors_of(config(**{key: "logs/a\0b"}))
+    assert f"[{table}] {name}" in line and "NUL character" in line
+
+
 @pytest.mark.parametrize("value", [167772160, True])
 def test_trusted_proxies_must_be_strings(value: object) -> None:
     """``trusted_proxies = [167772160]`` is a wrong type, not the network 10.0.0.0/32."""
