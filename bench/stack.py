@@ -378,6 +378,10 @@ max_body_bytes = {1 << 40}
 access_log = {json.dumps(self.options.access_log)}
 graceful_timeout = 2.0
 workers = {self.options.proxy_workers}
+# nginx.conf gets the same: no per-connection request cap on either side.  With the default
+# (1000), hey's Go client answers each closed connection with a storm of dials it abandons
+# after the ClientHello, each costing the proxy a TLS handshake.
+keepalive_requests = 1000000
 
 [tls]
 dir = "certs"
