@@ -9,8 +9,11 @@ used connection is taken first (LIFO), so the rest age out and get closed by the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
 import ssl
+import struct
 from collections import deque
 
 from gateway.config import UpstreamServer, UpstreamSettings
@@ -39,6 +42,27 @@ def upstream_ssl_context(settings: UpstreamSettings) -> ssl.SSLContext | None:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     return context
+
+
+def connected_to_itself(transport: asyncio.BaseTransport) -> bool:
+    """Whether a new connection is a TCP self-connect: connecting to a port of this machine
+    that nothing listens on, the kernel can pick that very port as the source port, and the
+    socket then connects to itself (RFC 9293's simultaneous open).  It happens once in tens of
+    thousands of connects to a dead upstream on a port of the ephemeral range, as the free
+    ports of test suites are.  Taken for a live server, the connection reads back the request
+    as its response, and while it is open the upstream cannot bind its own port again."""
+    sockname = transport.get_extra_info("sockname")
+    return sockname is not None and sockname == transport.get_extra_info("peername")
+
+
+def drop_without_time_wait(transport: asyncio.Transport) -> None:
+    """Close with a reset (SO_LINGER 0): a normal close would leave the port in TIME_WAIT for a
+    minute, which is what keeps the upstream from binding it."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
 
 
 class ConnectionPool:
@@ -133,6 +157,13 @@ class ConnectionPool:
             raise UpstreamConnectError(
                 f"cannot connect to upstream {server.address}: {reason}", server=server.address
             ) from exc
+        if self.ssl is None and conn.transport is not None and connected_to_itself(conn.transport):
+            drop_without_time_wait(conn.transport)
+            raise UpstreamConnectError(
+                f"cannot connect to upstream {server.address}: connection refused (nothing "
+                f"listens there; the connect reached the gateway's own socket)",
+                server=server.address,
+            )
         self.opened += 1
         return conn
 

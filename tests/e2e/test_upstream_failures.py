@@ -1,13 +1,16 @@
 """When upstreams fail: 502 for a dead server (a lone one is never marked DOWN), 504 for a stalled
-one, retries onto a healthy server, and no spurious 502 from a stale pooled connection."""
+one, retries onto a healthy server, no spurious 502 from a stale pooled connection, and a connect
+that reached its own socket (a TCP self-connect) taken for the refusal it is."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -22,6 +25,9 @@ from e2e.harness import (
     one_pool,
     stack,
 )
+from gateway.config import UpstreamServer, UpstreamSettings
+from gateway.errors import UpstreamConnectError
+from gateway.upstream.pool import ConnectionPool
 
 pytestmark = pytest.mark.e2e
 
@@ -151,3 +157,46 @@ def test_reused_connection_closed_by_the_upstream_is_retried(tmp_path: Path, ser
         statuses = [client.get("/x").status_code for _ in range(4 * servers)]
     assert sum(r.dropped for r in racers) > 0  # the race did happen
     assert statuses == [200] * (4 * servers)
+
+
+class _SelfConnectingLoop:
+    """The running loop, except that its connects leave from the port they go to: the TCP
+    self-connect a dead upstream on an ephemeral port gets now and then, made certain."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def create_connection(self, factory: Any, host: str, port: int, **kwargs: Any) -> Any:
+        return self._loop.create_connection(factory, host, port, local_addr=(host, port), **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loop, name)
+
+
+def test_a_connect_that_reaches_its_own_socket_is_refused_and_frees_the_port() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    pool = ConnectionPool(
+        UpstreamServer("127.0.0.1", port),
+        UpstreamSettings(name="app", servers=(UpstreamServer("127.0.0.1", port),)),
+    )
+
+    async def connect() -> str:
+        loop = _SelfConnectingLoop(asyncio.get_running_loop())
+        with pytest.raises(UpstreamConnectError) as refused:
+            await pool._connect(loop)  # type: ignore[arg-type]
+        await asyncio.sleep(0)  # the aborted transport closes on the next turn
+        return str(refused.value)
+
+    message = asyncio.run(connect())
+    assert message == (
+        f"cannot connect to upstream 127.0.0.1:{port}: connection refused (nothing listens "
+        f"there; the connect reached the gateway's own socket)"
+    )
+    assert pool.opened == 0
+    # Closed with a reset, not left in TIME_WAIT: the upstream can bind its port at once
+    # (no SO_REUSEADDR here, which would step over a TIME_WAIT entry).
+    with socket.socket() as upstream:
+        upstream.bind(("127.0.0.1", port))
+        upstream.listen()
