@@ -25,7 +25,10 @@ that trades instructions for cache misses or system calls needs the timed runs.
 
 Scenarios: ``proxied`` (a GET the cache passes by, as ``bench/run.py --scenario json``),
 ``proxied, no cache`` (a route with ``cache = false``), ``cache hit`` (the full path: a
-request field the hot path does not know) and ``hot hit`` (``gateway.cache.hot``).
+request field the hot path does not know), ``hot hit`` (``gateway.cache.hot``), and
+``proxied, new conn`` and ``hot hit, new conn``: each request with ``Connection: close`` on a
+listener protocol of its own, the Python a new connection adds (``--scenario handshake``
+without the TLS).
 """
 
 from __future__ import annotations
@@ -40,7 +43,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 JSON_BODY = b'{"status":"ok","service":"backend","version":"1.0.0"}'
@@ -56,7 +61,12 @@ SCENARIOS: dict[str, tuple[bytes, bytes, str]] = {
     "proxied, no cache": (b"/nocache/status", b"", "pass"),
     "cache hit": (b"/blob", b"x-full-path: 1\r\n", "hit"),
     "hot hit": (b"/blob", b"", "hit"),
+    "proxied, new conn": (b"/status", b"", "pass"),
+    "hot hit, new conn": (b"/blob", b"", "hit"),
 }
+# Each request on a connection of its own (``Connection: close``): the listener's per-connection
+# Python (protocol, ``connection_made``, the close, ``connection_lost``) on top of the request.
+NEW_CONNECTION = frozenset({"proxied, new conn", "hot hit, new conn"})
 
 
 async def _run(scenario: str, requests: int) -> float:
@@ -107,6 +117,9 @@ async def _run(scenario: str, requests: int) -> float:
         gw.send(request)
         await waiter
 
+    if scenario in NEW_CONNECTION:
+        one = _new_connections(gw, request.replace(b"\r\n\r\n", b"\r\nconnection: close\r\n\r\n"))
+
     for _ in range(500):
         await one()
     metrics = gw.app.metrics
@@ -121,6 +134,37 @@ async def _run(scenario: str, requests: int) -> float:
     }
     print(json.dumps(answered_by), file=sys.stderr)
     return elapsed / requests * 1e6
+
+
+def _new_connections(gw: Any, request: bytes) -> Callable[[], Awaitable[None]]:
+    """``one()`` for the new-connection scenarios: a fresh listener protocol and client
+    transport per request, made, fed, closed by the gateway, and lost, as a TLS connection
+    after its handshake."""
+    from support.memory_listener import ClientTransport
+
+    loop = asyncio.get_running_loop()
+    protocol_class, config, state = type(gw.protocol), gw.protocol.config, gw.protocol.server_state
+
+    async def one() -> None:
+        protocol = protocol_class(config=config, server_state=state, app_state={})
+        client = ClientTransport()
+        closed = loop.create_future()
+        close = client.close
+
+        def on_close() -> None:
+            close()
+            if not closed.done():
+                closed.set_result(None)
+
+        client.close = on_close  # type: ignore[method-assign]
+        protocol.connection_made(client)
+        protocol.data_received(request)
+        await closed
+        protocol.connection_lost(None)
+        if not bytes(client.data).endswith(JSON_BODY):
+            raise SystemExit(f"unexpected response {bytes(client.data)[-200:]!r}")
+
+    return one
 
 
 def _child(args: argparse.Namespace) -> None:

@@ -182,8 +182,8 @@ class GatewayApp:
             cache = CacheLayer(settings.cache)
         self.cache = cache
         self.middlewares = build_middlewares(settings)
-        # Fresh hits the HTTP/1.1 listener answers itself (gateway.cache.hot), where nothing
-        # per request could make them differ from this app's answers.
+        # Fresh hits the listeners answer themselves (gateway.cache.hot), where nothing per
+        # request could make them differ from this app's answers.
         self.hot: HotHits | None = None
         if cache is not None and not self.trace and not self.server_timing:
             if cache.store.generation() is not None:

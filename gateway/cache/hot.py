@@ -1,4 +1,4 @@
-"""Hot hits: fresh cache hits answered by the HTTP/1.1 listener itself, before any ASGI cycle.
+"""Hot hits: fresh cache hits answered by the listeners themselves, before any ASGI cycle.
 
 Why.  A small cache hit through the whole request path (uvicorn's scope, cycle and task, the
 app's validation, routing, cache lookup and send wrappers) measured ~105 µs of CPU against
@@ -11,11 +11,13 @@ not decided first: when ``GatewayApp`` has answered a request with a fresh hit (
 and that request was plain and its route has nothing around the cache, the answer's bytes are
 kept, keyed by the connection's TLS server name, the Host field and the request target exactly
 as received.  A later request with the same key, on an HTTP/1.1 connection with nothing in
-flight, is answered from them (``serve``) only while all of this holds, else it takes the full
-path as before:
+flight (``serve``: the response's bytes) or as a new HTTP/2 stream without a body
+(``serve_fields``: its status and fields, for the HPACK encoder), is answered from them only
+while all of this holds, else it takes the full path as before:
 
 - the request is plain: GET (published by a GET; a HEAD gets the same head and no body),
-  HTTP/1.1, origin-form target, no upgrade, exactly one Host, and only header fields that no
+  HTTP/1.1 or HTTP/2, origin-form target, no upgrade, exactly one Host (HTTP/2's
+  ``:authority``), and only header fields that no
   part of a fresh hit reads (``INERT_FIELDS``: no Cache-Control, Pragma, conditionals, Range,
   Authorization, Via, X-Request-ID, body framing, ...): the full path would decide the same
   for it.  ``Connection: close`` (or the connection's last request) is answered with
@@ -31,8 +33,8 @@ path as before:
 What the answer carries is built by the same functions: the stored fields, Age,
 ``Cache-Status`` from ``format_cache_status``, X-Cache, the app's own fields (Via, HSTS) and a
 new X-Request-ID; the access log gets its line and the metrics their count.  One app's hot
-hits are dropped with it on a reload.  Off for HTTP/2, trace mode, ``server_timing``, routes
-with middlewares, and the Redis store (whose changes on other machines nothing here can see).
+hits are dropped with it on a reload.  Off for trace mode, ``server_timing``, routes with
+middlewares, and the Redis store (whose changes on other machines nothing here can see).
 """
 
 from __future__ import annotations
@@ -110,6 +112,7 @@ class HotEntry:
 
     head: bytes  # status line and stored fields
     tail: bytes  # X-Cache and the app's own fields
+    fields: Headers  # the stored fields again, for HTTP/2
     body: bytes
     status: int
     corrected_initial_age: float
@@ -141,7 +144,8 @@ class HotHits:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
-        self.tail = b"x-cache: HIT\r\n" + field_lines(extra_headers)
+        self.tail_fields: Headers = [(b"x-cache", b"HIT"), *extra_headers]
+        self.tail = field_lines(self.tail_fields)
         self.access_log = access_log
         self.metrics = metrics
         self.new_request_id = new_request_id
@@ -163,7 +167,7 @@ class HotHits:
             or exchange.status != entry.status
             or exchange.aborted
             or scope["method"] != "GET"
-            or scope["http_version"] != "1.1"
+            or scope["http_version"] not in ("1.1", "2")
             or "gateway.target" in scope
             or "gateway.upgrade" in scope
         ):
@@ -185,6 +189,7 @@ class HotHits:
         self.entries[key] = HotEntry(
             self.status_lines[entry.status] + field_lines(entry.headers),
             self.tail,
+            entry.headers,
             entry.body,
             entry.status,
             entry.corrected_initial_age,
@@ -219,9 +224,106 @@ class HotHits:
         method: str = "GET",
         close: bool = False,
     ) -> tuple[bytes, bytes] | None:
-        """The response (head, body) for a plain GET or HEAD on ``target``, or None: full
-        path.  ``close``: the connection ends after it (the client asked, or its last
+        """The HTTP/1.1 response (head, body) for a plain GET or HEAD on ``target``, or None:
+        full path.  ``close``: the connection ends after it (the client asked, or its last
         request), which the head says as the full path's does."""
+        hit = self._hit(sni, cert_names, target, headers, client, started, method, "1.1")
+        if hit is None:
+            return None
+        hot, age, status, request_id, body = hit
+        head = b"%sage: %d\r\ncache-status: %s\r\n%sx-request-id: %s\r\n%s\r\n" % (
+            hot.head,
+            age,
+            status,
+            hot.tail,
+            request_id,
+            b"connection: close\r\n" if close else b"",
+        )
+        return head, body
+
+    def serve_fields(
+        self,
+        sni: str | None,
+        cert_names: tuple[str, ...] | None,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        client: tuple[str, int] | None,
+        started: float,
+        *,
+        method: str = "GET",
+        max_body: int,
+    ) -> tuple[int, Headers, bytes] | None:
+        """The HTTP/2 response (status, fields, body) for a plain GET or HEAD on ``target``,
+        the same fields ``serve`` writes, in the same order; or None: full path.  A body over
+        ``max_body`` (what the client's flow-control windows let through now) is left to the
+        full path, which can wait for the client's WINDOW_UPDATE."""
+        hit = self._hit(sni, cert_names, target, headers, client, started, method, "2", max_body)
+        if hit is None:
+            return None
+        hot, age, status, request_id, body = hit
+        fields = [
+            *hot.fields,
+            (b"age", b"%d" % age),
+            (b"cache-status", status),
+            *self.tail_fields,
+            (b"x-request-id", request_id),
+        ]
+        return hot.status, fields, body
+
+    def _hit(
+        self,
+        sni: str | None,
+        cert_names: tuple[str, ...] | None,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        client: tuple[str, int] | None,
+        started: float,
+        method: str,
+        http_version: str,
+        max_body: int | None = None,
+    ) -> tuple[HotEntry, int, bytes, bytes, bytes] | None:
+        """(entry, Age, Cache-Status, X-Request-ID, body) of a hot answer, logged and
+        counted as the full path's; None: full path."""
+        fresh = self._fresh(sni, cert_names, target, headers)
+        if fresh is None:
+            return None
+        hot, age, status = fresh
+        body = b"" if method == "HEAD" else hot.body
+        if max_body is not None and len(body) > max_body:
+            return None
+        request_id = self.new_request_id()
+        exchange = Exchange(
+            {
+                "type": "http",
+                "method": method,
+                "http_version": http_version,
+                "scheme": "https",
+                "raw_path": target,
+                "query_string": b"",
+                "headers": headers,
+                "client": client,
+            }
+        )
+        exchange.started = started
+        exchange.status = hot.status
+        exchange.response_started = True
+        exchange.bytes_sent = len(body)
+        exchange.cache = "HIT"
+        exchange.request_id = request_id
+        self.access_log.write(exchange)
+        self.metrics.observe(exchange, hot.labels)
+        self.metrics.hot_hits += 1
+        return hot, age, status, request_id.encode(), body
+
+    def _fresh(
+        self,
+        sni: str | None,
+        cert_names: tuple[str, ...] | None,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+    ) -> tuple[HotEntry, int, bytes] | None:
+        """The entry for this plain request with its Age and Cache-Status, if it is still
+        valid and fresh (see the module docstring); None: full path."""
         if not self.entries:
             return None
         host = plain_host(headers)
@@ -247,35 +349,4 @@ class HotHits:
         status = format_cache_status(
             hit=True, ttl=ttl, detail="heuristic" if hot.heuristic else None
         )
-        request_id = self.new_request_id()
-        head = b"%sage: %d\r\ncache-status: %s\r\n%sx-request-id: %s\r\n%s\r\n" % (
-            hot.head,
-            min(math.floor(age), MAX_DELTA),
-            status,
-            hot.tail,
-            request_id.encode(),
-            b"connection: close\r\n" if close else b"",
-        )
-        body = b"" if method == "HEAD" else hot.body
-        exchange = Exchange(
-            {
-                "type": "http",
-                "method": method,
-                "http_version": "1.1",
-                "scheme": "https",
-                "raw_path": target,
-                "query_string": b"",
-                "headers": headers,
-                "client": client,
-            }
-        )
-        exchange.started = started
-        exchange.status = hot.status
-        exchange.response_started = True
-        exchange.bytes_sent = len(body)
-        exchange.cache = "HIT"
-        exchange.request_id = request_id
-        self.access_log.write(exchange)
-        self.metrics.observe(exchange, hot.labels)
-        self.metrics.hot_hits += 1
-        return head, body
+        return hot, min(math.floor(age), MAX_DELTA), status

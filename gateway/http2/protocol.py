@@ -10,6 +10,8 @@ and it runs through the same ASGI app, ``GatewayApp``, with the stream's ``recei
 (``H2Protocol.send_data``, with h2's state and windows moved as its own would), one copy of
 the payload instead of five, each full frame one full TLS record, and a big body written in
 pieces of ``FLUSH_BYTES`` rather than one buffer; small answers are joined into one write.
+A fresh cache hit the app has published (``gateway.cache.hot``) is answered without a
+``Stream`` at all, in the read that brought its request (``_answer_hot``).
 
 Flow control is back-pressure, both ways:
 
@@ -385,9 +387,11 @@ class H2Protocol(asyncio.Protocol):
             self._close()
             return
         new: list[Stream] = []
+        opened = False
         for event in events:
             kind = type(event)
             if kind is h2.events.RequestReceived:
+                opened = True
                 stream = self._request(event)  # type: ignore[arg-type]
                 if stream is not None:
                     new.append(stream)
@@ -415,7 +419,7 @@ class H2Protocol(asyncio.Protocol):
             # Opened and reset within this read: the app never runs (rapid reset, defence 1).
             if not stream.disconnected:
                 self._start(stream)
-        if new and self.goaway_last is None and getattr(self.server_state, "draining", False):
+        if opened and self.goaway_last is None and getattr(self.server_state, "draining", False):
             # Accepted as the listener began to drain (gateway.listener.ListenerState): uvicorn
             # did not ask it to finish.  The streams it came with are answered, then GOAWAY.
             self.shutdown()
@@ -518,6 +522,8 @@ class H2Protocol(asyncio.Protocol):
             log.info("%s: stream %d refused: %s", self._peer(), stream_id, exc)
             conn.reset_stream(stream_id, ErrorCodes.PROTOCOL_ERROR)
             return None
+        if event.stream_ended is not None and self._answer_hot(stream_id, scope):
+            return None
         scope["state"] = self.app_state.copy()
         if self.trace_connection is not None:
             scope[TRACE_SCOPE_KEY] = self._start_trace(scope, stream_id)
@@ -528,6 +534,54 @@ class H2Protocol(asyncio.Protocol):
             self.idle_timer.cancel()
             self.idle_timer = None
         return stream
+
+    def _answer_hot(self, stream_id: int, scope: dict[str, Any]) -> bool:
+        """Answer a bodiless GET or HEAD from the app's hot hits (``gateway.cache.hot``) with
+        no Stream, task or app call, the body sent at once within the client's windows; False
+        when the request takes the full path."""
+        hot = getattr(getattr(self.app, "current", None), "hot", None)
+        if hot is None or not hot.entries or self.write_paused or self.trace_connection:
+            return False
+        method = scope["method"]
+        if method != "GET" and method != "HEAD":
+            return False
+        conn = self.conn
+        query = scope["query_string"]
+        target = scope["raw_path"] + b"?" + query if query else scope["raw_path"]
+        try:
+            answer = hot.serve_fields(
+                scope.get("gateway.sni"),
+                scope.get("gateway.cert_names"),
+                target,
+                scope["headers"],
+                scope["client"],
+                time.perf_counter(),
+                method=method,
+                max_body=conn.local_flow_control_window(stream_id),
+            )
+        except Exception:
+            hot.fail()  # never a failed request: the full path answers from now on
+            return False
+        if answer is None:
+            return False
+        status, fields, body = answer
+        if self.idle_timer is not None:  # busy: the idle wait starts again after this read
+            self.idle_timer.cancel()
+            self.idle_timer = None
+        conn.send_headers(stream_id, response_headers(status, fields), end_stream=not body)
+        total = len(body)
+        step = min(conn.max_outbound_frame_size, RECORD_PAYLOAD)
+        view = memoryview(body)
+        sent = 0
+        while sent < total:
+            size = min(step, total - sent)
+            chunk = body if size == total else view[sent : sent + size]
+            sent += size
+            self.send_data(stream_id, chunk, sent == total)
+            self.unflushed += size
+            if self.unflushed >= FLUSH_BYTES:
+                self._flush()
+        return True
 
     def _data(self, event: h2.events.DataReceived) -> None:
         stream_id = event.stream_id

@@ -229,6 +229,54 @@ def test_head_and_connection_close_are_answered_hot_as_the_full_path_would(one: 
     assert results["hot"] == results["full"] == (200, ["close"], ["HIT"], get[2])
 
 
+def test_http2_hits_are_answered_hot_with_the_full_paths_fields(one: Site) -> None:
+    """Over HTTP/2 a fresh hit is answered by the protocol itself, field for field as the full
+    path answers it over HTTP/2, HEAD included; the access log says HTTP/2."""
+    params = {"cc": "max-age=60"}
+    with one.stack.gateway.client(http2=True) as h2c:
+        full = warm(h2c, "/cache/h2", **params)  # stored, then published by an HTTP/2 request
+        assert full.http_version == "HTTP/2"
+        before = one.hot()
+        hits = [h2c.get("/cache/h2", params=params) for _ in range(3)]
+        assert one.hot() - before >= 2  # one may fall on the once-a-second full-path refresh
+        head = h2c.head("/cache/h2", params=params)
+        forced = h2c.get("/cache/h2", params=params, headers={"x-full": "1"})
+    assert one.upstream.answered("/cache/h2") == 1
+    for hit in hits:
+        assert (hit.status_code, hit.http_version, hit.content) == (200, "HTTP/2", full.content)
+        assert without_volatile(hit) == without_volatile(full) == without_volatile(forced)
+        assert hit.headers["cache-status"].startswith("gateway; hit; ttl=")
+    assert head.status_code == 200 and head.content == b""
+    assert without_volatile(head) == without_volatile(full)
+    wanted = hits[-1].headers["x-request-id"]
+    deadline = time.monotonic() + 5
+    while True:  # the access log is written in batches
+        text = one.access_log.read_text() if one.access_log.exists() else ""
+        if f"id={wanted}" in text or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    (line,) = [line for line in text.splitlines() if f"id={wanted}" in line]
+    assert '"GET /cache/h2?cc=max-age%3D60 HTTP/2" 200' in line and "cache=HIT" in line
+
+
+def test_a_hot_entry_published_over_either_protocol_serves_both(one: Site) -> None:
+    """The key is the server name, Host and target, not the protocol: a hit published by an
+    HTTP/1.1 request is answered hot over HTTP/2, and the other way round, with a body larger
+    than one DATA frame."""
+    for first, then in ((False, True), (True, False)):
+        path = "/json"  # a 100,000-byte document: seven DATA frames
+        params = {"cc": "max-age=60", "n": "100000", "order": str(int(first))}
+        with one.stack.gateway.client(http2=first) as a:
+            full = warm(a, path, **params)
+        with one.stack.gateway.client(http2=then) as b:
+            before = one.hot()
+            hit = b.get(path, params=params)
+            assert one.hot() - before == 1
+        assert hit.http_version == ("HTTP/2" if then else "HTTP/1.1")
+        assert hit.content == full.content and len(hit.content) == 100000
+        assert without_volatile(hit) == without_volatile(full)
+
+
 def test_routes_with_middlewares_are_never_answered_hot(one: Site, client: httpx.Client) -> None:
     warm(client, "/wrapped/cache/mw")
     before = one.hot()

@@ -598,11 +598,17 @@ def test_graceful_shutdown_finishes_streams_taken_and_refuses_later_ones() -> No
     run(scenario)
 
 
-def test_a_connection_made_while_the_listener_drains_answers_its_streams_then_goaway() -> None:
+@pytest.mark.parametrize("hot", [False, True])
+def test_a_connection_made_while_the_listener_drains_answers_its_streams_then_goaway(
+    hot: bool,
+) -> None:
+    """Also when its streams were all answered hot (no stream ever ran)."""
+    app: App = HotApp(FakeHotHits(b"hello /")) if hot else hello
+
     async def scenario() -> None:
-        peer = Peer(hello)
+        peer = Peer(app)
         peer.state.draining = True  # set by gateway.server._Server.shutdown
-        peer.client.send_headers(1, GET, end_stream=True)
+        peer.client.send_headers(1, [*GET[:3], (":path", "/hot" if hot else "/")], True)
         peer.send()
         await asyncio.wait_for(peer.transport.closed.wait(), 5)
         # After a GOAWAY h2's client state machine accepts no frame: read the wire itself.
@@ -789,5 +795,130 @@ def test_a_stalled_request_body_gets_408_on_its_stream() -> None:
         assert seen[0]["gateway.closed_status"] == 408  # what the access log reports
         assert peer.body(3) == b"hello /"
         assert not peer.transport.closed.is_set()
+
+    run(scenario)
+
+
+class FakeHotHits:
+    """``gateway.cache.hot.HotHits`` as the protocol sees it: ``/hot`` is a fresh hit."""
+
+    entries = {"published": True}
+
+    def __init__(self, body: bytes, broken: bool = False) -> None:
+        self.body = body
+        self.broken = broken
+        self.asked: list[tuple[bytes, str, int]] = []
+        self.failed = False
+
+    def serve_fields(
+        self,
+        sni: Any,
+        cert_names: Any,
+        target: bytes,
+        headers: Any,
+        client: Any,
+        started: float,
+        *,
+        method: str,
+        max_body: int,
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
+        self.asked.append((target, method, max_body))
+        if self.broken:
+            raise RuntimeError("a bug")
+        if target != b"/hot" or (method == "GET" and len(self.body) > max_body):
+            return None
+        fields = [
+            (b"content-type", b"text/plain"),
+            (b"content-length", b"%d" % len(self.body)),
+            (b"connection", b"keep-alive"),  # HTTP/1.1 only: never sent over HTTP/2
+        ]
+        return 200, fields, b"" if method == "HEAD" else self.body
+
+    def fail(self) -> None:
+        self.failed = True
+
+
+class HotApp:
+    """An app (an ``AppSwitch`` look-alike: ``current.hot``) that records what reaches it."""
+
+    def __init__(self, hot: FakeHotHits) -> None:
+        self.current = SimpleNamespace(hot=hot)
+        self.paths: list[str] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        self.paths.append(scope["path"])
+        await hello(scope, receive, send)
+
+
+def test_a_hot_hit_is_answered_by_the_protocol_without_the_app() -> None:
+    body = bytes(range(256)) * 160  # 40 KiB: three DATA frames
+    app = HotApp(FakeHotHits(body))
+
+    async def scenario() -> None:
+        peer = Peer(app)
+        peer.client.send_headers(1, [*GET[:3], (":path", "/hot")], end_stream=True)
+        peer.client.send_headers(3, [(":method", "HEAD"), *GET[1:3], (":path", "/hot")], True)
+        peer.client.send_headers(5, [*GET[:3], (":path", "/cold")], end_stream=True)
+        peer.send()
+        await peer.settle()
+        assert app.paths == ["/cold"]  # only the request without a hot answer
+        (hit,) = peer.of(h2.events.ResponseReceived, 1)
+        assert dict(hit.headers) == {
+            ":status": "200",
+            "content-type": "text/plain",
+            "content-length": str(len(body)),
+        }
+        assert peer.body(1) == body and peer.of(h2.events.StreamEnded, 1)
+        (head,) = peer.of(h2.events.ResponseReceived, 3)
+        assert dict(head.headers)["content-length"] == str(len(body))
+        assert peer.body(3) == b"" and peer.of(h2.events.StreamEnded, 3)
+        assert peer.body(5) == b"hello /cold"
+        assert peer.server.conn.open_inbound_streams == 0 and not peer.server.streams
+
+    run(scenario)
+
+
+def test_a_hot_body_over_the_clients_window_takes_the_full_path() -> None:
+    app = HotApp(FakeHotHits(b"x" * 70000))  # over the 65,535-byte default stream window
+
+    async def scenario() -> None:
+        peer = Peer(app)
+        peer.client.send_headers(1, [*GET[:3], (":path", "/hot")], end_stream=True)
+        peer.send()
+        await peer.settle()
+        assert app.current.hot.asked == [(b"/hot", "GET", 65535)]
+        assert app.paths == ["/hot"] and peer.body(1) == b"hello /hot"
+
+    run(scenario)
+
+
+def test_a_failing_hot_lookup_turns_hot_hits_off_and_the_app_answers() -> None:
+    app = HotApp(FakeHotHits(b"x", broken=True))
+
+    async def scenario() -> None:
+        peer = Peer(app)
+        peer.client.send_headers(1, [*GET[:3], (":path", "/hot")], end_stream=True)
+        peer.send()
+        await peer.settle()
+        assert app.current.hot.failed and app.paths == ["/hot"]
+        assert peer.body(1) == b"hello /hot"
+
+    run(scenario)
+
+
+def test_hot_answers_restart_the_idle_wait() -> None:
+    """A connection busy with hot answers only is not idle: each read that answered one
+    starts the idle wait again (no stream ever cancelled the first timer)."""
+    app = HotApp(FakeHotHits(b"x"))
+
+    async def scenario() -> None:
+        peer = Peer(app, Http2Limits(idle_timeout=30))
+        first = peer.server.idle_timer
+        assert first is not None
+        peer.client.send_headers(1, [*GET[:3], (":path", "/hot")], end_stream=True)
+        peer.send()
+        again = peer.server.idle_timer
+        assert first.cancelled() and again is not None and again is not first
+        assert not again.cancelled()
 
     run(scenario)

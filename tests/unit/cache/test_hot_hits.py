@@ -297,3 +297,45 @@ def test_plain_host() -> None:
     read_by_the_rules |= {b"authorization", b"via", b"x-request-id", b"content-length"}
     read_by_the_rules |= {b"transfer-encoding", b"expect", b"max-forwards", b"forwarded"}
     assert not INERT_FIELDS & read_by_the_rules
+
+
+def head_fields(head: bytes) -> list[tuple[bytes, bytes]]:
+    lines = head.split(b"\r\n")[1:-2]  # no status line, no blank line at the end
+    return [tuple(line.split(b": ", 1)) for line in lines]  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_http2_gets_the_same_fields_in_the_same_order(method: str) -> None:
+    hot = Hot()
+    hot.publish(stored((b"cache-control", b"max-age=600"), (b"etag", b'"v1"')))
+    hot.clock.now = T0 + 3
+    ask = ("app.localhost", ("localhost", "*.localhost"), b"/page?q=1", REQUEST, None, 0.0)
+    served = hot.hits.serve(*ask, method=method)
+    answer = hot.hits.serve_fields(*ask, method=method, max_body=1 << 20)
+    assert served is not None and answer is not None
+    head, body = served
+    status, fields, h2_body = answer
+    assert head.startswith(b"HTTP/1.1 %d " % status)
+    assert fields == head_fields(head) and h2_body == body
+    first, second = hot.log.exchanges
+    assert (first.scope["http_version"], second.scope["http_version"]) == ("1.1", "2")
+    assert second.line == (method, "/page?q=1") and second.bytes_sent == len(body)
+    assert hot.metrics.hot_hits == 2
+
+
+def test_an_http2_body_over_the_clients_window_is_left_to_the_full_path() -> None:
+    hot = Hot()
+    hot.publish(stored((b"cache-control", b"max-age=60")))  # a 5-byte body
+    cert_names = ("localhost", "*.localhost")
+    ask = ("app.localhost", cert_names, b"/page?q=1", REQUEST, None, 0.0)
+    assert hot.hits.serve_fields(*ask, max_body=4) is None
+    assert hot.log.exchanges == [] and hot.metrics.hot_hits == 0  # nothing logged for it
+    assert hot.hits.serve_fields(*ask, method="HEAD", max_body=0) is not None
+    assert hot.hits.serve_fields(*ask, max_body=5) is not None
+    assert hot.metrics.hot_hits == 2
+
+
+def test_http2_requests_publish_too() -> None:
+    hot = Hot()
+    hot.publish(stored((b"cache-control", b"max-age=60")), http_version="2")
+    assert list(hot.hits.entries) == [("app.localhost", b"app.localhost", b"/page?q=1")]
