@@ -283,47 +283,8 @@ class HotHits:
         max_body: int | None = None,
     ) -> tuple[HotEntry, int, bytes, bytes, bytes] | None:
         """(entry, Age, Cache-Status, X-Request-ID, body) of a hot answer, logged and
-        counted as the full path's; None: full path."""
-        fresh = self._fresh(sni, cert_names, target, headers)
-        if fresh is None:
-            return None
-        hot, age, status = fresh
-        body = b"" if method == "HEAD" else hot.body
-        if max_body is not None and len(body) > max_body:
-            return None
-        request_id = self.new_request_id()
-        exchange = Exchange(
-            {
-                "type": "http",
-                "method": method,
-                "http_version": http_version,
-                "scheme": "https",
-                "raw_path": target,
-                "query_string": b"",
-                "headers": headers,
-                "client": client,
-            }
-        )
-        exchange.started = started
-        exchange.status = hot.status
-        exchange.response_started = True
-        exchange.bytes_sent = len(body)
-        exchange.cache = "HIT"
-        exchange.request_id = request_id
-        self.access_log.write(exchange)
-        self.metrics.observe(exchange, hot.labels)
-        self.metrics.hot_hits += 1
-        return hot, age, status, request_id.encode(), body
-
-    def _fresh(
-        self,
-        sni: str | None,
-        cert_names: tuple[str, ...] | None,
-        target: bytes,
-        headers: list[tuple[bytes, bytes]],
-    ) -> tuple[HotEntry, int, bytes] | None:
-        """The entry for this plain request with its Age and Cache-Status, if it is still
-        valid and fresh (see the module docstring); None: full path."""
+        counted as the full path's, if the request's entry is still valid and fresh (see the
+        module docstring); None: full path."""
         if not self.entries:
             return None
         host = plain_host(headers)
@@ -349,4 +310,29 @@ class HotHits:
         status = format_cache_status(
             hit=True, ttl=ttl, detail="heuristic" if hot.heuristic else None
         )
-        return hot, min(math.floor(age), MAX_DELTA), status
+        body = b"" if method == "HEAD" else hot.body
+        if max_body is not None and len(body) > max_body:
+            return None
+        request_id = self.new_request_id()
+        exchange = Exchange(
+            {
+                "type": "http",
+                "method": method,
+                "http_version": http_version,
+                "scheme": "https",
+                "raw_path": target,
+                "query_string": b"",
+                "headers": headers,
+                "client": client,
+            }
+        )
+        exchange.started = started
+        exchange.status = hot.status
+        exchange.response_started = True
+        exchange.bytes_sent = len(body)
+        exchange.cache = "HIT"
+        exchange.request_id = request_id
+        self.access_log.write(exchange)
+        self.metrics.observe(exchange, hot.labels)
+        self.metrics.hot_hits += 1
+        return hot, min(math.floor(age), MAX_DELTA), status, request_id.encode(), body
