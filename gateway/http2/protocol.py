@@ -571,11 +571,11 @@ class H2Protocol(asyncio.Protocol):
         conn.send_headers(stream_id, response_headers(status, fields), end_stream=not body)
         total = len(body)
         step = min(conn.max_outbound_frame_size, RECORD_PAYLOAD)
-        view = memoryview(body)
+        view = memoryview(body) if total > step else None  # one frame: no view, no copy
         sent = 0
         while sent < total:
             size = min(step, total - sent)
-            chunk = body if size == total else view[sent : sent + size]
+            chunk = body if view is None else view[sent : sent + size]
             sent += size
             self.send_data(stream_id, chunk, sent == total)
             self.unflushed += size
