@@ -334,8 +334,10 @@ class UpstreamConnection(asyncio.Protocol):
                     self._reading_paused = True
                     self.transport.pause_reading()
             else:
+                # The read timer stays armed: the next exchange on this pooled connection
+                # (its deadline is never earlier) reuses it, and ``_on_timer`` moves it on, so
+                # a busy connection arms about one timer per read_timeout, not one a request.
                 self._complete = True
-                self._cancel_timer()
         if self._buffered > HIGH_WATER and not self._reading_paused and self.transport:
             self._reading_paused = True
             self.transport.pause_reading()

@@ -320,6 +320,62 @@ def test_a_read_timeout_is_the_full_paths_504_with_one_upstream_request() -> Non
     asyncio.run(main())
 
 
+class CountingLoop:
+    """A connection's event loop that counts the timers armed on it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.armed = 0
+
+    def call_at(self, when: float, callback: Any, *args: Any) -> asyncio.TimerHandle:
+        self.armed += 1
+        return self.loop.call_at(when, callback, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.loop, name)
+
+
+def test_a_busy_pooled_connection_arms_its_read_timer_once_not_per_request() -> None:
+    async def test(gw: MemoryGateway) -> None:
+        pool = gw.upstreams["app"].pools[gw.upstreams["app"].settings.servers[0]]
+        (conn,) = pool._idle
+        counting = conn.loop = CountingLoop(conn.loop)
+        for path in (b"/nocache/status", b"/nocache/other", b"/status", b"/nocache/status"):
+            gw.send(get(path))
+            assert (await gw.response()).endswith(BODY)
+        assert gw.server().connections == 1  # all four on this one connection
+        assert counting.armed == 1
+
+    run(test)
+
+
+def test_a_read_timer_left_by_an_earlier_request_fires_no_earlier_than_the_new_deadline() -> None:
+    """The second request's read timeout counts from its own start: the timer the first
+    request left armed fires early and only moves on."""
+    timeout = 0.2
+
+    async def test(gw: MemoryGateway) -> None:
+        gw.send(get(b"/nocache/status"))
+        assert (await gw.response()).endswith(BODY)
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(timeout / 2)
+        gw.server().script.append(None)  # the second request is never answered
+        started = loop.time()
+        gw.send(get(b"/nocache/status"))
+        answer = await gw.response()
+        assert answer.startswith(b"HTTP/1.1 504 ")
+        assert loop.time() - started >= timeout * 0.95
+
+    gw = MemoryGateway(config(), UNSTORABLE)
+    gw.config["upstreams"]["app"]["read_timeout"] = timeout
+
+    async def main() -> None:
+        await gw.start()
+        await test(gw)
+
+    asyncio.run(main())
+
+
 def test_a_client_that_does_not_read_is_handed_over() -> None:
     async def test(gw: MemoryGateway) -> None:
         gw.client.paused = True
