@@ -711,6 +711,48 @@ def test_interim_response_goes_out_before_the_final_one() -> None:
     run(scenario)
 
 
+@pytest.mark.parametrize("body", [b"", b"after"])
+def test_a_header_block_over_the_frame_size_continues_in_continuation_frames(
+    body: bytes,
+) -> None:
+    """The protocol frames response headers itself (``H2Protocol.send_headers``): a block
+    over the client's SETTINGS_MAX_FRAME_SIZE is split, END_STREAM on the HEADERS frame,
+    END_HEADERS on the last CONTINUATION, and the client reads back every field."""
+    big = b"v" * 40000
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        headers = [(b"x-big", big), (b"x-after", b"1")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def scenario() -> None:
+        peer = Peer(app)
+        for stream_id in (1, 3):  # the second block refers to the table the first filled
+            peer.client.send_headers(stream_id, GET, end_stream=True)
+            peer.send()
+            for _ in range(5):
+                await asyncio.sleep(0)
+            raw = bytes(peer.transport.written)
+            peer.transport.written.clear()
+            sent = [f for f in frames(raw) if f.stream_id == stream_id]
+            kinds = [type(f) for f in sent]
+            head = [HeadersFrame, ContinuationFrame, ContinuationFrame]
+            assert kinds == head + ([DataFrame] if body else [])
+            assert all(len(f.data) <= 16384 for f in sent)
+            assert ("END_STREAM" in sent[0].flags) is not body
+            assert [("END_HEADERS" in f.flags) for f in sent[:3]] == [False, False, True]
+            events = peer.client.receive_data(raw)
+            (response,) = [e for e in events if isinstance(e, h2.events.ResponseReceived)]
+            assert response.headers == [
+                (":status", "200"),
+                ("x-big", big.decode()),
+                ("x-after", "1"),
+            ]
+            assert any(isinstance(e, h2.events.StreamEnded) for e in events)
+
+    run(scenario)
+
+
 def test_sending_on_a_stream_h2_has_closed_is_a_disconnect(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
