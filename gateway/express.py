@@ -95,7 +95,7 @@ class ExpressLane:
         method = scope["method"]
         if (
             (method != "GET" and method != "HEAD")
-            or scope["http_version"] != "1.1"
+            or (scope["http_version"] != "1.1" and scope["http_version"] != "2")
             or "gateway.target" in scope
             or "gateway.upgrade" in scope
         ):
@@ -223,7 +223,7 @@ class Express:
             if self.conn.watching:
                 self.hand_over()  # nothing reached the client: the full path answers
             elif not self.cycle.response_complete:
-                self.protocol.corked.close()  # a truncated response must not look whole
+                self.protocol.abort_response(self.cycle)  # a truncated one must not look whole
 
     def _advance(self) -> None:
         conn = self.conn
@@ -235,7 +235,7 @@ class Express:
         elif head.status >= 500 or conn.switched:
             self.hand_over()  # health reports, stale-if-error: the full path's
         elif conn.response_complete:
-            if self.protocol.flow.write_paused:
+            if self.protocol.express_blocked(self.cycle, conn.buffered):
                 self.hand_over()  # the full path waits for the client to read first
             else:
                 self.answer()
@@ -280,7 +280,7 @@ class Express:
         except Exception:  # noqa: BLE001 - uvicorn's answer to an app failing mid-response
             log.exception("%s %s: writing the response failed", *exchange.line)
             exchange.aborted = True
-            self.protocol.corked.close()  # as uvicorn's cycle closes after an app's failure
+            self.protocol.abort_response(self.cycle)  # as after an app's failure
         app.access_log.write(exchange)
         app.metrics.observe(exchange, self.labels)
         app.metrics.express += 1

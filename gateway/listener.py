@@ -576,6 +576,16 @@ if HttpToolsProtocol is not None:
             """uvicorn's task for a request the express lane hands back."""
             super()._start_asgi_task(cycle, app)
 
+        def express_blocked(self, cycle: Any, size: int) -> bool:
+            """Whether the express lane must leave a response of ``size`` body bytes to the
+            full path, which waits for a client that stopped reading."""
+            return self.flow.write_paused
+
+        def abort_response(self, cycle: Any) -> None:
+            """The express lane failed mid-response: close, as uvicorn does after an app's
+            failure."""
+            self.corked.close()
+
         def _answer_hot(self) -> bool:
             """Answer a plain GET or HEAD from the app's hot hits (``gateway.cache.hot``), with
             no scope, cycle or task; False when the request takes the full path."""

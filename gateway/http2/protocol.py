@@ -227,6 +227,31 @@ class Stream:
             self.readable.set()  # a receive() waiting for a disconnect returns now
         protocol.schedule_flush()
 
+    def write(self, message: Message) -> None:
+        """``send`` for the express lane (``gateway.express``): a whole response at once,
+        which ``H2Protocol.express_blocked`` made sure fits the client's windows.  The body
+        message ends the stream's turn on the lane (``H2Protocol.express_done``)."""
+        if self.response_complete:
+            return
+        if message["type"] == "http.response.start":
+            self.response_started = True
+            self.pending_head = response_headers(message["status"], message.get("headers", []))
+            return
+        protocol = self.protocol
+        head = self.pending_head
+        if head is not None and not self.disconnected:
+            self.pending_head = None
+            body: bytes = message.get("body", b"")
+            try:
+                protocol.send_headers(self.stream_id, head, not body)
+                protocol.send_body(self.stream_id, body)
+            except h2.exceptions.StreamClosedError:
+                self.gone()  # reset in a frame not yet read, or by h2 itself
+            else:
+                self.response_complete = True
+            protocol.schedule_flush()
+        protocol.express_done(self)
+
     async def _send_data(self, body: bytes, end: bool) -> None:
         protocol = self.protocol
         conn = protocol.conn
@@ -572,8 +597,14 @@ class H2Protocol(asyncio.Protocol):
             self.idle_timer.cancel()
             self.idle_timer = None
         self.send_headers(stream_id, response_headers(status, fields), not body)
+        self.send_body(stream_id, body)
+        return True
+
+    def send_body(self, stream_id: int, body: bytes) -> None:
+        """A whole body at once, ending the stream, in frames of one full TLS record each;
+        the caller made sure it fits the client's windows (``local_flow_control_window``)."""
         total = len(body)
-        step = min(conn.max_outbound_frame_size, RECORD_PAYLOAD)
+        step = min(self.conn.max_outbound_frame_size, RECORD_PAYLOAD)
         view = memoryview(body) if total > step else None  # one frame: no view, no copy
         sent = 0
         while sent < total:
@@ -584,7 +615,6 @@ class H2Protocol(asyncio.Protocol):
             self.unflushed += size
             if self.unflushed >= FLUSH_BYTES:
                 self._flush()
-        return True
 
     def _data(self, event: h2.events.DataReceived) -> None:
         stream_id = event.stream_id
@@ -627,10 +657,43 @@ class H2Protocol(asyncio.Protocol):
 
     def _start(self, stream: Stream) -> None:
         stream.started = True
+        if stream.ended:
+            express = getattr(getattr(self.app, "current", None), "express", None)
+            if express is not None:
+                try:
+                    if express.start(stream, self, self.app):
+                        return
+                except Exception:  # noqa: BLE001 - never a failed request: the full path answers
+                    express.fail()
+        self.start_full_path(stream, self.app)
+
+    # The express lane's side of the connection (``gateway.express``; the HTTP/1.1
+    # listener has the same four): a proxied GET or HEAD whose stream ended with its headers
+    # is written upstream from ``_start`` and answered from the upstream's callbacks through
+    # ``Stream.write``, with no task; it counts as running until then, like a task.
+
+    def start_full_path(self, stream: Stream, app: Any) -> None:
+        """The stream's task, from the start or for a request the express lane hands back."""
         task = self.loop.create_task(self._run(stream))
         tasks = self.server_state.tasks
         tasks.add(task)
         task.add_done_callback(tasks.discard)
+
+    def express_blocked(self, stream: Stream, size: int) -> bool:
+        """Whether a response of ``size`` body bytes must take the full path, which waits for
+        the client's WINDOW_UPDATE or for the transport to drain."""
+        return self.write_paused or size > self.conn.local_flow_control_window(stream.stream_id)
+
+    def abort_response(self, stream: Stream) -> None:
+        """The express lane failed mid-response: the stream is reset (``_finished``)."""
+        self.express_done(stream)
+
+    def express_done(self, stream: Stream) -> None:
+        """The express lane is done with ``stream``: what the end of its task would do."""
+        if self.streams.get(stream.stream_id) is not stream:
+            return  # done already
+        self.running -= 1
+        self._finished(stream)
 
     async def _run(self, stream: Stream) -> None:
         try:

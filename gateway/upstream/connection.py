@@ -318,6 +318,11 @@ class UpstreamConnection(asyncio.Protocol):
     def response_complete(self) -> bool:
         return self._complete
 
+    @property
+    def buffered(self) -> int:
+        """Bytes of body queued and not yet taken."""
+        return self._buffered
+
     def _apply(self, events: list[ResponseEvent]) -> None:
         for event in events:
             if type(event) is bytes:

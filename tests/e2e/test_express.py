@@ -14,8 +14,10 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import shutil
 import socket
 import ssl
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -25,6 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import h2.config
+import h2.connection
+import h2.events
 import httpx
 import pytest
 from support.scripted_upstream import interim, request_heads, response
@@ -776,3 +781,164 @@ def test_sigterm_lets_requests_in_flight_on_the_lane_finish(tmp_path: Path) -> N
         assert [a.status_code for a in answers] == [200] * count
         assert all(a.headers["connection"] == "close" for a in answers)
         assert s.gateway.process.wait(timeout=15) == 0
+
+
+# --- over HTTP/2 -------------------------------------------------------------------------------
+
+
+def h2_client(site: Site) -> httpx.Client:
+    gw = site.gateway
+    return httpx.Client(
+        http2=True, verify=gw.ssl_context(), base_url=gw.base_url, trust_env=False, timeout=10.0
+    )
+
+
+H2_ACCESS_LINE = re.compile(
+    r'"(?P<method>[A-Z]+) (?P<target>\S+) HTTP/2" (?P<status>\d{3}) (?P<bytes>\d+) '
+    r"upstream=(?P<upstream>\S+) cache=(?P<cache>\S+) rt=\d+\.\d{3} id=(?P<id>[0-9a-f]{32})$"
+)
+
+
+def test_http2_streams_are_answered_on_the_lane_as_the_full_path_answers(site: Site) -> None:
+    """A stream that ends with its GET or HEAD headers is on the lane over HTTP/2 too: the
+    full path's fields over HTTP/2, the same request upstream, one HTTP/2 access-log line."""
+    target = "/echo/h2?q=1"
+    with h2_client(site) as c:
+        full = c.get(f"/same{target}")
+        assert c.get(f"/plain{target}").status_code == 200  # the pool's connection, maybe new
+        before = site.express()
+        lane = [c.get(f"/plain{target}") for _ in range(3)]
+        head = c.head(f"/plain{target}")
+        assert site.express() - before == 4
+    for answer in [full, *lane, head]:
+        assert answer.http_version == "HTTP/2" and answer.status_code == 200
+    for answer in lane:
+        assert fields(answer) == fields(full)
+        assert echoed(answer) == echoed(full)
+    # The echo's body names the method: only the length differs from the GET's.
+    assert head.content == b"" and int(head.headers["content-length"]) > 0
+    unsized = [[f for f in fields(r) if f[0] != "content-length"] for r in (head, lane[0])]
+    assert unsized[0] == unsized[1]
+    site.gateway.wait_for_log(f"id={lane[0].headers['x-request-id']}")
+    (line,) = site.gateway.log_lines(f"id={lane[0].headers['x-request-id']}")
+    match = H2_ACCESS_LINE.search(line)
+    assert match, line
+    assert (match["method"], match["target"], match["status"]) == ("GET", f"/plain{target}", "200")
+    assert int(match["bytes"]) == len(lane[0].content)
+    assert match["upstream"] == f"127.0.0.1:{site.echo.port}"
+
+
+class RawH2:
+    """An HTTP/2 connection driven with h2's client state machine: the client's windows stay
+    at the protocol's 65,535 bytes (httpx opens each stream's to 16 MiB), and what it reads
+    is acknowledged as it is read."""
+
+    def __init__(self, gw: Gateway) -> None:
+        context = gw.ssl_context()
+        context.set_alpn_protocols(["h2"])
+        raw = socket.create_connection(("127.0.0.1", gw.https_port), timeout=5)
+        self.sock = context.wrap_socket(raw, server_hostname="localhost")
+        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        self.conn.initiate_connection()
+        self.next_id = 1
+        self.flush()
+
+    def __enter__(self) -> RawH2:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
+
+    def flush(self) -> None:
+        self.sock.sendall(self.conn.data_to_send())
+
+    def open(self, path: str) -> int:
+        stream_id, self.next_id = self.next_id, self.next_id + 2
+        headers = [(":method", "GET"), (":scheme", "https"), (":authority", "localhost")]
+        self.conn.send_headers(stream_id, [*headers, (":path", path)], end_stream=True)
+        self.flush()
+        return stream_id
+
+    def read(self, stream_id: int) -> bytes:
+        """The body of ``stream_id``, once it has ended."""
+        body = b""
+        while True:
+            data = self.sock.recv(65536)
+            assert data, "closed"
+            ended = False
+            for event in self.conn.receive_data(data):
+                if isinstance(event, h2.events.DataReceived):
+                    self.conn.acknowledge_received_data(
+                        event.flow_controlled_length, event.stream_id
+                    )
+                    if event.stream_id == stream_id:
+                        body += event.data
+                ended |= isinstance(event, h2.events.StreamEnded) and event.stream_id == stream_id
+            self.flush()
+            if ended:
+                return body
+
+    def get(self, path: str) -> bytes:
+        return self.read(self.open(path))
+
+
+def test_http2_bodies_over_the_clients_window_are_handed_over_intact(site: Site) -> None:
+    """The lane sends a body at once only within the client's flow-control window: with the
+    protocol's initial 65,535 bytes, 65,000 bytes are on the lane, 65,536 (still a small
+    body) are handed to the full path, which waits for the WINDOW_UPDATEs; both arrive whole."""
+    with RawH2(site.gateway) as client:
+        assert len(client.get("/plain/json?n=10")) == 10
+        before = site.express()
+        fits = client.get("/plain/json?n=65000")
+        assert site.express() - before == 1
+        over = client.get("/plain/json?n=65536")
+        assert site.express() - before == 1
+    assert len(fits) == 65000 and len(over) == 65536
+    with site.gateway.client() as h1:  # the same bytes as over HTTP/1.1
+        assert fits == h1.get("/plain/json?n=65000").content
+        assert over == h1.get("/plain/json?n=65536").content
+
+
+def test_http2_lane_answers_for_many_streams_at_once_all_arrive(site: Site) -> None:
+    """h2load: 10 streams at a time on each of 2 connections, all on the lane or handed over,
+    none lost or failed."""
+    h2load = shutil.which("h2load")
+    assert h2load, "apt-get install -y nghttp2-client"
+    with h2_client(site) as c:
+        assert c.get("/plain/echo/warm").status_code == 200
+    before = site.express()
+    done = subprocess.run(
+        [h2load, "-n", "400", "-c", "2", "-m", "10", f"{site.gateway.base_url}/plain/echo/many"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert "400 succeeded, 0 failed, 0 errored" in done.stdout, done.stdout
+    assert "status codes: 400 2xx" in done.stdout, done.stdout
+    assert site.express() - before > 200  # most: some wait for a pooled connection
+    site.wait_idle("main")
+
+
+def test_http2_stream_reset_while_on_the_lane_leaves_the_connection_and_pool_working(
+    site: Site,
+) -> None:
+    """A client resets its stream while the upstream is still answering it on the lane: the
+    upstream's late answer goes nowhere, the connection serves its next stream, and the
+    pooled upstream connection is back in the pool."""
+    site.origin.script("/slow-h2", PAUSE, OK)
+    with h2_client(site) as c:
+        assert c.get("/raw/ok").status_code == 200
+        assert c.get("/raw/ok").status_code == 200
+    with RawH2(site.gateway) as client:
+        before = site.express()
+        slow = client.open("/raw/slow-h2")
+        site.admin.wait_for(lambda: len(site.origin.seen("/slow-h2")) == 1, timeout=5)
+        client.conn.reset_stream(slow)
+        client.flush()
+        site.origin.resume("/slow-h2")
+        site.wait_idle("raw")
+        body = client.get("/raw/ok")
+    assert body == b"ok"
+    assert site.express() - before == 2
+    assert site.server("raw")["state"] == "UP"

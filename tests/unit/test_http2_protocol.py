@@ -964,3 +964,131 @@ def test_hot_answers_restart_the_idle_wait() -> None:
         assert not again.cancelled()
 
     run(scenario)
+
+
+class FakeLane:
+    """``gateway.express.ExpressLane`` as the protocol sees it: it takes every GET for
+    ``/lane/...`` and answers when the test says, through the stream's ``write``."""
+
+    def __init__(self, broken: bool = False) -> None:
+        self.broken = broken
+        self.taken: dict[int, Any] = {}
+        self.failed = False
+
+    def start(self, stream: Any, protocol: Any, app: Any) -> bool:
+        if self.broken:
+            raise RuntimeError("a bug")
+        if not stream.scope["path"].startswith("/lane"):
+            return False
+        self.taken[stream.stream_id] = (stream, protocol, app)
+        return True
+
+    def answer(self, stream_id: int, body: bytes) -> bool:
+        """As ``Express._advance`` then ``answer``: False when the protocol says the full
+        path must answer (and it is handed over)."""
+        stream, protocol, app = self.taken.pop(stream_id)
+        if protocol.express_blocked(stream, len(body)):
+            protocol.start_full_path(stream, app)
+            return False
+        fields = [(b"content-type", b"text/plain"), (b"content-length", b"%d" % len(body))]
+        stream.write({"type": "http.response.start", "status": 200, "headers": fields})
+        stream.write({"type": "http.response.body", "body": body})
+        return True
+
+    def fail(self) -> None:
+        self.failed = True
+
+
+class LaneApp(HotApp):
+    def __init__(self, lane: FakeLane) -> None:
+        self.current = SimpleNamespace(hot=None, express=lane)
+        self.paths = []
+
+
+def test_a_stream_on_the_express_lane_has_no_task_and_counts_as_running_until_answered() -> None:
+    lane = FakeLane()
+    app = LaneApp(lane)
+
+    async def scenario() -> None:
+        peer = Peer(app)
+        for stream_id, path in ((1, "/lane/a"), (3, "/lane/b"), (5, "/other")):
+            peer.client.send_headers(stream_id, [*GET[:3], (":path", path)], end_stream=True)
+        peer.send()
+        await peer.settle()
+        assert sorted(lane.taken) == [1, 3] and app.paths == ["/other"]
+        assert peer.server.running == 2 and not peer.state.tasks
+        assert lane.answer(3, b"three") and lane.answer(1, b"")
+        await peer.settle()
+        assert peer.body(3) == b"three" and peer.body(1) == b""
+        for stream_id in (1, 3):
+            (response,) = peer.of(h2.events.ResponseReceived, stream_id)
+            assert dict(response.headers)[":status"] == "200"
+            assert peer.of(h2.events.StreamEnded, stream_id)
+        assert peer.server.running == 0 and peer.server.streams == {}
+        assert peer.server.idle_timer is not None  # idle again: the idle wait restarted
+        assert not peer.of(h2.events.StreamReset)
+
+    run(scenario)
+
+
+def test_a_body_over_the_clients_window_is_handed_to_the_full_path() -> None:
+    lane = FakeLane()
+    app = LaneApp(lane)
+
+    async def scenario() -> None:
+        peer = Peer(app)
+        peer.client.send_headers(1, [*GET[:3], (":path", "/lane/big")], end_stream=True)
+        peer.send()
+        await peer.settle()
+        window = peer.server.conn.local_flow_control_window(1)
+        assert not lane.answer(1, b"x" * (window + 1))  # handed over: the app's task answers
+        await peer.settle()
+        assert app.paths == ["/lane/big"] and peer.body(1) == b"hello /lane/big"
+        assert peer.server.running == 0
+
+    run(scenario)
+
+
+def test_a_stream_reset_while_on_the_lane_is_finished_once_when_the_lane_is_done() -> None:
+    lane = FakeLane()
+
+    async def scenario() -> None:
+        peer = Peer(LaneApp(lane))
+        peer.client.send_headers(1, [*GET[:3], (":path", "/lane/x")], end_stream=True)
+        peer.send()
+        peer.client.reset_stream(1)
+        peer.send()
+        assert peer.server.running == 1  # the lane still holds its upstream exchange
+        stream = lane.taken[1][0]
+        assert lane.answer(1, b"late")  # written to a stream that is gone: nothing sent
+        peer.server.express_done(stream)  # a second end changes nothing
+        await peer.settle()
+        assert peer.server.running == 0 and peer.server.streams == {}
+        assert not peer.of(h2.events.ResponseReceived)
+        assert not peer.transport.closed.is_set()
+
+    run(scenario)
+
+
+def test_an_aborted_lane_answer_resets_its_stream_and_a_broken_lane_turns_off() -> None:
+    lane = FakeLane()
+
+    async def scenario() -> None:
+        peer = Peer(LaneApp(lane))
+        peer.client.send_headers(1, [*GET[:3], (":path", "/lane/x")], end_stream=True)
+        peer.send()
+        stream, protocol, _ = lane.taken.pop(1)
+        protocol.abort_response(stream)
+        await peer.settle()
+        (reset,) = peer.of(h2.events.StreamReset, 1)
+        assert reset.error_code == ErrorCodes.INTERNAL_ERROR
+        assert peer.server.running == 0
+
+        broken = FakeLane(broken=True)
+        app = LaneApp(broken)
+        other = Peer(app)
+        await other.get()
+        assert broken.failed and app.paths == ["/"]
+        assert other.body(1) == b"hello /"
+
+    run(scenario)
