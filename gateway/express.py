@@ -12,8 +12,9 @@ listener's end of the request head and the upstream connection's data events.
 How it stays the full path's answer.  It calls the same functions in the same order, and
 gives anything it does not handle back before it matters:
 
-1. ``start`` (from the listener, where uvicorn would start the request's task): the request
-   must be a bodiless GET or HEAD on HTTP/1.1, pass ``validation.check_request``, and route
+1. ``start`` (from the HTTP/1.1 listener where uvicorn would start the request's task, or
+   from the HTTP/2 connection for a stream that ended with its headers): the request must be
+   a bodiless GET or HEAD, pass ``validation.check_request``, and route
    to a proxy route with no middlewares (``RouteHandlers.express``).  On a caching route it
    must be a plain GET that the cache would pass by anyway: its key is hit-for-pass and the
    store has not changed since the full path passed it (``CacheLayer.express_decision``).
@@ -24,12 +25,17 @@ gives anything it does not handle back before it matters:
    so the round robin moves once per request (a ``Handoff`` without a connection).
 2. ``advance`` (from the upstream connection, ``UpstreamConnection.watch``): a final
    response below 500 whose body is complete and at most 64 KiB is answered through the
-   app's own ``ClientSend`` and the listener's own ``GatewayCycle``, so the bytes are the
-   full path's; the connection goes back to the pool, the server's health hears a success,
-   the access log and metrics get the request.  Anything else (an error, a read timeout, a
-   1xx, a 5xx, a large or streamed body, a client that stopped reading) becomes a
-   ``Handoff``: uvicorn's task is started after all, and the proxy's first attempt carries
-   on with this exchange (retries, health reports, stale answers and error pages as usual).
+   app's own ``ClientSend`` and the listener's own ``GatewayCycle`` (over HTTP/2 the
+   stream's ``write``), so the bytes are the full path's; the connection goes back to the
+   pool, the server's health hears a success, the access log and metrics get the request.
+   Anything else (an error, a read timeout, a 1xx, a 5xx, a large or streamed body, a client
+   that stopped reading or whose HTTP/2 window is too small for the body) becomes a
+   ``Handoff``: the request's task is started after all, and the proxy's first attempt
+   carries on with this exchange (retries, health reports, stale answers and error pages as
+   usual).
+
+The listener side is four methods both protocols have: ``start_full_path``,
+``express_blocked``, ``abort_response`` and the ``loop``.
 
 Off in trace mode and with ``server_timing`` (which describe the full path).
 """

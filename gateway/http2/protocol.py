@@ -6,12 +6,16 @@ written once per read, or once per event-loop iteration for the app's messages (
 responses of ten streams finishing together leave in one TLS write).  Each request becomes a
 ``Stream``: its scope is the one the HTTP/1.1 listener builds (``gateway/http2/request.py``),
 and it runs through the same ASGI app, ``GatewayApp``, with the stream's ``receive`` and
-``send``.  h2 frames everything but response bodies: their DATA frames are built here
-(``H2Protocol.send_data``, with h2's state and windows moved as its own would), one copy of
-the payload instead of five, each full frame one full TLS record, and a big body written in
-pieces of ``FLUSH_BYTES`` rather than one buffer; small answers are joined into one write.
-A fresh cache hit the app has published (``gateway.cache.hot``) is answered without a
-``Stream`` at all, in the read that brought its request (``_answer_hot``).
+``send``.  h2 parses what the client sends and frames the control frames; a final
+response's HEADERS and DATA frames are built here (``H2Protocol.send_headers`` and
+``send_data``, with h2's state and windows moved as its own would), one copy of the payload
+instead of five, each full DATA frame one full TLS record, and a big body written in pieces
+of ``FLUSH_BYTES`` rather than one buffer; small answers are joined into one write.  HPACK
+fields and request header blocks that repeat are remembered while the dynamic table holds
+(``encoder.py``, ``decoder.py``).  A fresh cache hit the app has published
+(``gateway.cache.hot``) is answered without a ``Stream`` at all, in the read that brought its
+request (``_answer_hot``); a proxied GET or HEAD whose stream ended with its headers may take
+the express lane (``gateway.express``): no task, answered from the upstream's callbacks.
 
 Flow control is back-pressure, both ways:
 
