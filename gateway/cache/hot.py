@@ -125,6 +125,13 @@ class HotEntry:
     labels: Labels
 
 
+# A hit's Cache-Status member, by whether its freshness is heuristic; ``% ttl`` completes it.
+HIT = format_cache_status(hit=True, ttl=0).replace(b"ttl=0", b"ttl=%d")
+HIT_HEURISTIC = format_cache_status(hit=True, ttl=0, detail="heuristic").replace(
+    b"ttl=0", b"ttl=%d"
+)
+
+
 def field_lines(fields: Headers) -> bytes:
     return b"".join([name + b": " + value + b"\r\n" for name, value in fields])
 
@@ -307,9 +314,8 @@ class HotHits:
         ttl = hot.lifetime - age
         if ttl <= 0:
             return None  # stale: the full path decides (revalidate, serve stale, refetch)
-        status = format_cache_status(
-            hit=True, ttl=ttl, detail="heuristic" if hot.heuristic else None
-        )
+        # format_cache_status(hit=True, ttl=ttl, detail=...) with the constant parts made once.
+        status = (HIT_HEURISTIC if hot.heuristic else HIT) % math.floor(ttl)
         body = b"" if method == "HEAD" else hot.body
         if max_body is not None and len(body) > max_body:
             return None

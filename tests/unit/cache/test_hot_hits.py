@@ -4,6 +4,7 @@ answer to the full path (request, entry, store, certificate, time) is honoured."
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Any
 
 import pytest
@@ -14,7 +15,8 @@ from support.response_cycle import response_cycle
 
 from gateway.access_log import Exchange
 from gateway.admin.metrics import Metrics
-from gateway.cache.decisions import Action, lookup_decision
+from gateway.cache import hot as hot_module
+from gateway.cache.decisions import Action, format_cache_status, lookup_decision
 from gateway.cache.fields import format_http_date
 from gateway.cache.hot import INERT_FIELDS, MAX_ENTRIES, REFRESH, HotHits, plain_host
 from gateway.cache.store import ResponseCache
@@ -339,3 +341,12 @@ def test_http2_requests_publish_too() -> None:
     hot = Hot()
     hot.publish(stored((b"cache-control", b"max-age=60")), http_version="2")
     assert list(hot.hits.entries) == [("app.localhost", b"app.localhost", b"/page?q=1")]
+
+
+@pytest.mark.parametrize("ttl", [0.2, 1.0, 59.99, 3600.0, 1e9])
+def test_the_hit_cache_status_is_the_full_paths(ttl: float) -> None:
+    """The hot path's Cache-Status, completed from constants, is ``format_cache_status``'s."""
+    assert hot_module.HIT % math.floor(ttl) == format_cache_status(hit=True, ttl=ttl)
+    assert hot_module.HIT_HEURISTIC % math.floor(ttl) == format_cache_status(
+        hit=True, ttl=ttl, detail="heuristic"
+    )
