@@ -226,6 +226,13 @@ def client(site: Site) -> Iterator[httpx.Client]:
 # --- helpers ---------------------------------------------------------------------------------
 
 
+def h2_client(site: Site) -> httpx.Client:
+    gw = site.gateway
+    return httpx.Client(
+        http2=True, verify=gw.ssl_context(), base_url=gw.base_url, trust_env=False, timeout=10.0
+    )
+
+
 def fields(r: httpx.Response) -> list[tuple[str, str]]:
     """The response's fields in order, the volatile ones' values blanked."""
     return [(k, "" if k in VOLATILE else v) for k, v in r.headers.multi_items()]
@@ -313,13 +320,18 @@ def test_plain_gets_are_answered_on_the_lane_as_the_full_path_answers(
     assert len({r.headers["x-request-id"] for r in [*lane, full]}) == 4
 
 
+@pytest.mark.parametrize("http2", [False, True], ids=["http1.1", "http2"])
 def test_hit_for_pass_gets_are_answered_on_the_lane_with_the_cache_headers(
-    site: Site, client: httpx.Client
+    site: Site, http2: bool
 ) -> None:
     """On a caching route, a response without freshness information makes its key
     hit-for-pass; once the full path has passed it, plain GETs of it take the lane, with the
     full path's Cache-Status and X-Cache, and still count as cache misses."""
-    path = "/cached/echo/pass"
+    with h2_client(site) if http2 else site.gateway.client() as client:
+        hit_for_pass_on_the_lane(site, client, f"/cached/echo/pass-{http2}")
+
+
+def hit_for_pass_on_the_lane(site: Site, client: httpx.Client, path: str) -> None:
     misses = site.metric("gateway_cache_requests_total", result="miss")
     before = site.express()
     fetched = client.get(path)  # a miss: fetched, not storable (hit-for-pass from now on)
@@ -784,13 +796,6 @@ def test_sigterm_lets_requests_in_flight_on_the_lane_finish(tmp_path: Path) -> N
 
 
 # --- over HTTP/2 -------------------------------------------------------------------------------
-
-
-def h2_client(site: Site) -> httpx.Client:
-    gw = site.gateway
-    return httpx.Client(
-        http2=True, verify=gw.ssl_context(), base_url=gw.base_url, trust_env=False, timeout=10.0
-    )
 
 
 H2_ACCESS_LINE = re.compile(
