@@ -85,6 +85,8 @@ def test_validation_sees_exactly_one_host_and_judges_it_like_http11() -> None:
         ((b"x-smuggle", b"a\r\nHost: evil"), "invalid value"),
         ((b"x-nul", b"a\x00b"), "invalid value"),
         ((b"x-space", b" padded"), "invalid value"),
+        ((b"x-long", b"v" * 300 + b"\r\nHost: evil"), "invalid value"),  # not memoized
+        ((b"x-trailing", b"v" * 300 + b"\t"), "invalid value"),
         ((b":method", b"POST"), "after a regular field"),
     ],
 )
@@ -169,3 +171,16 @@ def test_reset_budget_allows_a_burst_then_refills_over_time() -> None:
     assert budget.spend() is False
     now[0] += 100.0  # never more than the burst
     assert [budget.spend() for _ in range(4)] == [True, True, True, False]
+
+
+def test_value_checks_are_memoized_for_short_values_only() -> None:
+    """The same verdicts twice (the second from the memo), and long values never kept."""
+    from gateway.http2 import request
+
+    request._check_short_value.cache_clear()
+    for value, valid in ((b"h2load", True), (b"a\nb", False), (b" x", False), (b"", True)):
+        assert request._valid_value(value) is valid
+        assert request._valid_value(value) is valid
+    assert request._check_short_value.cache_info().hits == 4
+    assert request._valid_value(b"v" * (request.SHORT_VALUE + 1)) is True
+    assert request._check_short_value.cache_info().currsize == 4
