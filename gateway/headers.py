@@ -139,7 +139,9 @@ def upstream_request_headers(
             continue
         if listed and name in listed:
             continue
-        if b"_" in name or (name in URL_REWRITING and not from_proxy):
+        # find(), not ``in``: CPython's bytes ``in`` first tries the operand as an int and
+        # raises and clears a TypeError, ~100 ns per field on the hot path.
+        if name.find(b"_") >= 0 or (name in URL_REWRITING and not from_proxy):
             continue
         if name in FORWARDING:
             if name == b"x-forwarded-for" and trusted:

@@ -49,11 +49,15 @@ def _valid_name(name: bytes) -> bool:
     return _TOKEN_LOWER.fullmatch(name) is not None
 
 
+_OWS = (0x20, 0x09)  # SP, HTAB
+
+
 def _check_value(value: bytes) -> bool:
     # RFC 9113 §8.2.1: no NUL, CR or LF anywhere, no leading or trailing whitespace.
-    if b"\r" in value or b"\n" in value or b"\x00" in value:
+    # find(), not ``in`` (see gateway.headers.upstream_request_headers): a third of the time.
+    if value.find(b"\r") >= 0 or value.find(b"\n") >= 0 or value.find(b"\x00") >= 0:
         return False
-    return not value or (value[:1] not in b" \t" and value[-1:] not in b" \t")
+    return not value or (value[0] not in _OWS and value[-1] not in _OWS)
 
 
 # Memoized like names for the values that come back with every request (User-Agent, Accept,
