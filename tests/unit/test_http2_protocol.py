@@ -121,6 +121,11 @@ class Peer:
             self.server.data_received(self.client.data_to_send())  # acks
         return self.events
 
+    def request(self, stream_id: int, path: str) -> None:
+        """Open ``stream_id`` with a whole GET request for ``path``, as one read."""
+        self.client.send_headers(stream_id, [*GET[:3], (":path", path)], end_stream=True)
+        self.send()
+
     async def get(self, stream_id: int = 1) -> list[h2.events.Event]:
         """Open ``stream_id`` with a whole GET request, and settle."""
         self.client.send_headers(stream_id, GET, end_stream=True)
@@ -1037,8 +1042,7 @@ def test_a_body_over_the_clients_window_is_handed_to_the_full_path() -> None:
 
     async def scenario() -> None:
         peer = Peer(app)
-        peer.client.send_headers(1, [*GET[:3], (":path", "/lane/big")], end_stream=True)
-        peer.send()
+        peer.request(1, "/lane/big")
         await peer.settle()
         window = peer.server.conn.local_flow_control_window(1)
         assert not lane.answer(1, b"x" * (window + 1))  # handed over: the app's task answers
@@ -1054,8 +1058,7 @@ def test_a_stream_reset_while_on_the_lane_is_finished_once_when_the_lane_is_done
 
     async def scenario() -> None:
         peer = Peer(LaneApp(lane))
-        peer.client.send_headers(1, [*GET[:3], (":path", "/lane/x")], end_stream=True)
-        peer.send()
+        peer.request(1, "/lane/x")
         peer.client.reset_stream(1)
         peer.send()
         assert peer.server.running == 1  # the lane still holds its upstream exchange
@@ -1075,8 +1078,7 @@ def test_an_aborted_lane_answer_resets_its_stream_and_a_broken_lane_turns_off() 
 
     async def scenario() -> None:
         peer = Peer(LaneApp(lane))
-        peer.client.send_headers(1, [*GET[:3], (":path", "/lane/x")], end_stream=True)
-        peer.send()
+        peer.request(1, "/lane/x")
         stream, protocol, _ = lane.taken.pop(1)
         protocol.abort_response(stream)
         await peer.settle()
