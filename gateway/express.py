@@ -34,8 +34,8 @@ gives anything it does not handle back before it matters:
    carries on with this exchange (retries, health reports, stale answers and error pages as
    usual).
 
-The listener side is four methods both protocols have: ``start_full_path``,
-``express_blocked``, ``abort_response`` and the ``loop``.
+What the lane needs of the client's side, the HTTP/1.1 listener and the HTTP/2 connection
+both have: ``start_full_path``, ``express_blocked``, ``abort_response`` and ``loop``.
 
 Off in trace mode and with ``server_timing`` (which describe the full path).
 """

@@ -672,9 +672,9 @@ class H2Protocol(asyncio.Protocol):
         self.start_full_path(stream, self.app)
 
     # The express lane's side of the connection (``gateway.express``; the HTTP/1.1
-    # listener has the same four): a proxied GET or HEAD whose stream ended with its headers
-    # is written upstream from ``_start`` and answered from the upstream's callbacks through
-    # ``Stream.write``, with no task; it counts as running until then, like a task.
+    # listener has the same three methods): a proxied GET or HEAD whose stream ended with
+    # its headers is written upstream from ``_start`` and answered from the upstream's
+    # callbacks through ``Stream.write``, with no task; it counts as running until then.
 
     def start_full_path(self, stream: Stream, app: Any) -> None:
         """The stream's task, from the start or for a request the express lane hands back."""
