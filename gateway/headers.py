@@ -75,12 +75,19 @@ REQUEST_ONLY_LOCAL = frozenset({b"expect", b"content-length"})
 VIA = b"1.1 gateway"
 
 
+NONE_LISTED: frozenset[bytes] = frozenset()
+
+
 def connection_listed(headers: Headers) -> frozenset[bytes]:
     """Header names listed in Connection, which are hop-by-hop for this one message."""
-    listed: set[bytes] = set()
+    listed: set[bytes] | None = None
     for name, value in headers:
         if name == b"connection":
+            if listed is None:
+                listed = set()
             listed.update(token.strip().lower() for token in value.split(b","))
+    if listed is None:
+        return NONE_LISTED  # most messages: no set built per request
     listed.discard(b"close")
     listed.discard(b"keep-alive")
     return frozenset(listed)

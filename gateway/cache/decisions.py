@@ -10,6 +10,7 @@ adds the latter two to a response that did come from the upstream.
 from __future__ import annotations
 
 import enum
+import functools
 import math
 from dataclasses import dataclass
 
@@ -374,5 +375,11 @@ def forwarded_cache_headers(
         x_cache = b"EXPIRED"
     else:
         x_cache = b"MISS"
-    status = format_cache_status(fwd=decision.fwd or "miss", fwd_status=fwd_status, stored=stored)
+    status = _forwarded_status(decision.fwd or "miss", fwd_status, stored)
     return [(b"cache-status", status), (b"x-cache", x_cache)]
+
+
+@functools.lru_cache(maxsize=256)
+def _forwarded_status(fwd: str, fwd_status: int | None, stored: bool) -> bytes:
+    # Memoized: a handful of (fwd, status) pairs make nearly every forwarded response's value.
+    return format_cache_status(fwd=fwd, fwd_status=fwd_status, stored=stored)

@@ -271,6 +271,9 @@ def without_targeted(headers: Headers, targets: Sequence[bytes]) -> Headers:
     """``headers`` without the fields on the target list: they were meant for this cache and
     are not sent on downstream (see the module docstring).  The same list when there are none,
     the usual case, so the forwarding path pays one scan."""
-    if not targets or not any(name in targets for name, _ in headers):
+    if not targets:
         return headers
-    return [(name, value) for name, value in headers if name not in targets]
+    for name, _ in headers:  # a loop, not any() over a generator: on every forwarded response
+        if name in targets:
+            return [(name, value) for name, value in headers if name not in targets]
+    return headers
