@@ -40,18 +40,18 @@ from gateway.memory import fix_mmap_threshold, freeze_startup_heap
 from gateway.middleware import close_middlewares
 from gateway.runtime.reload import AppSwitch, Reloader, ReloadError, ReloadPlan, reload_logged
 from gateway.tls.service import TLSService
+from gateway.tls.transport import TLSServer
 from gateway.upstream.group import Upstream
 
 log = logging.getLogger("gateway")
 
 
 class _Server(uvicorn.Server):
-    """A uvicorn server on sockets we bound, whose TLS handshakes are under ``header_timeout``.
-
-    uvicorn creates its asyncio servers without ``ssl_handshake_timeout``, so a client that
-    opens a TLS connection and never finishes the handshake would hold it for the event loop's
-    default 60 s: the protocol (and its header timer) only exists once the handshake is done.
-    Nginx's ``client_header_timeout`` covers the handshake too; so does ours.
+    """A uvicorn server on sockets we bound, whose TLS connections are ``TLSServer``'s
+    (``gateway.tls.transport``: OpenSSL on the socket, as in nginx, rather than uvloop's
+    memory-BIO transport) and whose handshakes are under ``header_timeout``: the protocol (and
+    its header timer) only exists once the handshake is done, and nginx's
+    ``client_header_timeout`` covers the handshake too.
     """
 
     def __init__(self, config: uvicorn.Config, handshake_timeout: float) -> None:
@@ -83,17 +83,18 @@ class _Server(uvicorn.Server):
             )
 
         loop = asyncio.get_running_loop()
-        handshake_timeout = self.handshake_timeout if config.ssl else None
-        self.servers = [
-            await loop.create_server(
-                create_protocol,
-                sock=sock,
-                ssl=config.ssl,
-                backlog=config.backlog,
-                ssl_handshake_timeout=handshake_timeout,
-            )
-            for sock in sockets
-        ]
+        if config.ssl:  # OpenSSL on the socket itself (gateway.tls.transport)
+            self.servers = [
+                TLSServer(  # type: ignore[misc]
+                    loop, create_protocol, sock, config.ssl, self.handshake_timeout, config.backlog
+                )
+                for sock in sockets
+            ]
+        else:
+            self.servers = [
+                await loop.create_server(create_protocol, sock=sock, backlog=config.backlog)
+                for sock in sockets
+            ]
         self.started = True
 
 
