@@ -1,6 +1,8 @@
 """Keep idle TLS connections cheap: a fixed glibc mmap threshold.
 
-uvloop gives every TLS connection a 256 KiB read buffer (``PyMem_RawMalloc``) and touches only
+uvloop gives every TLS connection it runs (the admin listener's; the HTTPS listener has its own
+transport, ``gateway.tls.transport``, where OpenSSL reads 16 KiB records into buffers of its
+own) a 256 KiB read buffer (``PyMem_RawMalloc``) and touches only
 the few pages a record needs.  Allocated with ``mmap`` (glibc's default for blocks over
 128 KiB), untouched pages cost nothing.  But glibc raises its mmap threshold each time such a
 block is freed ("dynamic threshold"), so after the first connections close, new buffers come
@@ -74,7 +76,8 @@ READ_CAP = 64 * 1024
 
 
 class CappedReadSSLObject(ssl.SSLObject):
-    """The listener's ``SSLContext.sslobject_class``: reads ask for at most ``READ_CAP``."""
+    """``SSLContext.sslobject_class`` of the gateway's TLS contexts, for the connections uvloop
+    runs (the admin listener's): reads ask for at most ``READ_CAP``."""
 
     def read(self, len: int = 1024, buffer: Any = None) -> Any:
         if buffer is not None:

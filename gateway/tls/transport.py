@@ -17,6 +17,8 @@ What a protocol sees is asyncio's transport: ``connection_made`` once the handsh
 
 - The handshake runs under ``handshake_timeout`` (``header_timeout``, as nginx's
   ``client_header_timeout`` covers it); a failed one is logged at debug level and closed.
+- A plain HTTP request on the TLS port (OpenSSL recognises its method) gets a 400 in plain
+  HTTP that says so, as from nginx, rather than a reset.
 - A read asks for one record's worth (16 KiB): OpenSSL reads exactly one record from the
   socket, so the rest stays in the kernel and the loop reports it again (level-triggered).
 - A write of more than one record is corked (``TCP_CORK``): OpenSSL sends each 16 KiB record
@@ -55,6 +57,13 @@ _TRY_AGAIN = (BlockingIOError, InterruptedError)
 _CORK: int | None = getattr(socket, "TCP_CORK", None)  # Linux
 _OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 _DISCARD = bytearray(64 * 1024)  # what a lingering close reads into
+_PLAIN_HTTP_MESSAGE = b"This port speaks HTTPS: the plain HTTP request was sent to an HTTPS port.\n"
+PLAIN_HTTP_RESPONSE = (
+    b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    b"content-length: %d\r\nconnection: close\r\n\r\n"
+    % len(_PLAIN_HTTP_MESSAGE)
+    + _PLAIN_HTTP_MESSAGE
+)
 
 
 class TLSServer(asyncio.AbstractServer):
@@ -191,7 +200,10 @@ class TLSTransport(asyncio.Transport):
             return
         except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
             log.debug("TLS handshake with %s failed: %s", self._peername, exc)
-            self._close_socket()
+            if getattr(exc, "reason", None) == "HTTP_REQUEST":
+                self._refuse_plain_http()
+            else:
+                self._close_socket()
             return
         if self._timer is not None:
             self._timer.cancel()
@@ -204,6 +216,17 @@ class TLSTransport(asyncio.Transport):
         except Exception as exc:
             log.exception("connection_made failed for %s", self._peername)
             self._fatal(exc)
+
+    def _refuse_plain_http(self) -> None:
+        """An HTTP request instead of a ClientHello (OpenSSL recognises the method): say so
+        in plain HTTP, as nginx does, rather than reset a developer's ``http://`` request."""
+        self._closing = True
+        try:
+            self._sock.send(PLAIN_HTTP_RESPONSE)
+        except OSError:
+            self._close_socket()
+            return
+        self._linger()
 
     def _handshake_writable(self) -> None:
         self._writer_on = False
@@ -429,11 +452,17 @@ class TLSTransport(asyncio.Transport):
         except (OSError, ValueError):  # SSLWantReadError for that, or the socket failed
             pass
         self._call_lost(None)
+        self._linger()
+
+    def _linger(self) -> None:
+        """A FIN, then read until the client closes too, or LINGER seconds."""
         try:
             self._sock.shutdown(socket.SHUT_WR)
         except OSError:
             self._close_socket()
             return
+        if self._timer is not None:
+            self._timer.cancel()
         self._polling = True
         self._loop.add_reader(self._fd, self._drain)
         self._timer = self._loop.call_later(LINGER, self._close_socket)

@@ -285,8 +285,8 @@ def test_a_failed_handshake_is_closed_and_logged(
 ) -> None:
     async def scenario(server: TLSServer, protocols: Protocols, port: int) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")  # plain HTTP on TLS
-        try:  # closed at once: the unread rest of the request makes it a reset
+        writer.write(b"\x16\x03\x01\x00\x05garbage")  # a record that is no ClientHello
+        try:  # closed at once: an unread rest makes it a reset
             assert await reader.read() == b""
         except ConnectionResetError:
             pass
@@ -300,6 +300,21 @@ def test_a_failed_handshake_is_closed_and_logged(
     with caplog.at_level(logging.DEBUG, logger="gateway.tls"):
         serve(certs, scenario)
     assert "TLS handshake with" in caplog.text and "failed" in caplog.text
+
+
+def test_plain_http_on_the_tls_port_gets_a_400_that_says_so(certs: CertificatePaths) -> None:
+    async def scenario(server: TLSServer, protocols: Protocols, port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /x HTTP/1.1\r\nHost: localhost\r\nUser-Agent: curl\r\n\r\n")
+        answer = await reader.read()  # to the end: the 400 is not cut by a reset
+        writer.close()
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+        assert b"connection: close" in head and b"content-length: %d" % len(body) in head
+        assert b"plain HTTP request was sent to an HTTPS port" in body
+        assert protocols == []
+
+    serve(certs, scenario)
 
 
 def test_closing_the_server_stops_accepting_and_keeps_connections(
