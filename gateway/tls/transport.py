@@ -504,11 +504,17 @@ class TLSTransport(asyncio.Transport):
         self._sock.close()
 
     def _call_lost(self, exc: BaseException | None) -> None:
-        protocol = self._protocol
-        if protocol is None or self._lost:
+        if self._protocol is None or self._lost:
             return
         self._lost = True
-        self._loop.call_soon(protocol.connection_lost, exc)  # type: ignore[arg-type]
+        self._loop.call_soon(self._connection_lost, exc)
+
+    def _connection_lost(self, exc: BaseException | None) -> None:
+        try:
+            self._protocol.connection_lost(exc)  # type: ignore[union-attr]
+        finally:
+            # No cycle left for the garbage collector (asyncio's transports do the same).
+            self._protocol = None
 
     # -- the rest of asyncio.Transport ---------------------------------------------------------
 
