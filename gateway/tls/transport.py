@@ -477,7 +477,7 @@ class TLSTransport(asyncio.Transport):
             pass
         self._close_socket()
 
-    def _fatal(self, exc: BaseException) -> None:
+    def _fatal(self, exc: Exception) -> None:
         log.debug("TLS connection with %s failed: %r", self._peername, exc)
         self._closing = True
         self._reading = False
@@ -503,13 +503,13 @@ class TLSTransport(asyncio.Transport):
             self._timer = None
         self._sock.close()
 
-    def _call_lost(self, exc: BaseException | None) -> None:
+    def _call_lost(self, exc: Exception | None) -> None:
         if self._protocol is None or self._lost:
             return
         self._lost = True
         self._loop.call_soon(self._connection_lost, exc)
 
-    def _connection_lost(self, exc: BaseException | None) -> None:
+    def _connection_lost(self, exc: Exception | None) -> None:
         try:
             self._protocol.connection_lost(exc)  # type: ignore[union-attr]
         finally:
