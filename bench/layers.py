@@ -3,11 +3,14 @@
 
     .venv/bin/python bench/layers.py [--rounds 3] [--duration 8]
 
-Five servers answer the same bytes over TLS with the gateway's certificate (``/small``, 34 bytes
+Six servers answer the same bytes over TLS with the gateway's certificate (``/small``, 34 bytes
 of JSON, and ``/big``, 64 KiB), each as one process, each loaded by ``wrk -t1 -c32`` in turn:
 
-- ``floor``: uvloop's TLS transport and httptools' parser, fixed bytes written from the
-  parser callback (``layers_servers.py``): the least this stack can do per request;
+- ``floor``: the gateway's TLS transport (OpenSSL on the socket) and httptools' parser,
+  fixed bytes written from the parser callback (``layers_servers.py``): the least this stack
+  can do per request;
+- ``uvloop tls``: the same on uvloop's TLS transport (memory BIOs), the gateway's until
+  session 10;
 - ``uvicorn``: uvicorn's HTTP/1.1 protocol, scope, cycle and task around a raw ASGI app;
 - ``gateway hot``: the gateway's cache hit as the listener answers it (``gateway.cache.hot``);
 - ``gateway full``: the same hit through the whole request path (a request field the hot
@@ -44,7 +47,7 @@ from stack import Process, StackError, find_tool, wait_log_line, wait_port
 
 SERVERS = Path(__file__).resolve().parent / "layers_servers.py"
 SMALL = b'{"status":"ok","service":"origin"}'
-TARGETS = ("floor", "uvicorn", "gateway hot", "gateway full", "nginx")
+TARGETS = ("floor", "uvloop tls", "uvicorn", "gateway hot", "gateway full", "nginx")
 # (column, path, wrk -H): a keep-alive small and 64 KiB request, and a new connection each time.
 KINDS = (
     ("small", "small", ()),
@@ -132,7 +135,7 @@ class Layers:
         www.mkdir()
         (www / "small").write_bytes(SMALL)
         (www / "big").write_bytes((b"0123456789abcdef" * 4096)[:65536])
-        origin, https, http, floor, uvicorn, nginx_port = free_ports(6)
+        origin, https, http, floor, uvloop_tls, uvicorn, nginx_port = free_ports(7)
         python = sys.executable
         self._run("origin", [python, str(SERVERS), "origin", str(origin), str(www)])
         wait_port(self.processes["origin"], origin)
@@ -142,14 +145,24 @@ class Layers:
         wait_log_line(self.processes["gateway"], "gateway ready")
         cert, key = str(tmp / "certs" / "cert.pem"), str(tmp / "certs" / "key.pem")
         self._run("floor", [python, str(SERVERS), "floor", str(floor), cert, key, str(www)])
+        self._run(
+            "uvloop tls",
+            [python, str(SERVERS), "uvloop-tls", str(uvloop_tls), cert, key, str(www)],
+        )
         self._run("uvicorn", [python, str(SERVERS), "uvicorn", str(uvicorn), cert, key, str(www)])
         (tmp / "nginx.conf").write_text(nginx_config(tmp, nginx_port))
         self._run("nginx", [nginx, "-c", str(tmp / "nginx.conf")])
-        for name, port in (("floor", floor), ("uvicorn", uvicorn), ("nginx", nginx_port)):
+        for name, port in (
+            ("floor", floor),
+            ("uvloop tls", uvloop_tls),
+            ("uvicorn", uvicorn),
+            ("nginx", nginx_port),
+        ):
             wait_port(self.processes[name], port)
         base = "https://127.0.0.1:{}"
         self.urls = {
             "floor": base.format(floor),
+            "uvloop tls": base.format(uvloop_tls),
             "uvicorn": base.format(uvicorn),
             "gateway hot": base.format(https),
             "gateway full": base.format(https),
@@ -174,7 +187,8 @@ class Layers:
                             raise StackError(f"{name} /{size}: {response.status_code}")
 
     def pid(self, target: str) -> int:
-        return self.processes[target.split()[0]].pid
+        process = self.processes.get(target) or self.processes[target.split()[0]]
+        return process.pid
 
     def measure(
         self, binary: str, target: str, path: str, extra: tuple[str, ...], duration: int

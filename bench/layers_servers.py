@@ -1,12 +1,15 @@
 """The servers ``layers.py`` compares the gateway with, one process each.
 
-    python bench/layers_servers.py floor   PORT CERT KEY BODYDIR   # uvloop + TLS + llhttp only
+    python bench/layers_servers.py floor   PORT CERT KEY BODYDIR   # TLS on the socket + llhttp only
+    python bench/layers_servers.py uvloop-tls PORT CERT KEY BODYDIR  # the same on uvloop's TLS
     python bench/layers_servers.py uvicorn PORT CERT KEY BODYDIR   # uvicorn, a raw ASGI app
     python bench/layers_servers.py origin  PORT BODYDIR            # plain HTTP, cacheable
 
 ``floor`` is the least Python that can answer HTTP/1.1 over TLS on this stack: an asyncio
-protocol on uvloop's TLS transport feeding httptools' parser, writing fixed bytes when a
-request is complete.  ``uvicorn`` adds uvicorn's protocol, scope, cycle and task around an app
+protocol on the gateway's TLS transport (``gateway.tls.transport``, OpenSSL on the socket)
+feeding httptools' parser, writing fixed bytes when a request is complete.  ``uvloop-tls`` is
+the same protocol on uvloop's own TLS transport (memory BIOs), which the gateway used until
+session 10.  ``uvicorn`` adds uvicorn's protocol, scope, cycle and task around an app
 that sends the same bytes.  ``origin`` is what the gateway caches.  Every server answers
 ``/small`` (34 bytes of JSON) and ``/big`` (64 KiB) with the same fields a cache hit carries.
 """
@@ -14,6 +17,7 @@ that sends the same bytes.  ``origin`` is what the gateway caches.  Every server
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 import sys
 from pathlib import Path
@@ -43,7 +47,7 @@ def tls_context(cert: str, key: str) -> ssl.SSLContext:
     return context
 
 
-def floor(port: int, cert: str, key: str, directory: Path) -> None:
+def floor(port: int, cert: str, key: str, directory: Path, uvloop_tls: bool = False) -> None:
     import httptools
     import uvloop
 
@@ -71,10 +75,16 @@ def floor(port: int, cert: str, key: str, directory: Path) -> None:
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(
-            Floor, "127.0.0.1", port, ssl=tls_context(cert, key), backlog=1024
-        )
-        await server.serve_forever()
+        if uvloop_tls:
+            server = await loop.create_server(
+                Floor, "127.0.0.1", port, ssl=tls_context(cert, key), backlog=1024
+            )
+            await server.serve_forever()
+        from gateway.tls.transport import TLSServer
+
+        sock = socket.create_server(("127.0.0.1", port), backlog=1024)
+        TLSServer(loop, Floor, sock, tls_context(cert, key), handshake_timeout=10.0)
+        await asyncio.Future()
 
     uvloop.run(main())
 
@@ -99,8 +109,8 @@ def main() -> None:
     import uvicorn
 
     mode, port = sys.argv[1], int(sys.argv[2])
-    if mode == "floor":
-        floor(port, sys.argv[3], sys.argv[4], Path(sys.argv[5]))
+    if mode in ("floor", "uvloop-tls"):
+        floor(port, sys.argv[3], sys.argv[4], Path(sys.argv[5]), uvloop_tls=mode == "uvloop-tls")
         return
     common: dict[str, Any] = {
         "host": "127.0.0.1",

@@ -49,6 +49,7 @@ HIGH_WATER = 64 * 1024  # asyncio's default write-buffer limits
 LOW_WATER = 16 * 1024
 LINGER = 5.0  # nginx's lingering_timeout
 ACCEPT_BATCH = 64  # connections accepted per readiness of the listening socket
+ACCEPT_RETRY = 1.0  # seconds without accepting after running out of descriptors or memory
 
 _WantRead = ssl.SSLWantReadError
 _WantWrite = ssl.SSLWantWriteError
@@ -105,9 +106,11 @@ class TLSServer(asyncio.AbstractServer):
                 if exc.errno in _OUT_OF_RESOURCES:
                     # The listener stays readable: stop accepting for a second rather than
                     # spin on it (asyncio does the same).
-                    log.error("accepting a TLS connection failed: %s; again in 1 s", exc)
+                    log.error(
+                        "accepting a TLS connection failed: %s; again in %g s", exc, ACCEPT_RETRY
+                    )
                     self.loop.remove_reader(self._fd)
-                    self.loop.call_later(1.0, self._resume_accepting)
+                    self.loop.call_later(ACCEPT_RETRY, self._resume_accepting)
                     return
                 continue  # that client left before its accept (ECONNABORTED)
             try:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import resource
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
@@ -17,6 +19,7 @@ from typing import Any
 import pytest
 import uvloop
 
+import gateway.tls.transport
 from gateway.config import TLSSettings
 from gateway.tls.certs import CertificatePaths, ensure_certificates
 from gateway.tls.context import client_ssl_context, server_ssl_context
@@ -387,3 +390,43 @@ def test_the_sni_callback_sees_the_connection_and_can_switch_its_context(
         writer.close()
 
     serve(certs, scenario)
+
+
+def test_running_out_of_descriptors_pauses_accepting_and_recovers(
+    certs: CertificatePaths, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """EMFILE at accept: logged, accepting pauses (the listener would stay readable and spin),
+    and resumes by itself once descriptors are free again."""
+    monkeypatch.setattr(gateway.tls.transport, "ACCEPT_RETRY", 0.2)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+
+    async def scenario(server: TLSServer, protocols: Protocols, port: int) -> None:
+        # Connected, waiting in the backlog: the loop has not run the accept yet.
+        held = [socket.create_connection(("127.0.0.1", port), timeout=WAIT) for _ in range(4)]
+        fillers: list[int] = []
+        highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 1, hard))
+        try:
+            while True:  # the free numbers below the limit, taken: accept must fail
+                try:
+                    fillers.append(os.open(os.devnull, os.O_RDONLY))
+                except OSError:
+                    break
+            await asyncio.sleep(0.1)  # the loop accepts, fails; a listener polled now spins
+            assert "Too many open files" in caplog.text
+        finally:
+            for fd in fillers:
+                os.close(fd)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+            for sock in held:
+                sock.close()
+        reader, writer = await connect(certs, port)  # accepting again, by itself
+        writer.write(b"back")
+        protocol = await protocols.nth(0)
+        await protocol.received.wait()
+        assert bytes(protocol.data) == b"back"
+        writer.close()
+
+    with caplog.at_level(logging.DEBUG, logger="gateway.tls"):
+        serve(certs, scenario, handshake_timeout=0.5)
+    assert caplog.text.count("accepting a TLS connection failed") <= 2  # paused, no spin
