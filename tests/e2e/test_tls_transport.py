@@ -134,15 +134,25 @@ async def connect(
     )
 
 
+async def opened(
+    certs: CertificatePaths, port: int, protocols: Protocols, first: bytes = b"go"
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, Recorder, TLSTransport]:
+    """A client connection whose ``first`` bytes the server's protocol has received."""
+    index = len(protocols)  # before connecting: the server may be done first
+    reader, writer = await connect(certs, port)
+    writer.write(first)
+    protocol = await protocols.nth(index)
+    await protocol.received.wait()
+    assert protocol.transport is not None
+    return reader, writer, protocol, protocol.transport
+
+
 def test_a_connection_gets_the_protocol_after_the_handshake_with_asyncios_extra_info(
     certs: CertificatePaths,
 ) -> None:
     async def scenario(server: TLSServer, protocols: Protocols, port: int) -> None:
-        reader, writer = await connect(certs, port)
-        writer.write(b"ping")
-        await (await protocols.nth(0)).received.wait()
-        transport = protocols[0].transport
-        assert transport is not None and bytes(protocols[0].data) == b"ping"
+        reader, writer, protocol, transport = await opened(certs, port, protocols, b"ping")
+        assert bytes(protocol.data) == b"ping"
         assert transport.get_extra_info("peername") == writer.get_extra_info("sockname")
         assert transport.get_extra_info("sockname") == ("127.0.0.1", port)
         assert transport.get_extra_info("socket").getpeername() == transport.get_extra_info(
@@ -171,11 +181,7 @@ def test_a_large_response_arrives_whole_through_the_write_buffer_and_flow_contro
     body = bytes(range(256)) * (16 * 1024)
 
     async def scenario(server: TLSServer, protocols: Protocols, port: int) -> None:
-        reader, writer = await connect(certs, port)
-        writer.write(b"go")
-        await (await protocols.nth(0)).received.wait()
-        transport = protocols[0].transport
-        assert transport is not None
+        reader, writer, _, transport = await opened(certs, port, protocols, b"go")
         transport.write(body[:1000])
         transport.write(body[1000:])  # joins the buffer behind the first write's rest
         assert transport.get_write_buffer_size() > HIGH_WATER
@@ -222,24 +228,20 @@ def test_a_close_with_unread_bytes_still_delivers_the_response(certs: Certificat
 
 def test_pause_reading_holds_the_data_until_resume(certs: CertificatePaths) -> None:
     async def scenario(server: TLSServer, protocols: Protocols, port: int) -> None:
-        reader, writer = await connect(certs, port)
-        writer.write(b"one")
-        await (await protocols.nth(0)).received.wait()
-        transport = protocols[0].transport
-        assert transport is not None
+        reader, writer, protocol, transport = await opened(certs, port, protocols, b"one")
         transport.pause_reading()
         assert not transport.is_reading()
-        protocols[0].received.clear()
+        protocol.received.clear()
         writer.write(b"two")
         await writer.drain()
         # The next request over the same connection proves the loop ran past "two".
         transport.write(b"ack")
         assert await reader.readexactly(3) == b"ack"
         await asyncio.sleep(0.05)  # "two" is in the socket; nothing may deliver it
-        assert bytes(protocols[0].data) == b"one"
+        assert bytes(protocol.data) == b"one"
         transport.resume_reading()
-        await (await protocols.nth(0)).received.wait()
-        assert bytes(protocols[0].data) == b"onetwo"
+        await protocol.received.wait()
+        assert bytes(protocol.data) == b"onetwo"
         writer.close()
 
     serve(certs, scenario)
@@ -247,11 +249,7 @@ def test_pause_reading_holds_the_data_until_resume(certs: CertificatePaths) -> N
 
 def test_abort_drops_the_buffer_and_resets(certs: CertificatePaths) -> None:
     async def scenario(server: TLSServer, protocols: Protocols, port: int) -> None:
-        reader, writer = await connect(certs, port)
-        writer.write(b"go")
-        await (await protocols.nth(0)).received.wait()
-        transport = protocols[0].transport
-        assert transport is not None
+        reader, writer, _, transport = await opened(certs, port, protocols, b"go")
         transport.write(b"z" * (8 * 1024 * 1024))
         transport.abort()
         assert transport.is_closing() and transport.get_write_buffer_size() == 0
@@ -294,9 +292,7 @@ def test_a_failed_handshake_is_closed_and_logged(
         except ConnectionResetError:
             pass
         writer.close()
-        reader, writer = await connect(certs, port)  # the server still accepts
-        writer.write(b"ok")
-        await (await protocols.nth(0)).received.wait()
+        _, writer, _, _ = await opened(certs, port, protocols, b"ok")  # still accepting
         assert len(protocols) == 1
         writer.close()
 
@@ -324,15 +320,11 @@ def test_closing_the_server_stops_accepting_and_keeps_connections(
     certs: CertificatePaths,
 ) -> None:
     async def scenario(server: TLSServer, protocols: Protocols, port: int) -> None:
-        reader, writer = await connect(certs, port)
-        writer.write(b"a")
-        await (await protocols.nth(0)).received.wait()
+        reader, writer, _, transport = await opened(certs, port, protocols, b"a")
         server.close()
         assert not server.is_serving()
         with pytest.raises(ConnectionRefusedError):
             await asyncio.open_connection("127.0.0.1", port)
-        transport = protocols[0].transport
-        assert transport is not None
         transport.write(b"still here")
         assert await reader.readexactly(10) == b"still here"
         writer.close()
@@ -344,11 +336,7 @@ def test_set_protocol_moves_the_reads(certs: CertificatePaths) -> None:
     """The HTTP/2 dispatch and the WebSocket tunnel hand the transport to another protocol."""
 
     async def scenario(server: TLSServer, protocols: Protocols, port: int) -> None:
-        reader, writer = await connect(certs, port)
-        writer.write(b"first")
-        await (await protocols.nth(0)).received.wait()
-        transport = protocols[0].transport
-        assert transport is not None
+        reader, writer, _, transport = await opened(certs, port, protocols, b"first")
         other = Recorder()
         transport.set_protocol(other)
         assert transport.get_protocol() is other
@@ -378,11 +366,7 @@ def test_the_sni_callback_sees_the_connection_and_can_switch_its_context(
             seen.append(conn)
 
         server.context.sni_callback = select
-        reader, writer = await connect(certs, port)
-        writer.write(b"x")
-        await (await protocols.nth(0)).received.wait()
-        transport = protocols[0].transport
-        assert transport is not None
+        reader, writer, _, transport = await opened(certs, port, protocols, b"x")
         ssl_object = transport.get_extra_info("ssl_object")
         assert seen == [ssl_object] and ssl_object.gateway_sni == "localhost"
         assert ssl_object.context is other
