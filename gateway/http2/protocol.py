@@ -351,6 +351,7 @@ class H2Protocol(asyncio.Protocol):
         self.goaway_last: int | None = None  # set once we said GOAWAY (graceful shutdown)
         self.client_left = False  # the client said GOAWAY
         self.idle_timer: asyncio.TimerHandle | None = None
+        self.idle_deadline = 0.0  # when an idle connection is closed (see _arm_idle)
         self.header_timer: asyncio.TimerHandle | None = None
         # Trace mode (gateway.tracing): the TLS facts, when the connection came, streams so far.
         self.trace_connection: tuple[str, float] | None = None
@@ -562,10 +563,7 @@ class H2Protocol(asyncio.Protocol):
         stream = Stream(self, stream_id, scope, event.stream_ended is not None)
         self.streams[stream_id] = stream
         self.running += 1
-        if self.idle_timer is not None:
-            self.idle_timer.cancel()
-            self.idle_timer = None
-        return stream
+        return stream  # the idle timer stays: it finds the stream (see _idle)
 
     def _answer_hot(self, stream_id: int, scope: dict[str, Any]) -> bool:
         """Answer a bodiless GET or HEAD from the app's hot hits (``gateway.cache.hot``) with
@@ -596,10 +594,7 @@ class H2Protocol(asyncio.Protocol):
             return False
         if answer is None:
             return False
-        status, fields, body = answer
-        if self.idle_timer is not None:  # busy: the idle wait starts again after this read
-            self.idle_timer.cancel()
-            self.idle_timer = None
+        status, fields, body = answer  # the idle wait starts again after this read
         self.send_headers(stream_id, response_headers(status, fields), not body)
         self.send_body(stream_id, body)
         return True
@@ -737,12 +732,21 @@ class H2Protocol(asyncio.Protocol):
     # --- timers and closing ----------------------------------------------------------------
 
     def _arm_idle(self) -> None:
-        if self.idle_timer is None and not self.closed:
-            self.idle_timer = self.loop.call_later(self.limits.idle_timeout, self._idle)
+        """The idle wait starts (again) now.  Lazily, as the HTTP/1.1 listener's timer: the
+        armed handle stays where it is, and one that fires before the deadline sleeps again
+        until it, so a busy connection moves a number, not a timer, per read."""
+        if self.closed:
+            return
+        self.idle_deadline = deadline = self.loop.time() + self.limits.idle_timeout
+        if self.idle_timer is None:
+            self.idle_timer = self.loop.call_at(deadline, self._idle)
 
     def _idle(self) -> None:
         self.idle_timer = None
         if self.streams or self.closed:
+            return  # busy: the wait starts again when its last stream ends (_arm_idle)
+        if self.loop.time() < self.idle_deadline:  # a read since it was armed
+            self.idle_timer = self.loop.call_at(self.idle_deadline, self._idle)
             return
         self.conn.close_connection(ErrorCodes.NO_ERROR, b"idle")
         self._close()

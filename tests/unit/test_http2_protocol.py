@@ -955,18 +955,40 @@ def test_a_failing_hot_lookup_turns_hot_hits_off_and_the_app_answers() -> None:
 
 def test_hot_answers_restart_the_idle_wait() -> None:
     """A connection busy with hot answers only is not idle: each read that answered one
-    starts the idle wait again (no stream ever cancelled the first timer)."""
+    starts the idle wait again (no stream is ever opened), by moving the deadline: the
+    timer armed at the start stays."""
     app = HotApp(FakeHotHits(b"x"))
 
     async def scenario() -> None:
         peer = Peer(app, Http2Limits(idle_timeout=30))
-        first = peer.server.idle_timer
+        first, deadline = peer.server.idle_timer, peer.server.idle_deadline
         assert first is not None
+        await asyncio.sleep(0.01)  # the loop's clock moves on
         peer.client.send_headers(1, [*GET[:3], (":path", "/hot")], end_stream=True)
         peer.send()
-        again = peer.server.idle_timer
-        assert first.cancelled() and again is not None and again is not first
-        assert not again.cancelled()
+        assert peer.server.idle_timer is first and not first.cancelled()
+        assert peer.server.idle_deadline >= deadline + 0.01
+
+    run(scenario)
+
+
+def test_a_read_after_the_idle_timer_was_armed_postpones_the_close() -> None:
+    """The idle timer fires at the first deadline, finds a later one (a hot answer moved
+    it) and sleeps again: the connection is closed idle_timeout after its last read."""
+    app = HotApp(FakeHotHits(b"x"))
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        peer = Peer(app, Http2Limits(idle_timeout=0.2))
+        await asyncio.sleep(0.1)
+        peer.client.send_headers(1, [*GET[:3], (":path", "/hot")], end_stream=True)
+        peer.send()
+        last_read = loop.time()
+        await asyncio.wait_for(peer.transport.closed.wait(), 5)
+        assert loop.time() - last_read >= 0.19  # not at the first deadline, 0.1 s earlier
+        await peer.settle()
+        (goaway,) = peer.of(h2.events.ConnectionTerminated)
+        assert goaway.error_code == ErrorCodes.NO_ERROR
 
     run(scenario)
 
