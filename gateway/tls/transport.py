@@ -389,18 +389,20 @@ class TLSTransport(asyncio.Transport):
     def _maybe_pause_protocol(self) -> None:
         if self._buffered > self._high and not self._writing_paused:
             self._writing_paused = True
-            try:
-                self._protocol.pause_writing()  # type: ignore[union-attr]
-            except Exception:
-                log.exception("pause_writing failed for %s", self._peername)
+            self._flow_event("pause_writing")
 
     def _maybe_resume_protocol(self) -> None:
         if self._writing_paused and self._buffered <= self._low:
             self._writing_paused = False
-            try:
-                self._protocol.resume_writing()  # type: ignore[union-attr]
-            except Exception:
-                log.exception("resume_writing failed for %s", self._peername)
+            self._flow_event("resume_writing")
+
+    def _flow_event(self, name: str) -> None:
+        """The protocol's ``pause_writing`` or ``resume_writing``; a failure is logged (as
+        asyncio does), the connection goes on."""
+        try:
+            getattr(self._protocol, name)()
+        except Exception:
+            log.exception("%s failed for %s", name, self._peername)
 
     def get_write_buffer_size(self) -> int:
         return self._buffered
@@ -441,11 +443,7 @@ class TLSTransport(asyncio.Transport):
 
     def abort(self) -> None:
         """Close now, dropping what is buffered; connection_lost follows."""
-        self._closing = True
-        self._buffer = []
-        self._buffered = 0
-        self._close_socket()
-        self._call_lost(None)
+        self._drop(None)
 
     def _shut(self) -> None:
         """Everything is sent: close_notify, a FIN, connection_lost; then read until the
@@ -482,6 +480,10 @@ class TLSTransport(asyncio.Transport):
 
     def _fatal(self, exc: Exception) -> None:
         log.debug("TLS connection with %s failed: %r", self._peername, exc)
+        self._drop(exc)
+
+    def _drop(self, exc: Exception | None) -> None:
+        """Close the socket now, buffer and all; connection_lost(exc) follows."""
         self._closing = True
         self._reading = False
         self._buffer = []
