@@ -47,11 +47,21 @@ SHARED_MAX_BODY = 1024 * 1024
 TomlValue = str | int | float | bool | Sequence[Any] | Mapping[str, Any]
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """A port nothing listens on right now (the kernel's choice for a bind to port 0)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port nothing listens on right now (the kernel's choice for a bind to port 0), and
+    one this test process has not handed out before: the kernel can give a port it just
+    released to the next bind, so two calls in a row could name the same port (CI once got
+    an upstream on the gateway's own listener that way)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def listening_socket() -> socket.socket:
