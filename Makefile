@@ -1,6 +1,7 @@
 # Two commands: `make run` starts the whole stack, `make test` runs the whole suite.
 # Both depend on `make install`, which is idempotent (re-runs only when pyproject.toml changes).
-PYTHON ?= python3
+# The distribution's CPython when it is recent enough: built with PGO and LTO (.ci/pick-python).
+PYTHON ?= $(shell .ci/pick-python)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -12,6 +13,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -c 'import sys; print("make install: .venv runs", sys.version.split()[0], "from", sys.base_prefix)'
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
