@@ -27,7 +27,6 @@ returned to the client, in the access log and in every error body the gateway ma
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, replace
 from random import getrandbits as _random_bits
@@ -50,7 +49,7 @@ from gateway.handlers.proxy import HANDOFF_SCOPE_KEY, Handoff, ProxyHandler
 from gateway.handlers.redirect import RedirectHandler
 from gateway.handlers.static import StaticHandler
 from gateway.handlers.websocket import WebSocketHandler
-from gateway.headers import VIA, Headers, TrustedProxies
+from gateway.headers import VIA, Headers, TrustedProxies, response_fields
 from gateway.http1_cycle import STATUS_LINE
 from gateway.middleware import build_middlewares
 from gateway.request import Handler, Request
@@ -87,31 +86,17 @@ class ClientSend:
     def __call__(self, message: Message) -> Awaitable[None]:
         # Not a coroutine itself: it returns the listener's send() awaitable, so a response
         # message costs no extra coroutine frame on the way out (the hot path).
-        exchange = self.exchange
         if message["type"] == "http.response.start":
-            exchange.status = message["status"]
-            exchange.response_started = True
-            # A new list: the handler's may be a stored cache entry's.
-            headers = message["headers"] + self.extra_headers
-            headers.append((b"x-request-id", exchange.request_id.encode()))
-            if self.server_timing:
-                headers.append((b"server-timing", server_timing(exchange)))
-            message["headers"] = headers
+            message["headers"] = response_fields(
+                self.exchange,
+                message["status"],
+                message["headers"],
+                self.extra_headers,
+                self.server_timing,
+            )
         else:
-            exchange.bytes_sent += len(message.get("body", b""))
+            self.exchange.bytes_sent += len(message.get("body", b""))
         return self.send(message)
-
-
-def server_timing(exchange: Exchange) -> bytes:
-    """The Server-Timing value (W3C Server Timing): time to the response head, the part of it
-    spent waiting for the upstream, and how the cache answered."""
-    total = (time.perf_counter() - exchange.started) * 1000
-    parts = [f"total;dur={total:.1f}"]
-    if exchange.upstream != "-":
-        parts.append(f"upstream;dur={exchange.upstream_seconds * 1000:.1f}")
-    if exchange.cache != "-":
-        parts.append(f"cache;desc={exchange.cache}")
-    return ", ".join(parts).encode()
 
 
 def new_request_id() -> str:

@@ -24,10 +24,11 @@ gives anything it does not handle back before it matters:
    lane already did: the validation and routing (``ROUTED_SCOPE_KEY``) and the server choice,
    so the round robin moves once per request (a ``Handoff`` without a connection).
 2. ``advance`` (from the upstream connection, ``UpstreamConnection.watch``): a final
-   response below 500 whose body is complete and at most 64 KiB is answered through the
-   app's own ``ClientSend`` and the listener's own ``GatewayCycle`` (over HTTP/2 the
-   stream's ``write``), so the bytes are the full path's; the connection goes back to the
-   pool, the server's health hears a success, the access log and metrics get the request.
+   response below 500 whose body is complete and at most 64 KiB is answered with the
+   fields ``ClientSend`` adds (``headers.response_fields``) through the listener's own
+   ``GatewayCycle.respond`` (over HTTP/2 the stream's ``respond``), so the bytes are the
+   full path's; the connection goes back to the pool, the server's health hears a success,
+   the access log and metrics get the request.
    Anything else (an error, a read timeout, a 1xx, a 5xx, a large or streamed body, a client
    that stopped reading or whose HTTP/2 window is too small for the body) becomes a
    ``Handoff``: the request's task is started after all, and the proxy's first attempt
@@ -57,6 +58,7 @@ from gateway.handlers.proxy import (
     request_head,
     small_body,
 )
+from gateway.headers import response_fields
 from gateway.request import Request
 from gateway.routing import Route
 from gateway.upstream.connection import UpstreamConnection
@@ -149,7 +151,7 @@ class ExpressLane:
             return False
         exchange = Exchange(scope)
         exchange.request_id = app.request_id(scope)
-        request = Request(scope, _no_body, cycle.write, facts, route, exchange)
+        request = Request(scope, _no_body, cycle.send, facts, route, exchange)
         pool = upstream.pools[server]
         conn = pool.take_idle(protocol.loop.time()) if upstream.is_up(server) else None
         if conn is None:
@@ -279,10 +281,12 @@ class Express:
             assert app.cache is not None
             headers = app.cache.pass_headers(headers, self.decision, status)
             exchange.cache = "MISS"
-        send = app.client_send(self.cycle.write, exchange)
+        # What ClientSend does for the two messages of the full path (the lane is off with
+        # Server-Timing).
+        headers = response_fields(exchange, status, headers, app.extra_headers)
+        exchange.bytes_sent += len(body)
         try:
-            send({"type": "http.response.start", "status": status, "headers": headers})
-            send({"type": "http.response.body", "body": body})
+            self.cycle.respond(status, headers, body)
         except Exception:  # noqa: BLE001 - uvicorn's answer to an app failing mid-response
             log.exception("%s %s: writing the response failed", *exchange.line)
             exchange.aborted = True

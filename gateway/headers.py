@@ -7,7 +7,12 @@ and run once per request on the hot path, so they make one pass and avoid re-low
 from __future__ import annotations
 
 import ipaddress
+import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gateway.access_log import Exchange
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -200,3 +205,30 @@ def header_value(headers: Headers, name: bytes) -> bytes | None:
         if key == name:
             return value
     return None
+
+
+def response_fields(
+    exchange: Exchange, status: int, headers: Headers, extra: Headers, timing: bool = False
+) -> Headers:
+    """A response's fields as the client gets them: the handler's, the configured extra
+    fields, X-Request-ID and (``timing``) Server-Timing; records the status on ``exchange``."""
+    exchange.status = status
+    exchange.response_started = True
+    # A new list: the handler's may be a stored cache entry's.
+    headers = headers + extra
+    headers.append((b"x-request-id", exchange.request_id.encode()))
+    if timing:
+        headers.append((b"server-timing", server_timing(exchange)))
+    return headers
+
+
+def server_timing(exchange: Exchange) -> bytes:
+    """The Server-Timing value (W3C Server Timing): time to the response head, the part of it
+    spent waiting for the upstream, and how the cache answered."""
+    total = (time.perf_counter() - exchange.started) * 1000
+    parts = [f"total;dur={total:.1f}"]
+    if exchange.upstream != "-":
+        parts.append(f"upstream;dur={exchange.upstream_seconds * 1000:.1f}")
+    if exchange.cache != "-":
+        parts.append(f"cache;desc={exchange.cache}")
+    return ", ".join(parts).encode()

@@ -29,7 +29,7 @@ from /proc, alternating runs): see bench/README.md, "Hot path: what was tried".
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Generator
+from collections.abc import Awaitable, Generator, Iterable
 from http import HTTPStatus
 
 from gateway.asgi import INTERIM, Message
@@ -121,7 +121,7 @@ class GatewayCycle(RequestResponseCycle):
                 raise RuntimeError(
                     f"Expected ASGI message 'http.response.start', but got '{kind}'."
                 )
-            self._write_head(message)
+            self._write_head(message["status"], message.get("headers", ()))
         elif not self.response_complete:
             if kind != "http.response.body":
                 raise RuntimeError(f"Expected ASGI message 'http.response.body', but got '{kind}'.")
@@ -131,11 +131,21 @@ class GatewayCycle(RequestResponseCycle):
                 f"Unexpected ASGI message '{kind}' sent, after response already completed."
             )
 
-    def _write_head(self, message: Message) -> None:
+    def respond(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        """A whole response at once, for the express lane: the bytes of
+        ``http.response.start`` and a last ``http.response.body``, without the messages and
+        the dispatch on their types (the lane checked the flow first)."""
+        if self.disconnected:
+            return
+        if self.response_started:
+            raise RuntimeError("Unexpected ASGI message 'http.response.start' sent.")
+        self._write_head(status, headers)
+        self._write_body(body, False)
+
+    def _write_head(self, status: int, headers: Iterable[tuple[bytes, bytes]]) -> None:
         self.response_started = True
         self.waiting_for_100_continue = False
-        status: int = message["status"]
-        fields: list[tuple[bytes, bytes]] = self.default_headers + list(message.get("headers", ()))
+        fields: list[tuple[bytes, bytes]] = self.default_headers + list(headers)
         checked_fields(fields)
         content = [STATUS_LINE[status]]
         has_connection_close = False

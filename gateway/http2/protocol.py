@@ -231,21 +231,16 @@ class Stream:
             self.readable.set()  # a receive() waiting for a disconnect returns now
         protocol.schedule_flush()
 
-    def write(self, message: Message) -> None:
-        """``send`` for the express lane (``gateway.express``): a whole response at once,
-        which ``H2Protocol.express_blocked`` made sure fits the client's windows.  The body
-        message ends the stream's turn on the lane (``H2Protocol.express_done``)."""
+    def respond(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        """The express lane's answer (``gateway.express``): a whole response at once, which
+        ``H2Protocol.express_blocked`` made sure fits the client's windows.  It ends the
+        stream's turn on the lane (``H2Protocol.express_done``)."""
         if self.response_complete:
             return
-        if message["type"] == "http.response.start":
-            self.response_started = True
-            self.pending_head = response_headers(message["status"], message.get("headers", []))
-            return
+        self.response_started = True
         protocol = self.protocol
-        head = self.pending_head
-        if head is not None and not self.disconnected:
-            self.pending_head = None
-            body: bytes = message.get("body", b"")
+        if not self.disconnected:
+            head = response_headers(status, headers)
             try:
                 protocol.send_headers(self.stream_id, head, not body)
                 protocol.send_body(self.stream_id, body)
@@ -669,7 +664,7 @@ class H2Protocol(asyncio.Protocol):
     # The express lane's side of the connection (``gateway.express``; the HTTP/1.1
     # listener has the same three methods): a proxied GET or HEAD whose stream ended with
     # its headers is written upstream from ``_start`` and answered from the upstream's
-    # callbacks through ``Stream.write``, with no task; it counts as running until then.
+    # callbacks through ``Stream.respond``, with no task; it counts as running until then.
 
     def start_full_path(self, stream: Stream, app: Any) -> None:
         """The stream's task, from the start or for a request the express lane hands back."""

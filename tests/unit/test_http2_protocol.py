@@ -1018,8 +1018,7 @@ class FakeLane:
             protocol.start_full_path(stream, app)
             return False
         fields = [(b"content-type", b"text/plain"), (b"content-length", b"%d" % len(body))]
-        stream.write({"type": "http.response.start", "status": 200, "headers": fields})
-        stream.write({"type": "http.response.body", "body": body})
+        stream.respond(200, fields, body)
         return True
 
     def fail(self) -> None:
