@@ -17,6 +17,14 @@ of JSON, and ``/big``, 64 KiB), each as one process, each loaded by ``wrk -t1 -c
   path does not know sends it there);
 - ``nginx``: nginx serving the same bytes from files, access log on like the gateway's.
 
+A fourth column, ``proxied``, prices a proxied request (``/nc/small``, forwarded to the
+origin as ``/small`` on a keep-alive pool, the cache passed by) on three servers:
+``floor proxy`` (``layers_servers.py floor-proxy``: the floor's protocol forwarding each
+request on a pooled upstream connection, with the forwarding fields but none of the gateway's
+checks, routing, logs or metrics: the least Python that proxies on this stack),
+``gateway proxy`` (a route with ``cache = false``, on the express lane) and nginx
+(``proxy_pass`` with ``keepalive 64``).
+
 A third column sends ``/small`` with ``Connection: close``: every request is a new connection
 with a full TLS handshake (wrk resumes no session), so it prices a connection.
 
@@ -47,13 +55,33 @@ from stack import Process, StackError, find_tool, wait_log_line, wait_port
 
 SERVERS = Path(__file__).resolve().parent / "layers_servers.py"
 SMALL = b'{"status":"ok","service":"origin"}'
-TARGETS = ("floor", "uvloop tls", "uvicorn", "gateway hot", "gateway full", "nginx")
-# (column, path, wrk -H): a keep-alive small and 64 KiB request, and a new connection each time.
+TARGETS = (
+    "floor",
+    "uvloop tls",
+    "uvicorn",
+    "gateway hot",
+    "gateway full",
+    "floor proxy",
+    "gateway proxy",
+    "nginx",
+)
+# (column, path, wrk -H): a keep-alive small and 64 KiB request, a new connection each time,
+# and a proxied small request.
 KINDS = (
     ("small", "small", ()),
     ("64 KiB", "big", ()),
     ("new connection", "small", ("Connection: close",)),
+    ("proxied", "nc/small", ()),
 )
+PROXIES = frozenset({"floor proxy", "gateway proxy", "nginx"})
+
+
+def serves(target: str, kind: str) -> bool:
+    """Which servers take part in which column: the proxies in ``proxied`` only (nginx in
+    all of them)."""
+    return target == "nginx" or (kind == "proxied") == (target in PROXIES)
+
+
 # A field no hot hit accepts (gateway.cache.hot.INERT_FIELDS): the full path answers.
 FULL_PATH = "X-Full-Path: 1"
 
@@ -90,12 +118,18 @@ health_path = "/small"
 path_prefix = "/"
 upstream = "origin"
 
+[[routes]]
+path_prefix = "/nc"
+upstream = "origin"
+strip_prefix = true
+cache = false
+
 [cache]
 enabled = true
 """
 
 
-def nginx_config(tmp: Path, port: int) -> str:
+def nginx_config(tmp: Path, port: int, origin: int) -> str:
     user = "user root;" if os.geteuid() == 0 else ""
     return f"""# Written by bench/layers.py
 {user}
@@ -107,6 +141,10 @@ events {{ worker_connections 4096; }}
 http {{
     access_log {tmp}/logs/nginx-access.log combined;
     keepalive_requests 1000000;
+    upstream origin {{
+        server 127.0.0.1:{origin};
+        keepalive 64;
+    }}
     server {{
         listen 127.0.0.1:{port} ssl;
         ssl_certificate {tmp}/certs/cert.pem;
@@ -116,6 +154,13 @@ http {{
             root {tmp}/www;
             default_type application/json;
             add_header cache-control "public, max-age=3600";
+        }}
+        location /nc/ {{
+            proxy_pass http://origin/;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header X-Forwarded-For $remote_addr;
+            proxy_set_header X-Forwarded-Proto https;
         }}
     }}
 }}
@@ -135,7 +180,7 @@ class Layers:
         www.mkdir()
         (www / "small").write_bytes(SMALL)
         (www / "big").write_bytes((b"0123456789abcdef" * 4096)[:65536])
-        origin, https, http, floor, uvloop_tls, uvicorn, nginx_port = free_ports(7)
+        origin, https, http, floor, uvloop_tls, uvicorn, nginx_port, floor_proxy = free_ports(8)
         python = sys.executable
         self._run("origin", [python, str(SERVERS), "origin", str(origin), str(www)])
         wait_port(self.processes["origin"], origin)
@@ -150,12 +195,17 @@ class Layers:
             [python, str(SERVERS), "uvloop-tls", str(uvloop_tls), cert, key, str(www)],
         )
         self._run("uvicorn", [python, str(SERVERS), "uvicorn", str(uvicorn), cert, key, str(www)])
-        (tmp / "nginx.conf").write_text(nginx_config(tmp, nginx_port))
+        self._run(
+            "floor proxy",
+            [python, str(SERVERS), "floor-proxy", str(floor_proxy), cert, key, str(origin)],
+        )
+        (tmp / "nginx.conf").write_text(nginx_config(tmp, nginx_port, origin))
         self._run("nginx", [nginx, "-c", str(tmp / "nginx.conf")])
         for name, port in (
             ("floor", floor),
             ("uvloop tls", uvloop_tls),
             ("uvicorn", uvicorn),
+            ("floor proxy", floor_proxy),
             ("nginx", nginx_port),
         ):
             wait_port(self.processes[name], port)
@@ -166,6 +216,8 @@ class Layers:
             "uvicorn": base.format(uvicorn),
             "gateway hot": base.format(https),
             "gateway full": base.format(https),
+            "floor proxy": base.format(floor_proxy),
+            "gateway proxy": base.format(https),
             "nginx": base.format(nginx_port),
         }
         self._check()
@@ -185,6 +237,11 @@ class Layers:
                         response = client.get(f"{url}/{size}")
                         if response.status_code != 200 or response.content != want:
                             raise StackError(f"{name} /{size}: {response.status_code}")
+            want = (self.tmp / "www" / "small").read_bytes()
+            for name in PROXIES:
+                response = client.get(f"{self.urls[name]}/nc/small")
+                if response.status_code != 200 or response.content != want:
+                    raise StackError(f"{name} /nc/small: {response.status_code}")
 
     def pid(self, target: str) -> int:
         process = self.processes.get(target) or self.processes[target.split()[0]]
@@ -215,7 +272,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=int, default=8, help="seconds per wrk run")
     parser.add_argument("--json", type=Path, help="also write the medians here")
+    parser.add_argument(
+        "--kind",
+        action="append",
+        choices=[kind for kind, _, _ in KINDS],
+        help="only these columns (repeatable; default: all)",
+    )
     args = parser.parse_args()
+    kinds = [k for k in KINDS if args.kind is None or k[0] in args.kind]
     binary, nginx = find_tool("wrk"), find_tool("nginx")
     if binary is None or nginx is None:
         raise SystemExit("needs wrk and nginx (apt-get install -y wrk nginx-light)")
@@ -226,8 +290,10 @@ def main() -> None:
             layers.start(nginx)
             for round_ in range(args.rounds):
                 order = TARGETS if round_ % 2 == 0 else tuple(reversed(TARGETS))
-                for kind, path, extra in KINDS:
+                for kind, path, extra in kinds:
                     for target in order:
+                        if not serves(target, kind):
+                            continue
                         measured = layers.measure(binary, target, path, extra, args.duration)
                         results.setdefault((target, kind), []).append(measured)
                         print(
@@ -245,16 +311,24 @@ def main() -> None:
         f"\nCPU per request, one process each, medians of {args.rounds} rounds "
         f"({time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores):\n"
     )
-    print("| server | " + " | ".join(f"{kind}: µs/request | r/s" for kind, _, _ in KINDS) + " |")
-    print("|---|" + "---|---|" * len(KINDS))
+    print("| server | " + " | ".join(f"{kind}: µs/request | r/s" for kind, _, _ in kinds) + " |")
+    print("|---|" + "---|---|" * len(kinds))
     for target in TARGETS:
-        cells = [medians[(target, kind)] for kind, _, _ in KINDS]
-        print(f"| {target} | " + " | ".join(f"{c[1]:.1f} | {c[0]:.0f}" for c in cells) + " |")
+        cells = [medians.get((target, kind)) for kind, _, _ in kinds]
+        if not any(cells):
+            continue
+        print(
+            f"| {target} | "
+            + " | ".join(f"{c[1]:.1f} | {c[0]:.0f}" if c else "— | —" for c in cells)
+            + " |"
+        )
     print("\nnginx's CPU per request / each one's (above 1: cheaper than nginx):")
-    for kind, _, _ in KINDS:
+    for kind, _, _ in kinds:
         nginx_cpu = medians[("nginx", kind)][1]
         ratios = ", ".join(
-            f"{t} {nginx_cpu / medians[(t, kind)][1]:.2f}x" for t in TARGETS if t != "nginx"
+            f"{t} {nginx_cpu / medians[(t, kind)][1]:.2f}x"
+            for t in TARGETS
+            if t != "nginx" and serves(t, kind)
         )
         print(f"  {kind}: {ratios}")
     if args.json:
