@@ -208,9 +208,7 @@ class TLSTransport(asyncio.Transport):
             else:
                 self._close_socket()
             return
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._cancel_timer()  # the handshake's
         self._loop.add_reader(self._fd, self._read)
         protocol = self._server.protocol_factory()
         self._protocol = protocol
@@ -455,6 +453,12 @@ class TLSTransport(asyncio.Transport):
         self._call_lost(None)
         self._linger()
 
+    def _cancel_timer(self) -> None:
+        """The connection has one timer at a time: the handshake's, then the linger's."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
     def _linger(self) -> None:
         """A FIN, then read until the client closes too, or LINGER seconds."""
         try:
@@ -462,8 +466,7 @@ class TLSTransport(asyncio.Transport):
         except OSError:
             self._close_socket()
             return
-        if self._timer is not None:
-            self._timer.cancel()
+        self._cancel_timer()
         self._polling = True
         self._loop.add_reader(self._fd, self._drain)
         self._timer = self._loop.call_later(LINGER, self._close_socket)
@@ -503,9 +506,7 @@ class TLSTransport(asyncio.Transport):
         if self._writer_on:
             self._writer_on = False
             loop.remove_writer(self._fd)
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._cancel_timer()
         self._sock.close()
 
     def _call_lost(self, exc: Exception | None) -> None:
