@@ -28,7 +28,8 @@ What a protocol sees is asyncio's transport: ``connection_made`` once the handsh
 - Closing sends close_notify and a FIN once the buffer is out, then reads (and drops) what
   the client still sends until it closes too, for at most ``LINGER`` seconds: a socket closed
   with unread bytes sends a reset, which can destroy the response the client has not read
-  yet (nginx's ``lingering_close``).
+  yet (nginx's ``lingering_close``).  A client that has closed already (the usual end of a
+  ``Connection: close`` exchange) costs no linger: its close is read at once.
 """
 
 from __future__ import annotations
@@ -435,9 +436,10 @@ class TLSTransport(asyncio.Transport):
             return
         self._closing = True
         self._reading = False
-        self._stop_polling()
-        if not self._buffer and not self._closed:
-            self._shut()
+        if self._buffer:
+            self._stop_polling()  # no more reads; ``_writable`` shuts once the rest is out
+        elif not self._closed:
+            self._shut()  # still polling: the linger takes the poll over, no system call
 
     def abort(self) -> None:
         """Close now, dropping what is buffered; connection_lost follows."""
@@ -460,21 +462,33 @@ class TLSTransport(asyncio.Transport):
             self._timer = None
 
     def _linger(self) -> None:
-        """A FIN, then read until the client closes too, or LINGER seconds."""
+        """A FIN, then read until the client closes too, or LINGER seconds.
+
+        A client that read its response has often closed already (its close_notify and FIN,
+        or a reset, are in the socket): then the socket closes at once, with no poll and no
+        timer."""
         try:
             self._sock.shutdown(socket.SHUT_WR)
         except OSError:
             self._close_socket()
             return
+        self._drain()
+        if self._closed:
+            return
         self._cancel_timer()
+        # Replaces the read callback when still polling (uvloop: no system call).
         self._polling = True
         self._loop.add_reader(self._fd, self._drain)
         self._timer = self._loop.call_later(LINGER, self._close_socket)
 
     def _drain(self) -> None:
+        """Read and drop until the socket has nothing more (then wait) or is done (then
+        close).  Until nothing more, not one read per wake-up: on an error event (a reset)
+        uvloop runs the callback once and stops polling the socket."""
+        sock = self._sock
         try:
-            if self._sock.recv_into(_DISCARD):
-                return
+            while sock.recv_into(_DISCARD):
+                pass
         except _TRY_AGAIN:
             return
         except OSError:
