@@ -60,8 +60,10 @@ and h11 enforces its own head limit; WebSocket upgrades need httptools.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import urllib.parse
+from collections import deque
 from dataclasses import replace
 from typing import Any
 
@@ -88,10 +90,27 @@ from gateway.tracing import TRACE_SCOPE_KEY, Trace, connection_text, head_text
 
 try:
     import httptools
-    from uvicorn.protocols.http.flow_control import service_unavailable
+    from uvicorn.protocols.http.flow_control import FlowControl, service_unavailable
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 except ImportError:  # pragma: no cover - httptools not installed
     HttpToolsProtocol = None  # type: ignore[assignment,misc]
+
+
+def transport_addresses(
+    transport: asyncio.BaseTransport,
+) -> tuple[tuple[str, int | None] | None, tuple[str, int] | None]:
+    """The scope's ``server`` and ``client``, as uvicorn's ``get_local_addr`` and
+    ``get_remote_addr`` make them, but from the transport's ``sockname`` and ``peername``
+    rather than its socket: the HTTPS listener's transport knows both from the accept, so a
+    connection costs no ``getsockname`` and ``getpeername``."""
+    local = transport.get_extra_info("sockname")
+    if isinstance(local, tuple):
+        server: tuple[str, int | None] | None = (str(local[0]), int(local[1]))
+    else:
+        server = (local, None) if isinstance(local, str) else None
+    peer = transport.get_extra_info("peername")
+    client = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else None
+    return server, client
 
 
 class ListenerState(ServerState):
@@ -228,6 +247,8 @@ if HttpToolsProtocol is not None:
         _upgrade: UpgradeHandle | None = None
         _switched = False
         _framed = False  # the request head has Content-Length or Transfer-Encoding
+        # (config, uvicorn's error and access loggers, whether the access one has handlers)
+        _shared: tuple[Any, logging.Logger, logging.Logger, bool] | None = None
 
         def data_received(self, data: bytes) -> None:
             if self._switched:
@@ -263,8 +284,62 @@ if HttpToolsProtocol is not None:
                 if self._upgrade is not None:
                     self._upgrade.pending.append(data[exc.args[0] :])
 
+        def __init__(
+            self,
+            config: Any,
+            server_state: ServerState,
+            app_state: dict[str, Any],
+            _loop: asyncio.AbstractEventLoop | None = None,
+        ) -> None:
+            """uvicorn's, less what is the same for every connection of the process and was
+            looked up again for each: the two loggers, whether the access one has handlers
+            (a walk up the logger tree), the config's attributes."""
+            shared = self._shared
+            if shared is None or shared[0] is not config:
+                if not config.loaded:
+                    config.load()
+                access_logger = logging.getLogger("uvicorn.access")
+                shared = type(self)._shared = (
+                    config,
+                    logging.getLogger("uvicorn.error"),
+                    access_logger,
+                    access_logger.hasHandlers(),
+                )
+            _, self.logger, self.access_logger, self.access_log = shared
+            self.config = config
+            self.app = config.loaded_app
+            self.loop = _loop or asyncio.get_event_loop()
+            self.parser = httptools.HttpRequestParser(self)
+            # uvicorn's: answer the first of pipelined requests even when data follows a close.
+            self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
+            self.ws_protocol_class = config.ws_protocol_class
+            self.root_path = config.root_path
+            self.asgi_version = config.asgi_version
+            self.limit_concurrency = config.limit_concurrency
+            self.app_state = app_state
+            self.timeout_keep_alive_task = None
+            self.timeout_keep_alive = config.timeout_keep_alive
+            self.server_state = server_state
+            self.connections = server_state.connections
+            self.tasks = server_state.tasks
+            self.transport = None  # type: ignore[assignment]
+            self.flow = None  # type: ignore[assignment]
+            self.server = None
+            self.client = None
+            self.scheme = None
+            self.pipeline = deque()
+            self.scope = None  # type: ignore[assignment]
+            self.headers = None  # type: ignore[assignment]
+            self.expect_100_continue = False
+            self.cycle = None  # type: ignore[assignment]
+
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
+            # uvicorn's, with the addresses from transport_addresses (no system calls).
+            self.connections.add(self)
+            self.transport = transport
+            self.flow = FlowControl(transport)
+            self.server, self.client = transport_addresses(transport)
+            self.scheme = "https" if transport.get_extra_info("sslcontext") else "http"
             self.corked = CorkedTransport(transport, self.loop)
             if self.trace:
                 self._trace_accepted = time.perf_counter()

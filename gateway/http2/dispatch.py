@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import asyncio
 
-from uvicorn.protocols.utils import get_local_addr, get_remote_addr
-
 from gateway.http2.limits import Http2Limits
 from gateway.http2.protocol import H2Protocol
-from gateway.listener import GatewayHttpToolsProtocol
+from gateway.listener import GatewayHttpToolsProtocol, transport_addresses
 
 
 class ALPNDispatchProtocol(GatewayHttpToolsProtocol):
@@ -29,14 +27,15 @@ class ALPNDispatchProtocol(GatewayHttpToolsProtocol):
         if len(self.server_state.connections) >= self.limits.max_connections:
             transport.close()  # max_connections (gateway.client_limits); h1 gets a 503 instead
             return
+        server, client = transport_addresses(transport)
         protocol = H2Protocol(
             self.app,
             self.http2_limits,
             self.server_state,
             self.app_state,
             self.loop,
-            server=get_local_addr(transport),  # type: ignore[arg-type]
-            client=get_remote_addr(transport),
+            server=server,  # type: ignore[arg-type]
+            client=client,
             root_path=self.root_path,
             # The TLS server name and the names of the certificate served (both recorded by
             # the SNI callback), for validation's 421: browsers reuse an h2 connection for

@@ -38,6 +38,7 @@ import asyncio
 import errno
 import ipaddress
 import logging
+import os
 import socket
 import ssl
 from collections.abc import Callable
@@ -95,12 +96,17 @@ class TLSServer(asyncio.AbstractServer):
         self.sockname: Any = None if ipaddress.ip_address(sockname[0]).is_unspecified else sockname
         self.sockets = [sock]
         self._serving = True
+        # What ``socket.accept`` looks up again per connection (its family and type are
+        # properties that build enums).
+        self._kind = (int(sock.family), int(sock.type), sock.proto)
         loop.add_reader(self._fd, self._accept)
 
     def _accept(self) -> None:
+        listener = self.sock
+        family, kind, proto = self._kind
         for _ in range(ACCEPT_BATCH):
             try:
-                conn, address = self.sock.accept()
+                fd, address = listener._accept()  # type: ignore[attr-defined]
             except _TRY_AGAIN:
                 return
             except OSError as exc:
@@ -114,6 +120,12 @@ class TLSServer(asyncio.AbstractServer):
                     self.loop.call_later(ACCEPT_RETRY, self._resume_accepting)
                     return
                 continue  # that client left before its accept (ECONNABORTED)
+            try:
+                conn = socket.socket(family, kind, proto, fileno=fd)
+            except OSError as exc:
+                log.debug("TLS connection from %s dropped at accept: %s", address, exc)
+                os.close(fd)
+                continue
             try:
                 TLSTransport(self, conn, address)
             except OSError as exc:  # gone already (setsockopt on a reset socket)
