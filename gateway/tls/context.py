@@ -9,7 +9,12 @@ defaults, which are the ones Mozilla lists.
 Session tickets are off (``OP_NO_TICKET``), as Mozilla's guidance says for servers that do not
 rotate the ticket key: OpenSSL's key lives as long as the process, so one leaked key would
 decrypt every recorded session since start-up.  Resumption still works from the server-side
-session cache (OpenSSL then issues stateful TLS 1.3 tickets that are only cache ids).
+session cache (OpenSSL then issues stateful TLS 1.3 tickets that are only cache ids).  The
+cache holds at most OpenSSL's 20,480 sessions, the oldest making room; its sweep for expired
+ones every 255 handshakes is off (``SSL_SESS_CACHE_NO_AUTO_CLEAR``, as OpenSSL suggests for a
+server that wants no such pauses): the sweep walks the whole cache, 1% of a gateway worker's
+CPU in ``bench/run.py --scenario handshake`` (perf: ``OPENSSL_LH_doall_arg``).  An expired
+session is still refused when a client offers it.
 
 The stdlib ``ssl`` module does everything here except setting the group list, which it has no
 method for (pyOpenSSL cannot help: asyncio needs a stdlib context).  ``_set_groups`` makes the
@@ -126,42 +131,63 @@ def _intermediate_context() -> ssl.SSLContext:
     # prefers ChaCha20 (Mozilla: ssl_prefer_server_ciphers off).
     context.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
     _set_groups(context, INTERMEDIATE_GROUPS)
+    _no_session_cache_sweep(context)
     return context
 
 
 # --- the group list, through ctypes ---------------------------------------------------------
 
-_SSL_CTRL_SET_GROUPS_LIST = 92  # SSL_CTX_set1_groups_list is a macro over SSL_CTX_ctrl
+# SSL_CTX_set1_groups_list and SSL_CTX_set/get_session_cache_mode are macros over SSL_CTX_ctrl.
+_SSL_CTRL_SET_GROUPS_LIST = 92
+_SSL_CTRL_SET_SESS_CACHE_MODE = 44
+_SSL_CTRL_GET_SESS_CACHE_MODE = 45
+SSL_SESS_CACHE_SERVER = 0x0002
+SSL_SESS_CACHE_NO_AUTO_CLEAR = 0x0080
 _libssl: Any = None
 
 
 def _set_groups(context: ssl.SSLContext, groups: str) -> None:
     """``SSL_CTX_set1_groups_list(ctx, groups)``; a warning (not an error) where impossible."""
-    global _libssl
     try:
-        if _libssl is None:
-            import _ssl
-
-            # The symbols of the very libssl the interpreter uses, via _ssl's dependencies.
-            lib = ctypes.CDLL(_ssl.__file__)
-            lib.SSL_CTX_get_options.restype = ctypes.c_uint64
-            lib.SSL_CTX_get_options.argtypes = [ctypes.c_void_p]
-            lib.SSL_CTX_ctrl.restype = ctypes.c_long
-            lib.SSL_CTX_ctrl.argtypes = [
-                ctypes.c_void_p,
-                ctypes.c_int,
-                ctypes.c_long,
-                ctypes.c_char_p,
-            ]
-            _libssl = lib
-        # CPython's SSLContext object is PyObject_HEAD followed by the SSL_CTX pointer.
-        pointer = ctypes.c_void_p.from_address(id(context) + object.__basicsize__).value
-        if not pointer or _libssl.SSL_CTX_get_options(pointer) != context.options:
-            raise OSError("unexpected SSLContext layout")
-        if _libssl.SSL_CTX_ctrl(pointer, _SSL_CTRL_SET_GROUPS_LIST, 0, groups.encode()) != 1:
+        if _ctx_ctrl(context, _SSL_CTRL_SET_GROUPS_LIST, 0, groups.encode()) != 1:
             raise OSError(f"OpenSSL refused the group list {groups}")
     except (OSError, AttributeError, ImportError) as exc:
         logger.warning("cannot restrict the TLS groups to %s (%s); using OpenSSL's", groups, exc)
+
+
+def _no_session_cache_sweep(context: ssl.SSLContext) -> None:
+    """The server session cache without its sweep every 255 handshakes (module docstring);
+    a debug line where impossible: the sweep then stays, nothing else changes."""
+    mode = SSL_SESS_CACHE_SERVER | SSL_SESS_CACHE_NO_AUTO_CLEAR
+    try:
+        _ctx_ctrl(context, _SSL_CTRL_SET_SESS_CACHE_MODE, mode, None)
+    except (OSError, AttributeError, ImportError) as exc:
+        logger.debug("cannot turn the TLS session cache's sweep off (%s)", exc)
+
+
+def session_cache_mode(context: ssl.SSLContext) -> int:
+    """``SSL_CTX_get_session_cache_mode``: what ``_no_session_cache_sweep`` set (for tests)."""
+    return int(_ctx_ctrl(context, _SSL_CTRL_GET_SESS_CACHE_MODE, 0, None))
+
+
+def _ctx_ctrl(context: ssl.SSLContext, command: int, larg: int, parg: bytes | None) -> int:
+    """``SSL_CTX_ctrl`` on the context's ``SSL_CTX``, checked to be what it seems to be."""
+    global _libssl
+    if _libssl is None:
+        import _ssl
+
+        # The symbols of the very libssl the interpreter uses, via _ssl's dependencies.
+        lib = ctypes.CDLL(_ssl.__file__)
+        lib.SSL_CTX_get_options.restype = ctypes.c_uint64
+        lib.SSL_CTX_get_options.argtypes = [ctypes.c_void_p]
+        lib.SSL_CTX_ctrl.restype = ctypes.c_long
+        lib.SSL_CTX_ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_char_p]
+        _libssl = lib
+    # CPython's SSLContext object is PyObject_HEAD followed by the SSL_CTX pointer.
+    pointer = ctypes.c_void_p.from_address(id(context) + object.__basicsize__).value
+    if not pointer or _libssl.SSL_CTX_get_options(pointer) != context.options:
+        raise OSError("unexpected SSLContext layout")
+    return int(_libssl.SSL_CTX_ctrl(pointer, command, larg, parg))
 
 
 # --- which certificate a handshake gets -----------------------------------------------------

@@ -7,6 +7,7 @@ what it negotiated) is checked as well as the client's.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 import threading
@@ -25,11 +26,14 @@ from gateway.tls.certs import ensure_certificates as ensure
 from gateway.tls.context import (
     ACME_TLS_ALPN,
     INTERMEDIATE_CIPHERS,
+    SSL_SESS_CACHE_NO_AUTO_CLEAR,
+    SSL_SESS_CACHE_SERVER,
     CertificateSelector,
     challenge_ssl_context,
     client_hello_alpn,
     client_ssl_context,
     server_ssl_context,
+    session_cache_mode,
 )
 from gateway.tls.context import _set_groups as set_groups
 
@@ -284,6 +288,49 @@ def test_server_context_with_a_missing_file_is_a_certificate_error(
 
 def test_server_context_has_no_stateless_tickets(server_context: ssl.SSLContext) -> None:
     assert server_context.options & ssl.OP_NO_TICKET
+
+
+def test_the_session_cache_is_kept_without_its_sweep(server_context: ssl.SSLContext) -> None:
+    """A server cache, and no walk over it for expired sessions every 255 handshakes."""
+    mode = SSL_SESS_CACHE_SERVER | SSL_SESS_CACHE_NO_AUTO_CLEAR
+    assert session_cache_mode(server_context) == mode
+
+
+def memory_handshake(
+    server: ssl.SSLContext, client: ssl.SSLContext, session: ssl.SSLSession | None = None
+) -> ssl.SSLObject:
+    """A whole handshake between two SSL objects over memory BIOs; the client's object,
+    with the session the server issued after it (TLS 1.3 sends it then)."""
+    to_server, to_client = ssl.MemoryBIO(), ssl.MemoryBIO()
+    from_server, from_client = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = client.wrap_bio(to_client, from_client, server_hostname="localhost", session=session)
+    peer = server.wrap_bio(to_server, from_server, server_side=True)
+    for _ in range(4):
+        for side in (tls, peer):
+            with contextlib.suppress(ssl.SSLWantReadError):
+                side.do_handshake()
+            to_server.write(from_client.read())
+            to_client.write(from_server.read())
+    peer.write(b"x")
+    to_client.write(from_server.read())
+    assert tls.read() == b"x"  # the session ticket came before it
+    # A clean close: OpenSSL drops the session of a connection freed without one.
+    with contextlib.suppress(ssl.SSLWantReadError):
+        peer.unwrap()
+    return tls
+
+
+def test_sessions_resume_after_more_handshakes_than_the_sweep_period(
+    certs: CertificatePaths, client_context: ssl.SSLContext
+) -> None:
+    """The first of 300 sessions (more than the 255 handshakes between two sweeps) still
+    resumes: the cache is the server's and keeps its sessions until they expire."""
+    server = server_ssl_context(certs.cert_file, certs.key_file)
+    first = memory_handshake(server, client_context).session
+    for _ in range(300):
+        memory_handshake(server, client_context)
+    assert server.session_stats()["number"] >= 301
+    assert memory_handshake(server, client_context, first).session_reused
 
 
 @pytest.mark.parametrize(
