@@ -50,6 +50,7 @@ READ_SIZE = 16 * 1024  # a TLS record's largest plaintext
 HIGH_WATER = 64 * 1024  # asyncio's default write-buffer limits
 LOW_WATER = 16 * 1024
 LINGER = 5.0  # nginx's lingering_timeout
+DRAIN_READS = 16  # reads of a lingering close per wake-up: 1 MiB
 ACCEPT_BATCH = 64  # connections accepted per readiness of the listening socket
 ACCEPT_RETRY = 1.0  # seconds without accepting after running out of descriptors or memory
 
@@ -496,11 +497,16 @@ class TLSTransport(asyncio.Transport):
     def _drain(self) -> None:
         """Read and drop until the socket has nothing more (then wait) or is done (then
         close).  Until nothing more, not one read per wake-up: on an error event (a reset)
-        uvloop runs the callback once and stops polling the socket."""
+        uvloop runs the callback once and stops polling the socket.  At most DRAIN_READS
+        reads per wake-up, though: a client sending on as fast as loopback carries must not
+        hold the event loop (nor keep the linger's timer from firing)."""
         sock = self._sock
         try:
-            while sock.recv_into(_DISCARD):
-                pass
+            for _ in range(DRAIN_READS):
+                if not sock.recv_into(_DISCARD):
+                    break
+            else:
+                return  # more to come: the next wake-up reads on
         except _TRY_AGAIN:
             return
         except OSError:

@@ -7,6 +7,7 @@ raw sockets, on uvloop as in the gateway.  Every wait is bounded (``asyncio.wait
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import resource
@@ -319,6 +320,56 @@ def test_a_reset_while_lingering_closes_the_socket_at_once(
         assert await answer == b"bye"
         await asyncio.wait_for(closed.event.wait(), 2.0)
         assert closed == [protocol.transport]
+
+    serve(certs, scenario, on_data=answer_and_close)
+
+
+def test_a_lingering_close_reads_a_bounded_amount_per_wake_up(
+    certs: CertificatePaths, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that goes on sending after the server closed must not hold the event loop
+    (nor keep the linger's timer from firing): each wake-up reads at most DRAIN_READS times,
+    and leaves the rest for the next one."""
+    monkeypatch.setattr(gateway.tls.transport, "DRAIN_READS", 1)
+    filled, done = threading.Event(), threading.Event()
+    left_unread: list[bool] = []
+    drain = TLSTransport._drain
+
+    def recorded(transport: TLSTransport) -> None:
+        drain(transport)
+        if not left_unread and not transport._closed:
+            try:
+                left_unread.append(
+                    bool(transport._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+                )
+            except BlockingIOError:
+                left_unread.append(False)
+
+    monkeypatch.setattr(TLSTransport, "_drain", recorded)
+
+    def answer_and_close(protocol: Recorder, data: bytes) -> None:
+        assert protocol.transport is not None and filled.wait(WAIT)
+        protocol.transport.close()  # the client's bytes fill the socket: the drain starts
+
+    def client(port: int) -> None:
+        raw = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+        with client_context(certs).wrap_socket(raw, server_hostname="localhost") as tls:
+            tls.sendall(b"go")
+            tls.setblocking(False)
+            chunk = b"x" * 16384
+            with contextlib.suppress(ssl.SSLWantWriteError, BlockingIOError):
+                for _ in range(10_000):  # until the socket buffers on both sides are full
+                    tls.send(chunk)
+            filled.set()
+            assert done.wait(WAIT)
+
+    async def scenario(server: TLSServer, protocols: Protocols, port: int) -> None:
+        sent = asyncio.create_task(asyncio.to_thread(client, port))
+        protocol = await protocols.nth(0)
+        await protocol.lost.wait()
+        done.set()
+        await sent
+        assert left_unread == [True]
 
     serve(certs, scenario, on_data=answer_and_close)
 
