@@ -3,6 +3,7 @@
 
     .venv/bin/python bench/request_path.py [--requests 20000] [--rounds 5] [--before DIR]
     .venv/bin/python bench/request_path.py --instructions [--before DIR]
+    .venv/bin/python bench/request_path.py --evict 2 [--requests 2000]
 
 ``wrk`` against a real gateway measures everything at once (TLS, system calls, the kernel's
 wake-ups, the neighbours on a 2-core machine) and moves by ±5% from run to run, more than most
@@ -22,6 +23,12 @@ over 2,000 is the instructions per request, start-up and warm-up excluded.  The 
 the same count to ~0.1% whatever else the machine is doing (PYTHONHASHSEED is fixed), so an A/B
 of a change worth 1% can be read on a busy machine; it does not see the kernel, and a change
 that trades instructions for cache misses or system calls needs the timed runs.
+
+``--evict MIB`` times each request after ``MIB`` MiB have been written over (one byte per
+cache line), less the cost of that writing, measured in the same child: a request whose
+caches the other processes of a 2-core machine evicted in between, as at half load.  2 MiB
+(this machine's L2s) made a proxied request 11% dearer and a hot hit 26% (bench/README.md,
+"Session 12"); the L3's 32 MiB makes the eviction itself cost more than its noise allows.
 
 Scenarios: ``proxied`` (a GET the cache passes by, as ``bench/run.py --scenario json``),
 ``proxied, no cache`` (a route with ``cache = false``), ``cache hit`` (the full path: a
@@ -69,7 +76,19 @@ SCENARIOS: dict[str, tuple[bytes, bytes, str]] = {
 NEW_CONNECTION = frozenset({"proxied, new conn", "hot hit, new conn"})
 
 
-async def _run(scenario: str, requests: int) -> float:
+def _evictor(size: int) -> Callable[[], None]:
+    """Writes one byte of every 64 (a cache line each) of a ``size``-byte buffer: what the
+    client and the backend do to the caches between two requests on a shared core."""
+    buffer = bytearray(size)
+    zeros = bytes(len(range(0, size, 64)))
+
+    def evict() -> None:
+        buffer[0::64] = zeros
+
+    return evict
+
+
+async def _run(scenario: str, requests: int, evict_bytes: int = 0) -> float:
     from collections import deque
 
     from support.memory_listener import MemoryGateway
@@ -124,10 +143,24 @@ async def _run(scenario: str, requests: int) -> float:
         await one()
     metrics = gw.app.metrics
     hot, express = metrics.hot_hits, getattr(metrics, "express", 0)
-    started = time.process_time()
-    for _ in range(requests):
-        await one()
-    elapsed = time.process_time() - started
+    if evict_bytes:
+        # Each request after the eviction, less the eviction alone (measured right after).
+        evict = _evictor(evict_bytes)
+        started = time.process_time()
+        for _ in range(requests):
+            evict()
+            await one()
+        elapsed = time.process_time() - started
+        started = time.process_time()
+        for _ in range(requests):
+            evict()
+            await asyncio.sleep(0)
+        elapsed -= time.process_time() - started
+    else:
+        started = time.process_time()
+        for _ in range(requests):
+            await one()
+        elapsed = time.process_time() - started
     answered_by = {
         "hot hit": metrics.hot_hits - hot,
         "express": getattr(metrics, "express", 0) - express,
@@ -175,13 +208,13 @@ def _child(args: argparse.Namespace) -> None:
     sys.path.insert(0, args.source)
     sys.path.insert(1, str(Path(args.source) / "tests"))  # that tree's support.memory_listener
     logging.disable(logging.WARNING)
-    micros = uvloop.run(_run(args.only, args.requests))
+    micros = uvloop.run(_run(args.only, args.requests, args.evict << 20))
     print(json.dumps({"us": micros}))
 
 
-def _measure(source: Path, scenario: str, requests: int) -> float:
+def _measure(source: Path, scenario: str, requests: int, evict: int = 0) -> float:
     argv = [sys.executable, __file__, "--child", "--source", str(source)]
-    argv += ["--only", scenario, "--requests", str(requests)]
+    argv += ["--only", scenario, "--requests", str(requests), "--evict", str(evict)]
     out = subprocess.run(argv, capture_output=True, text=True, cwd="/")
     if out.returncode != 0:
         raise SystemExit(f"{source} {scenario}: {out.stdout}{out.stderr}")
@@ -214,6 +247,14 @@ def main() -> None:
     parser.add_argument(
         "--instructions", action="store_true", help="count instructions under callgrind"
     )
+    parser.add_argument(
+        "--evict",
+        type=int,
+        default=0,
+        metavar="MIB",
+        help="touch MIB MiB between requests (as the client and the backend do on a shared "
+        "core) and time each request after it, less the touching itself",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--only", help=argparse.SUPPRESS)
     parser.add_argument("--source", default=str(ROOT), help=argparse.SUPPRESS)
@@ -236,7 +277,7 @@ def main() -> None:
         results: dict[str, list[float]] = {name: [] for name, _ in trees}
         for _ in range(args.rounds):
             for name, source in trees:
-                results[name].append(_measure(source, scenario, args.requests))
+                results[name].append(_measure(source, scenario, args.requests, args.evict))
         line = ", ".join(
             f"{name} {statistics.median(values):6.1f} (min {min(values):.1f})"
             for name, values in results.items()
