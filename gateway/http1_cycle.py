@@ -29,6 +29,7 @@ from /proc, alternating runs): see bench/README.md, "Hot path: what was tried".
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Generator, Iterable
 from http import HTTPStatus
 
@@ -79,14 +80,26 @@ def interim_head(status: int, headers: list[tuple[bytes, bytes]]) -> bytes:
     return b"".join(lines) + b"\r\n"
 
 
+def _marking(forbidden: re.Pattern[bytes]) -> bytes:
+    """A ``bytes.translate`` table that maps each byte ``forbidden`` matches to 0, any
+    other to 1."""
+    return bytes(0 if forbidden.match(bytes([byte])) else 1 for byte in range(256))
+
+
+# uvicorn's two patterns as tables: one C pass per byte and a memchr instead of the
+# regular-expression engine, a third less CPU for a small response's fields.
+_NAME_BYTES = _marking(HEADER_RE)
+_VALUE_BYTES = _marking(HEADER_VALUE_RE)
+
+
 def checked_fields(fields: list[tuple[bytes, bytes]]) -> None:
-    """Refuse a field name that is not a token or a value with a CTL other than HTAB, like
-    uvicorn, with one search over all names and one over all values.  ``b"a"`` is a token
-    character, so it joins names without creating or hiding a bad byte; ``b" "`` likewise
-    for values."""
-    if HEADER_RE.search(b"a".join([name for name, _ in fields])):
+    """Refuse a field name that is not a token or a value with a CTL other than HTAB, as
+    uvicorn does (``HEADER_RE``, ``HEADER_VALUE_RE``), with one pass over all names and one
+    over all values.  ``b"a"`` is a token character, so it joins names without creating or
+    hiding a bad byte; ``b" "`` likewise for values."""
+    if b"a".join([name for name, _ in fields]).translate(_NAME_BYTES).find(0) >= 0:
         raise RuntimeError("Invalid HTTP header name.")
-    if HEADER_VALUE_RE.search(b" ".join([value for _, value in fields])):
+    if b" ".join([value for _, value in fields]).translate(_VALUE_BYTES).find(0) >= 0:
         raise RuntimeError("Invalid HTTP header value.")
 
 
@@ -134,19 +147,27 @@ class GatewayCycle(RequestResponseCycle):
     def respond(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
         """A whole response at once, for the express lane: the bytes of
         ``http.response.start`` and a last ``http.response.body``, without the messages and
-        the dispatch on their types (the lane checked the flow first)."""
+        the dispatch on their types (the lane checked the flow first).
+
+        Its fields are not searched for forbidden bytes: the upstream's passed the response
+        parser, which refuses what ``checked_fields`` would (llhttp and h11 both; a test
+        holds them to it), and the gateway's own are made from checked config values and
+        tokens.  The search was 5.6% of a small proxied request's instructions."""
         if self.disconnected:
             return
         if self.response_started:
             raise RuntimeError("Unexpected ASGI message 'http.response.start' sent.")
-        self._write_head(status, headers)
+        self._write_head(status, headers, checked=True)
         self._write_body(body, False)
 
-    def _write_head(self, status: int, headers: Iterable[tuple[bytes, bytes]]) -> None:
+    def _write_head(
+        self, status: int, headers: Iterable[tuple[bytes, bytes]], checked: bool = False
+    ) -> None:
         self.response_started = True
         self.waiting_for_100_continue = False
         fields: list[tuple[bytes, bytes]] = self.default_headers + list(headers)
-        checked_fields(fields)
+        if not checked:
+            checked_fields(fields)
         content = [STATUS_LINE[status]]
         has_connection_close = False
         for name, value in fields:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import h11
 
+from gateway.http1_cycle import checked_fields
 from gateway.upstream.events import (
     END_OF_MESSAGE,
     HEAD_TOO_BIG,
@@ -25,6 +26,14 @@ def _refuse_what_httptools_refuses(headers: list[tuple[bytes, bytes]]) -> None:
         raise ProtocolError("invalid response from upstream: Content-Length with Transfer-Encoding")
     if lengths > 1:
         raise ProtocolError("invalid response from upstream: conflicting Content-Length")
+    # h11 takes control characters in a field value; llhttp refuses them (RFC 9110 §5.5),
+    # and the express lane relays the fields unsearched (``GatewayCycle.respond``).
+    try:
+        checked_fields(headers)
+    except RuntimeError:
+        raise ProtocolError(
+            "invalid response from upstream: a control character in a field"
+        ) from None
 
 
 class H11ResponseParser:

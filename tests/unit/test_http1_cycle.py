@@ -9,12 +9,15 @@ from collections.abc import Coroutine
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from support.recording_transport import RecordingTransport
 from support.response_cycle import response_cycle
+from uvicorn.protocols.http.httptools_impl import HEADER_RE, HEADER_VALUE_RE
 
 from gateway.asgi import INTERIM, Message
 from gateway.corking import CorkedTransport
-from gateway.http1_cycle import DONE, GatewayCycle
+from gateway.http1_cycle import DONE, GatewayCycle, checked_fields
 
 START: Message = {"type": "http.response.start", "status": 200, "headers": []}
 HINT: Message = {"type": INTERIM, "status": 103, "headers": [(b"link", b"</a>")]}
@@ -136,6 +139,23 @@ def test_a_field_uvicorn_would_refuse_is_refused(field: tuple[bytes, bytes]) -> 
     with pytest.raises(RuntimeError, match="Invalid HTTP header"):
         send_all(cycle_on(transport), {**START, "headers": [(b"x-fine", b"a\tb"), field]})
     assert transport.written == []
+
+
+@given(st.lists(st.tuples(st.binary(max_size=12), st.binary(max_size=12)), max_size=4))
+def test_the_field_check_refuses_exactly_what_uvicorns_patterns_find(
+    fields: list[tuple[bytes, bytes]],
+) -> None:
+    expected = None
+    if any(HEADER_RE.search(name) for name, _ in fields):
+        expected = "Invalid HTTP header name."
+    elif any(HEADER_VALUE_RE.search(value) for _, value in fields):
+        expected = "Invalid HTTP header value."
+    try:
+        checked_fields(fields)
+    except RuntimeError as exc:
+        assert str(exc) == expected
+    else:
+        assert expected is None
 
 
 def test_content_length_mismatches_are_errors() -> None:

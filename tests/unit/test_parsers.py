@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gateway.http1_cycle import checked_fields
 from gateway.upstream.events import (
     END_OF_MESSAGE,
     MAX_RESPONSE_HEAD,
@@ -254,6 +255,25 @@ def test_invalid_response_is_a_protocol_error(parser: ResponseParser, data: byte
     parser.start(head_request=False)
     with pytest.raises(ProtocolError):
         parser.feed(data)
+
+
+@pytest.mark.parametrize("parser_name", sorted(PARSERS))
+@given(name=st.binary(min_size=1, max_size=8), value=st.binary(max_size=8))
+def test_a_field_the_parser_accepts_passes_the_response_writers_check(
+    parser_name: str, name: bytes, value: bytes
+) -> None:
+    """The express lane writes the upstream's fields without ``checked_fields``
+    (``GatewayCycle.respond``): this holds both parsers to refusing what it would."""
+    parser = PARSERS[parser_name]()
+    parser.start(head_request=False)
+    data = b"HTTP/1.1 200 OK\r\n" + name + b": " + value + b"\r\ncontent-length: 0\r\n\r\n"
+    try:
+        events = parser.feed(data)
+    except ProtocolError:
+        return
+    for event in events:
+        if isinstance(event, ResponseHead):
+            checked_fields(event.headers)
 
 
 @pytest.mark.parametrize("parser_name", sorted(PARSERS))
