@@ -102,6 +102,25 @@ def test_trusted_proxy_chain_is_extended() -> None:
     assert values(out, b"x-real-ip") == [b"1.2.3.4"]
 
 
+def test_forwarding_fields_listed_in_connection_are_not_believed_either() -> None:
+    """A field the trusted proxy listed in Connection was for that hop only (RFC 9110
+    §7.6.1): its X-Forwarded-For and Via are dropped, not carried on."""
+    trusted = TrustedProxies(["10.0.0.0/8"])
+    out = rewrite(
+        h(
+            ("connection", "x-forwarded-for, via, x-forwarded-prefix"),
+            ("x-forwarded-for", "198.51.100.1"),
+            ("via", "1.1 other"),
+            ("x-forwarded-prefix", "/p"),
+        ),
+        client="10.0.0.5",
+        trusted=trusted,
+    )
+    assert values(out, b"x-forwarded-for") == [b"10.0.0.5"]
+    assert values(out, b"via") == [b"1.1 gateway"]
+    assert values(out, b"x-forwarded-prefix") == []
+
+
 def test_untrusted_peer_is_not_believed_even_with_trusted_networks() -> None:
     trusted = TrustedProxies(["10.0.0.0/8"])
     out = rewrite(h(("x-forwarded-for", "1.2.3.4")), client="203.0.113.7", trusted=trusted)
