@@ -4,6 +4,7 @@
     .venv/bin/python bench/request_path.py [--requests 20000] [--rounds 5] [--before DIR]
     .venv/bin/python bench/request_path.py --instructions [--before DIR]
     .venv/bin/python bench/request_path.py --evict 2 [--requests 2000]
+    .venv/bin/python bench/request_path.py --footprint [--before DIR]
 
 ``wrk`` against a real gateway measures everything at once (TLS, system calls, the kernel's
 wake-ups, the neighbours on a 2-core machine) and moves by ±5% from run to run, more than most
@@ -30,6 +31,13 @@ caches the other processes of a 2-core machine evicted in between, as at half lo
 (this machine's L2s) made a proxied request 11% dearer and a hot hit 26% (bench/README.md,
 "Session 12"); the L3's 32 MiB makes the eviction itself cost more than its noise allows.
 
+``--footprint`` counts what a request touches when it starts with cold caches: each scenario
+runs under valgrind's cachegrind (32 KiB L1s, a 2 MiB last level), each request after 8 MiB
+were written over, less the writing alone (a run of it without requests).  The last level's
+misses per request are the distinct cache lines of code and data it needs: what a request costs
+when the backend, the client and the other worker ran in between, as at half load, where each
+miss waits for memory (bench/README.md, "Session 13").  Deterministic like ``--instructions``.
+
 Scenarios: ``proxied`` (a GET the cache passes by, as ``bench/run.py --scenario json``),
 ``proxied, no cache`` (a route with ``cache = false``), ``cache hit`` (the full path: a
 request field the hot path does not know), ``hot hit`` (``gateway.cache.hot``), and
@@ -49,8 +57,10 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +98,7 @@ def _evictor(size: int) -> Callable[[], None]:
     return evict
 
 
-async def _run(scenario: str, requests: int, evict_bytes: int = 0) -> float:
+async def _run(scenario: str, requests: int, evict_bytes: int = 0, footprint: str = "") -> float:
     from collections import deque
 
     from support.memory_listener import MemoryGateway
@@ -143,6 +153,17 @@ async def _run(scenario: str, requests: int, evict_bytes: int = 0) -> float:
         await one()
     metrics = gw.app.metrics
     hot, express = metrics.hot_hits, getattr(metrics, "express", 0)
+    if footprint:
+        # One loop for cachegrind (``--footprint``): requests after the eviction, or the
+        # eviction alone, whose difference is the requests' own.
+        evict = _evictor(evict_bytes)
+        for _ in range(requests):
+            evict()
+            if footprint == "requests":
+                await one()
+            else:
+                await asyncio.sleep(0)
+        return 0.0
     if evict_bytes:
         # Each request after the eviction, less the eviction alone (measured right after).
         evict = _evictor(evict_bytes)
@@ -208,7 +229,7 @@ def _child(args: argparse.Namespace) -> None:
     sys.path.insert(0, args.source)
     sys.path.insert(1, str(Path(args.source) / "tests"))  # that tree's support.memory_listener
     logging.disable(logging.WARNING)
-    micros = uvloop.run(_run(args.only, args.requests, args.evict << 20))
+    micros = uvloop.run(_run(args.only, args.requests, args.evict << 20, args.footprint_loop))
     print(json.dumps({"us": micros}))
 
 
@@ -234,6 +255,37 @@ def _instructions(source: Path, scenario: str, requests: int) -> int:
     return int(found.group(1))
 
 
+FOOTPRINT_EVICT_MIB = 8  # four times the simulated last level: nothing of the last request stays
+CACHES = ["--I1=32768,8,64", "--D1=32768,8,64", "--LL=2097152,16,64"]
+# cachegrind's events, in the order of its summary line.
+EVENTS = ("Ir", "I1mr", "ILmr", "Dr", "D1mr", "DLmr", "Dw", "D1mw", "DLmw")
+
+
+def _cachegrind(source: Path, scenario: str, loop: str, requests: int) -> dict[str, int]:
+    """cachegrind's totals for one child run (start-up and warm-up included)."""
+    with tempfile.NamedTemporaryFile(suffix=".cachegrind") as out:
+        argv = ["valgrind", "--tool=cachegrind", "--cache-sim=yes", *CACHES]
+        argv += [f"--cachegrind-out-file={out.name}", sys.executable, __file__, "--child"]
+        argv += ["--source", str(source), "--only", scenario, "--requests", str(requests)]
+        argv += ["--evict", str(FOOTPRINT_EVICT_MIB), "--footprint-loop", loop]
+        env = {**os.environ, "PYTHONHASHSEED": "0"}
+        done = subprocess.run(argv, capture_output=True, text=True, cwd="/", env=env)
+        if done.returncode != 0:
+            raise SystemExit(f"{source} {scenario}: {done.stdout}{done.stderr[-2000:]}")
+        for line in Path(out.name).read_text().splitlines():
+            if line.startswith("summary:"):
+                return dict(zip(EVENTS, map(int, line.split()[1:]), strict=True))
+    raise SystemExit(f"{source} {scenario}: no summary in cachegrind's output")
+
+
+def footprint_per_request(source: Path, scenario: str) -> dict[str, float]:
+    """cachegrind's events per request after the eviction, the eviction's own taken out."""
+    runs = [(loop, n) for loop in ("requests", "evict") for n in (100, 300)]
+    with ThreadPoolExecutor(2) as pool:  # a child each: two cores
+        r1, r3, e1, e3 = pool.map(lambda run: _cachegrind(source, scenario, *run), runs)
+    return {name: ((r3[name] - r1[name]) - (e3[name] - e1[name])) / 200 for name in EVENTS}
+
+
 def instructions_per_request(source: Path, scenario: str) -> float:
     return (_instructions(source, scenario, 3000) - _instructions(source, scenario, 1000)) / 2000
 
@@ -255,7 +307,14 @@ def main() -> None:
         help="touch MIB MiB between requests (as the client and the backend do on a shared "
         "core) and time each request after it, less the touching itself",
     )
+    parser.add_argument(
+        "--footprint",
+        action="store_true",
+        help="count each request's last-level cache misses after 8 MiB were written over "
+        "(cachegrind): the code and data lines it touches",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--footprint-loop", default="", help=argparse.SUPPRESS)
     parser.add_argument("--only", help=argparse.SUPPRESS)
     parser.add_argument("--source", default=str(ROOT), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -263,6 +322,19 @@ def main() -> None:
         _child(args)
         return
     trees = [("after", ROOT)] if args.before is None else [("before", args.before), ("after", ROOT)]
+    if args.footprint:
+        if shutil.which("valgrind") is None:
+            raise SystemExit("valgrind is not installed (apt-get install valgrind)")
+        for scenario in args.scenario or list(SCENARIOS):
+            for name, source in trees:
+                e = footprint_per_request(source, scenario)
+                code, data = e["ILmr"], e["DLmr"] + e["DLmw"]
+                print(
+                    f"{scenario:<18} {name:<6} cold: {code + data:6,.0f} lines "
+                    f"({code:,.0f} code, {data:,.0f} data), {e['Ir'] / 1000:.1f}k instructions",
+                    flush=True,
+                )
+        return
     if args.instructions:
         if shutil.which("valgrind") is None:
             raise SystemExit("valgrind is not installed (apt-get install valgrind)")
