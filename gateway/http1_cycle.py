@@ -152,13 +152,47 @@ class GatewayCycle(RequestResponseCycle):
         Its fields are not searched for forbidden bytes: the upstream's passed the response
         parser, which refuses what ``checked_fields`` would (llhttp and h11 both; a test
         holds them to it), and the gateway's own are made from checked config values and
-        tokens.  The search was 5.6% of a small proxied request's instructions."""
+        tokens.  The search was 5.6% of a small proxied request's instructions.
+
+        Nor do they need ``_write_head``'s look at each field: the lane's are lowercase and
+        hold no Connection or Transfer-Encoding (hop-by-hop, removed).  A body of the
+        Content-Length to an HTTP/1.1 GET, the lane's usual answer, goes out as the head and
+        the body in one piece; anything else takes the general writer."""
         if self.disconnected:
             return
         if self.response_started:
             raise RuntimeError("Unexpected ASGI message 'http.response.start' sent.")
-        self._write_head(status, headers, checked=True)
-        self._write_body(body, False)
+        content = [STATUS_LINE[status]]
+        length = None
+        for name, value in self.default_headers:
+            content += (name, b": ", value, b"\r\n")
+        for name, value in headers:
+            if name == b"content-length":
+                length = value
+            content += (name, b": ", value, b"\r\n")
+        if (
+            length is None
+            or self.http10
+            or self.scope["method"] == "HEAD"
+            or not length.isdigit()
+            or int(length) != len(body)
+        ):
+            self._write_head(status, headers, checked=True)
+            self._write_body(body, False)
+            return
+        self.response_started = True
+        self.waiting_for_100_continue = False
+        self.chunked_encoding = False
+        if not self.keep_alive:
+            content.append(b"connection: close\r\n")
+        content.append(b"\r\n")
+        content.append(body)
+        self.transport.write(b"".join(content))
+        self.response_complete = True
+        self.message_event.set()
+        if not self.keep_alive:
+            self.transport.close()
+        self.on_response()
 
     def _write_head(
         self, status: int, headers: Iterable[tuple[bytes, bytes]], checked: bool = False
