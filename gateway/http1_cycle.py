@@ -71,6 +71,7 @@ def status_line(status: int) -> bytes:
 
 
 STATUS_LINE = {status: status_line(status) for status in range(100, 600)}
+_STATUS_TEXT = {status: line[:-2] for status, line in STATUS_LINE.items()}  # without its CRLF
 
 
 def interim_head(status: int, headers: list[tuple[bytes, bytes]]) -> bytes:
@@ -162,14 +163,11 @@ class GatewayCycle(RequestResponseCycle):
             return
         if self.response_started:
             raise RuntimeError("Unexpected ASGI message 'http.response.start' sent.")
-        content = [STATUS_LINE[status]]
         length = None
-        for name, value in self.default_headers:
-            content += (name, b": ", value, b"\r\n")
         for name, value in headers:
             if name == b"content-length":
                 length = value
-            content += (name, b": ", value, b"\r\n")
+                break
         if (
             length is None
             or self.http10
@@ -183,11 +181,13 @@ class GatewayCycle(RequestResponseCycle):
         self.response_started = True
         self.waiting_for_100_continue = False
         self.chunked_encoding = False
+        # "name: value" lines made in C (``map``), not a bytecode loop per field.
+        lines = [_STATUS_TEXT[status], *map(b": ".join, self.default_headers)]
+        lines += map(b": ".join, headers)
         if not self.keep_alive:
-            content.append(b"connection: close\r\n")
-        content.append(b"\r\n")
-        content.append(body)
-        self.transport.write(b"".join(content))
+            lines.append(b"connection: close")
+        lines += (b"", body)
+        self.transport.write(b"\r\n".join(lines))
         self.response_complete = True
         self.message_event.set()
         if not self.keep_alive:

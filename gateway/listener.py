@@ -152,6 +152,10 @@ def traced(protocol: type[asyncio.Protocol] | str, trace: bool) -> type[asyncio.
     return type(protocol.__name__, (protocol,), {"trace": True})
 
 
+# Request fields ``on_header`` notes besides keeping them: Expect, and the body's framing.
+_NOTED_FIELDS = frozenset({b"expect", b"content-length", b"transfer-encoding"})
+
+
 class HeadTooLarge(Exception):
     pass
 
@@ -227,7 +231,6 @@ if HttpToolsProtocol is not None:
         _head_too_large = False
         _uri_too_long = 0  # the limit that was exceeded, for the 414
         _too_many_fields = 0  # likewise for the 431
-        _fields = 0
         _in_head = False  # between a message's first byte and the end of its head
         _requests = 0
         _sni: str | None = None
@@ -438,7 +441,6 @@ if HttpToolsProtocol is not None:
             if self.trace:
                 self._trace_begin = time.perf_counter()
             self._head_bytes = 0
-            self._fields = 0
             self._in_head = True
 
         def _new_scope(self) -> None:
@@ -477,19 +479,20 @@ if HttpToolsProtocol is not None:
                 self._too_large()
             if not self._in_head:
                 return  # a trailer field of a chunked body: never a request header
-            self._fields += 1
-            if self._fields > self.limits.max_header_fields:
+            headers = self.headers  # this head's fields so far
+            if len(headers) >= self.limits.max_header_fields:
                 self._too_many_fields = self.limits.max_header_fields
                 raise HeadTooLarge
             name = name.lower()
             # llhttp keeps trailing OWS, which RFC 9110 §5.5 excludes from the value.
             value = value.rstrip(b" \t")
-            if name == b"expect":
-                if value.lower() == b"100-continue":
-                    self.expect_100_continue = True
-            elif name == b"content-length" or name == b"transfer-encoding":
-                self._framed = True  # the body's clock starts with the head's end
-            self.headers.append((name, value))
+            if name in _NOTED_FIELDS:  # one lookup for the usual field
+                if name == b"expect":
+                    if value.lower() == b"100-continue":
+                        self.expect_100_continue = True
+                else:
+                    self._framed = True  # the body's clock starts with the head's end
+            headers.append((name, value))
 
         def on_body(self, body: bytes) -> None:
             self._last_body = self.loop.time()

@@ -102,11 +102,9 @@ class Handoff:
 
 def request_head(method: str, target: bytes, headers: Headers) -> bytes:
     """The upstream request's head (RFC 9112 §3): request line and fields."""
-    # One join of whole lines: a third less CPU than formatting each field with ``%``.
-    lines = [method.encode() + b" " + target + b" HTTP/1.1"]
-    for name, value in headers:
-        lines.append(name + b": " + value)
-    lines.append(b"\r\n")
+    # One join of whole lines, each made in C (``map``): a third less CPU than formatting
+    # each field with ``%``.
+    lines = [method.encode() + b" " + target + b" HTTP/1.1", *map(b": ".join, headers), b"\r\n"]
     return b"\r\n".join(lines)
 
 

@@ -464,10 +464,10 @@ def test_trace_connect_and_options_max_forwards_zero(site: Site) -> None:
 def test_request_line_over_8_kib_is_414_and_over_100_fields_is_431(site: Site) -> None:
     status, _, _ = exchange(site.gateway, get("/" + "a" * 8200))
     assert status == 414
-    fields = [f"X-F{i}: v" for i in range(101)]
+    fields = [f"X-F{i}: v" for i in range(100)]  # and Host: one over the limit
     status, _, body = exchange(site.gateway, get("/fields", *fields))
     assert status == 431 and b"100 header fields" in body
-    assert exchange(site.gateway, get("/fields-ok", *fields[:90]))[0] == 200
+    assert exchange(site.gateway, get("/fields-ok", *fields[:99]))[0] == 200  # exactly 100
 
 
 def test_a_valid_request_followed_by_garbage_is_answered_before_the_400(site: Site) -> None:
