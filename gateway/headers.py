@@ -197,13 +197,25 @@ def client_response_headers(
 
     Hop-by-hop and framing headers go; Content-Length stays when the upstream sent one, else
     the listener frames the body itself, so the client sees exactly one framing header.
+    One pass for the usual response, which has no Connection field to list more of them.
     """
-    listed = connection_listed(headers)
     out: Headers = []
     for name, value in headers:
         if name in HOP_BY_HOP or name == b"x-request-id":
+            if name == b"connection":
+                return _without_listed(headers, extra)
             continue  # the client gets the gateway's own X-Request-ID (GatewayApp)
-        if listed and name in listed:
+        out.append((name, value))
+    out.extend(extra)
+    return out
+
+
+def _without_listed(headers: Headers, extra: Sequence[tuple[bytes, bytes]]) -> Headers:
+    """``client_response_headers`` for a response with Connection: its listed names go too."""
+    listed = connection_listed(headers)
+    out: Headers = []
+    for name, value in headers:
+        if name in HOP_BY_HOP or name == b"x-request-id" or name in listed:
             continue
         out.append((name, value))
     out.extend(extra)
