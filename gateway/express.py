@@ -67,6 +67,7 @@ from gateway.validation import RequestFacts, check_request
 if TYPE_CHECKING:
     from gateway.app import GatewayApp, RouteHandlers
     from gateway.config import UpstreamServer
+    from gateway.health import ServerHealth
     from gateway.upstream.group import Upstream
     from gateway.upstream.pool import ConnectionPool
 
@@ -153,7 +154,8 @@ class ExpressLane:
         exchange.request_id = app.request_id(scope)
         request = Request(scope, _no_body, cycle.send, facts, route, exchange)
         pool = upstream.pools[server]
-        conn = pool.take_idle(protocol.loop.time()) if upstream.is_up(server) else None
+        health = upstream.health[server]
+        conn = pool.take_idle(protocol.loop.time()) if health.is_up else None
         if conn is None:
             # The full path connects (or tries a DOWN server) with this choice, so that the
             # round robin is not advanced twice for one request.
@@ -164,6 +166,7 @@ class ExpressLane:
         exchange.upstream = server.address
         express = Express(self, cycle, protocol, asgi_app, request, upstream, server, pool, conn)
         express.decision = decision
+        express.health = health
         express.labels = handlers.labels
         try:
             conn.start(head, head_request=method == "HEAD", has_body=False)
@@ -192,6 +195,7 @@ class Express:
         "started",
         "decision",
         "labels",
+        "health",
     )
 
     def __init__(
@@ -218,6 +222,7 @@ class Express:
         self.started = time.perf_counter()  # the request head goes upstream next
         self.decision: Decision | None = None
         self.labels: Labels = ("", "")
+        self.health: ServerHealth | None = None  # the server's, looked up once in ``_take``
 
     def advance(self) -> None:
         """The upstream exchange moved on: answer, wait, or hand over.  Called from the
@@ -275,7 +280,8 @@ class Express:
         # a pipelined one at once (uvicorn's on_response_complete).
         self.pool.in_flight -= 1
         self.pool.release(conn)
-        self.upstream.report_success(self.server)
+        if self.health is None or not self.health.is_up:
+            self.upstream.report_success(self.server)  # a DOWN server answered: UP again
         app = self.lane.app
         if self.decision is not None:
             assert app.cache is not None

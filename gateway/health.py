@@ -44,6 +44,11 @@ class ServerStatus(enum.Enum):
     DOWN = "DOWN"
 
 
+# An enum member read through its class costs three times a plain attribute (EnumType's
+# __getattr__ hook), and ``is_up`` is asked several times per proxied request.
+_UP = ServerStatus.UP
+
+
 class FailureKind(enum.Enum):
     CONNECT = "connect"  # refused / unreachable: the server is not there
     RESET = "reset"  # connection reset mid-exchange
@@ -72,7 +77,7 @@ class ServerHealth:
 
     @property
     def is_up(self) -> bool:
-        return self.status is ServerStatus.UP
+        return self.status is _UP
 
     def record_check(self, ok: bool, detail: str, now: float) -> ServerStatus | None:
         """Apply one active check result; return the new status on a transition."""
